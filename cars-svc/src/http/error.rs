@@ -1,0 +1,76 @@
+//! cars-svc's errors and the answers they become.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use common::error::ErrorBody;
+use common::wire::RunType;
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// 400: the trip id in the path or body is not acceptable.
+    #[error("{0}")]
+    InvalidTripId(String),
+
+    /// 422: the run type asks this action to fail, as the sample's functions do.
+    #[error("runType {run_type} makes cars-svc fail {action}")]
+    Injected { run_type: RunType, action: &'static str },
+
+    /// 404: no reservation for this trip.
+    #[error("no car rental for trip {0}")]
+    NotFound(String),
+
+    /// 409: the trip's reservation was cancelled; it cannot be reserved or
+    /// confirmed again.
+    #[error("the car rental of trip {0} is cancelled")]
+    Cancelled(String),
+
+    /// 409: confirm named a booking that is not this trip's.
+    #[error("booking {given} is not trip {trip_id}'s booking ({actual})")]
+    BookingMismatch {
+        trip_id: String,
+        given: uuid::Uuid,
+        actual: uuid::Uuid,
+    },
+
+    /// 500: the database failed; logged, answered opaquely.
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+}
+
+impl IntoResponse for Error {
+    fn into_response(self) -> Response {
+        let message = self.to_string();
+        let (status, body) = match &self {
+            Error::InvalidTripId(_) => (
+                StatusCode::BAD_REQUEST,
+                ErrorBody::new("invalid_trip_id", message),
+            ),
+            Error::Injected { .. } => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                ErrorBody::new(
+                    "injected_failure",
+                    format!("{message}, as asked (injected failure); send runType success to book"),
+                ),
+            ),
+            Error::NotFound(_) => (
+                StatusCode::NOT_FOUND,
+                ErrorBody::new("not_found", format!("{message}; reserve it first")),
+            ),
+            Error::Cancelled(_) => (
+                StatusCode::CONFLICT,
+                ErrorBody::new(
+                    "rental_cancelled",
+                    format!("{message}; book the trip under a new trip id"),
+                ),
+            ),
+            Error::BookingMismatch { .. } => (
+                StatusCode::CONFLICT,
+                ErrorBody::new("booking_mismatch", format!("{message}; send the trip's own booking id")),
+            ),
+            Error::Database(err) => return common::error::internal(err),
+        };
+        body.into_response_with(status)
+    }
+}

@@ -1,0 +1,170 @@
+//! Car rentals: reserve, confirm, cancel, and read one.
+//!
+//! The state rules: reserve returns the trip's pending or confirmed row and
+//! refuses a cancelled one (409); confirm moves pending to confirmed, keeps
+//! confirmed, refuses cancelled (409); cancel succeeds from every state, and
+//! for a trip never seen writes a tombstone.
+
+use axum::Router;
+use axum::extract::State;
+use axum::routing::{get, post};
+use common::extract::{Json, Path};
+use common::wire::{ActionRequest, BookingStatus, CarRental, CarRequest, RunType};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use super::{Error, Result};
+use crate::AppState;
+
+pub(crate) fn router() -> Router<AppState> {
+    Router::new()
+        .route("/rentals", post(reserve))
+        .route("/rentals/{trip_id}", get(show))
+        .route("/rentals/{trip_id}/confirm", post(confirm))
+        .route("/rentals/{trip_id}/cancel", post(cancel))
+}
+
+fn check_trip_id(trip_id: &str) -> Result<()> {
+    common::wire::validate_trip_id(trip_id).map_err(Error::InvalidTripId)
+}
+
+#[tracing::instrument(skip_all, fields(trip_id = %req.trip_id), err(Debug))]
+async fn reserve(
+    State(pool): State<PgPool>,
+    Json(req): Json<CarRequest>,
+) -> Result<Json<CarRental>> {
+    check_trip_id(&req.trip_id)?;
+    if req.run_type == RunType::FailCarRentalReservation {
+        return Err(Error::Injected {
+            run_type: req.run_type,
+            action: "the rental",
+        });
+    }
+    let inserted = sqlx::query_as!(
+        CarRental,
+        r#"INSERT INTO cars.rentals
+               (trip_id, booking_id, status, rental, rental_from, rental_to)
+           VALUES ($1, $2, 'pending', $3, $4, $5)
+           ON CONFLICT (trip_id) DO NOTHING
+           RETURNING trip_id, booking_id, status AS "status: BookingStatus",
+                     rental, rental_from, rental_to"#,
+        req.trip_id,
+        Uuid::new_v4(),
+        req.rental,
+        req.rental_from,
+        req.rental_to,
+    )
+    .fetch_optional(&pool)
+    .await?;
+    if let Some(rental) = inserted {
+        return Ok(Json(rental));
+    }
+    // The trip has a row already: a replay, or a reserve after a cancel.
+    let existing = find(&pool, &req.trip_id)
+        .await?
+        .ok_or_else(|| Error::NotFound(req.trip_id.clone()))?;
+    match existing.status {
+        BookingStatus::Cancelled => Err(Error::Cancelled(req.trip_id)),
+        BookingStatus::Pending | BookingStatus::Confirmed => Ok(Json(existing)),
+    }
+}
+
+#[tracing::instrument(skip_all, fields(%trip_id), err(Debug))]
+async fn show(
+    State(pool): State<PgPool>,
+    Path(trip_id): Path<String>,
+) -> Result<Json<CarRental>> {
+    check_trip_id(&trip_id)?;
+    find(&pool, &trip_id)
+        .await?
+        .map(Json)
+        .ok_or(Error::NotFound(trip_id))
+}
+
+#[tracing::instrument(skip_all, fields(%trip_id), err(Debug))]
+async fn confirm(
+    State(pool): State<PgPool>,
+    Path(trip_id): Path<String>,
+    Json(req): Json<ActionRequest>,
+) -> Result<Json<CarRental>> {
+    check_trip_id(&trip_id)?;
+    if req.run_type == RunType::FailCarRentalConfirmation {
+        return Err(Error::Injected {
+            run_type: req.run_type,
+            action: "the confirmation",
+        });
+    }
+    let confirmed = sqlx::query_as!(
+        CarRental,
+        r#"UPDATE cars.rentals SET status = 'confirmed', updated_at = now()
+           WHERE trip_id = $1 AND status = 'pending' AND ($2::uuid IS NULL OR booking_id = $2)
+           RETURNING trip_id, booking_id, status AS "status: BookingStatus",
+                     rental, rental_from, rental_to"#,
+        trip_id,
+        req.booking_id,
+    )
+    .fetch_optional(&pool)
+    .await?;
+    if let Some(rental) = confirmed {
+        return Ok(Json(rental));
+    }
+    // Not pending, or not this booking: a replay, a confirm after a cancel,
+    // a wrong booking id, or a trip never reserved.
+    let existing = find(&pool, &trip_id)
+        .await?
+        .ok_or_else(|| Error::NotFound(trip_id.clone()))?;
+    if let Some(given) = req.booking_id.filter(|id| *id != existing.booking_id) {
+        return Err(Error::BookingMismatch {
+            trip_id,
+            given,
+            actual: existing.booking_id,
+        });
+    }
+    match existing.status {
+        BookingStatus::Cancelled => Err(Error::Cancelled(trip_id)),
+        BookingStatus::Pending | BookingStatus::Confirmed => Ok(Json(existing)),
+    }
+}
+
+#[tracing::instrument(skip_all, fields(%trip_id), err(Debug))]
+async fn cancel(
+    State(pool): State<PgPool>,
+    Path(trip_id): Path<String>,
+    Json(_req): Json<ActionRequest>,
+) -> Result<Json<CarRental>> {
+    check_trip_id(&trip_id)?;
+    // Cancel never fails for business reasons: it cancels whatever is there,
+    // or leaves a tombstone for a trip never seen.
+    let cancelled = sqlx::query_as!(
+        CarRental,
+        r#"INSERT INTO cars.rentals (trip_id, booking_id, status)
+           VALUES ($1, $2, 'cancelled')
+           ON CONFLICT (trip_id) DO UPDATE SET status = 'cancelled', updated_at = now()
+               WHERE rentals.status <> 'cancelled'
+           RETURNING trip_id, booking_id, status AS "status: BookingStatus",
+                     rental, rental_from, rental_to"#,
+        trip_id,
+        Uuid::new_v4(),
+    )
+    .fetch_optional(&pool)
+    .await?;
+    match cancelled {
+        Some(rental) => Ok(Json(rental)),
+        None => find(&pool, &trip_id)
+            .await?
+            .map(Json)
+            .ok_or(Error::NotFound(trip_id)),
+    }
+}
+
+async fn find(pool: &PgPool, trip_id: &str) -> Result<Option<CarRental>, sqlx::Error> {
+    sqlx::query_as!(
+        CarRental,
+        r#"SELECT trip_id, booking_id, status AS "status: BookingStatus",
+                  rental, rental_from, rental_to
+           FROM cars.rentals WHERE trip_id = $1"#,
+        trip_id,
+    )
+    .fetch_optional(pool)
+    .await
+}

@@ -1,0 +1,66 @@
+//! cars-svc: the cars participant of the travel saga.
+//!
+//! It owns the `cars` schema (one row per trip in `cars.rentals`)
+//! and answers reserve, confirm and cancel over HTTP ([`http`]). Every call is
+//! idempotent, cancel succeeds from every state, and a cancel for a trip never
+//! seen leaves a tombstone that refuses a late reserve.
+
+use std::future::Future;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::FromRef;
+use sqlx::PgPool;
+use sqlx::migrate::Migrator;
+use tokio::net::TcpListener;
+
+pub mod http;
+
+/// The schema this service owns.
+pub const SCHEMA: &str = "cars";
+
+/// The migrations of the `cars` schema, applied at start-up.
+pub fn migrator() -> Migrator {
+    sqlx::migrate!("../migrations/cars")
+}
+
+/// cars-svc settings, from flags or the environment.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(name = "cars-svc", version, about)]
+pub struct Config {
+    /// Address to listen on.
+    #[arg(long, env = "LISTEN_ADDR", default_value = "0.0.0.0:8082")]
+    pub listen_addr: String,
+
+    #[command(flatten)]
+    pub common: common::config::CommonConfig,
+}
+
+/// What every handler gets: cheap to clone.
+#[derive(Debug, Clone, FromRef)]
+pub struct AppState {
+    pub pool: PgPool,
+}
+
+/// The service's routes, as the binary serves them (without middleware).
+pub fn app(state: AppState) -> Router {
+    http::router().with_state(state)
+}
+
+/// Connects, migrates and serves on `listener` until `shutdown` completes.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let pool = common::db::connect_and_migrate(
+        &config.common.database_url,
+        SCHEMA,
+        migrator(),
+        config.common.pool(),
+    )
+    .await?;
+    let router = common::server::with_middleware(app(AppState { pool }), Duration::from_secs(30));
+    common::server::serve(listener, router, shutdown).await?;
+    Ok(())
+}

@@ -1,0 +1,12 @@
+use clap::Parser;
+
+use cars_svc::Config;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let config = Config::parse();
+    common::telemetry::init(config.common.log_format);
+    let listener = tokio::net::TcpListener::bind(&config.listen_addr).await?;
+    tracing::info!(addr = %listener.local_addr()?, "cars-svc listening");
+    cars_svc::run(config, listener, common::shutdown::signal()).await
+}

@@ -1,0 +1,38 @@
+//! `GET /healthz` (the process is up) and `GET /readyz` (its database
+//! answers), the same in every service.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::json;
+use sqlx::PgPool;
+
+use crate::error::ErrorBody;
+
+/// The two probe routes, for a router whose state can give a pool.
+pub fn router<S>() -> Router<S>
+where
+    S: Clone + Send + Sync + 'static,
+    PgPool: axum::extract::FromRef<S>,
+{
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+}
+
+async fn healthz() -> Json<serde_json::Value> {
+    Json(json!({ "status": "ok" }))
+}
+
+async fn readyz(State(pool): State<PgPool>) -> Response {
+    match sqlx::query("SELECT 1").execute(&pool).await {
+        Ok(_) => Json(json!({ "status": "ready" })).into_response(),
+        Err(err) => {
+            tracing::warn!(%err, "readiness check failed");
+            ErrorBody::new("database_unavailable", "the database does not answer; retry later")
+                .into_response_with(StatusCode::SERVICE_UNAVAILABLE)
+        }
+    }
+}

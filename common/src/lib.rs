@@ -1,0 +1,18 @@
+//! What the four services of the travel saga share, and nothing else.
+//!
+//! - [`wire`]: the contract between the orchestrator and the participants: run
+//!   types, statuses, request and response bodies, the idempotency header.
+//! - [`error`] and [`extract`]: the JSON error body every service answers with,
+//!   and extractors whose rejections use it.
+//! - [`server`], [`db`], [`telemetry`], [`shutdown`]: start-up and shutdown
+//!   plumbing, so that every `main.rs` stays thin.
+
+pub mod config;
+pub mod db;
+pub mod error;
+pub mod extract;
+pub mod health;
+pub mod server;
+pub mod shutdown;
+pub mod telemetry;
+pub mod wire;

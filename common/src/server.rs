@@ -1,0 +1,92 @@
+//! Serving a router: the standard middleware stack (request ids, tracing,
+//! panics caught, body limit, time limit), JSON answers for unknown routes,
+//! and graceful shutdown.
+
+use std::future::Future;
+use std::time::Duration;
+
+use axum::Router;
+use axum::http::{Request, StatusCode};
+use axum::response::{IntoResponse, Response};
+use tokio::net::TcpListener;
+use tower::ServiceBuilder;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::limit::RequestBodyLimitLayer;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::TraceLayer;
+
+use crate::error::ErrorBody;
+
+/// The largest request body any service accepts.
+pub const BODY_LIMIT: usize = 64 * 1024;
+
+/// Wraps `router` in the stack every service uses. `request_timeout` bounds
+/// every request, so that a graceful shutdown cannot hang on one.
+pub fn with_middleware(router: Router, request_timeout: Duration) -> Router {
+    router
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(
+            ServiceBuilder::new()
+                .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+                .layer(TraceLayer::new_for_http().make_span_with(|req: &Request<_>| {
+                    let request_id = req
+                        .headers()
+                        .get("x-request-id")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or_default();
+                    let idempotency_key = req
+                        .headers()
+                        .get(crate::wire::IDEMPOTENCY_KEY)
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or_default();
+                    tracing::info_span!(
+                        "request",
+                        method = %req.method(),
+                        uri = %req.uri(),
+                        request_id,
+                        idempotency_key,
+                    )
+                }))
+                .layer(PropagateRequestIdLayer::x_request_id())
+                .layer(CatchPanicLayer::custom(panicked))
+                .layer(TimeoutLayer::with_status_code(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    request_timeout,
+                ))
+                .layer(RequestBodyLimitLayer::new(BODY_LIMIT)),
+        )
+}
+
+/// Serves `router` (already wrapped) on `listener` until `shutdown` completes,
+/// then lets the requests in flight finish.
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+async fn not_found() -> Response {
+    ErrorBody::new("not_found", "no such route; see the README for the API")
+        .into_response_with(StatusCode::NOT_FOUND)
+}
+
+async fn method_not_allowed() -> Response {
+    ErrorBody::new(
+        "method_not_allowed",
+        "this route does not take that method; see the README for the API",
+    )
+    .into_response_with(StatusCode::METHOD_NOT_ALLOWED)
+}
+
+fn panicked(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    tracing::error!("handler panicked");
+    ErrorBody::new("internal", "the service failed to handle the request; try again later")
+        .into_response_with(StatusCode::INTERNAL_SERVER_ERROR)
+        .into_response()
+}

@@ -1,0 +1,171 @@
+//! The orchestrator of the travel saga.
+//!
+//! - [`saga`]: the saga's vocabulary, its definition as data, and the engine
+//!   that drives each saga in a task of its own.
+//! - [`participants`]: the HTTP client that makes each step's call.
+//! - [`store`]: every read and write of `orchestrator.sagas` and `saga_log`.
+//! - [`retry`]: how failed calls are retried.
+//! - [`http`]: the API (`GET /trip`, `POST /trips`, `GET /trips[/{id}]`).
+//!
+//! A request that starts a trip records the saga and spawns its driver at
+//! once; the request then waits on a channel for the saga to end.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::FromRef;
+use sqlx::PgPool;
+use sqlx::migrate::Migrator;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub mod http;
+pub mod participants;
+pub mod retry;
+pub mod saga;
+pub mod store;
+
+use participants::Participants;
+use saga::executor::{Engine, EngineConfig};
+
+/// The schema this service owns.
+pub const SCHEMA: &str = "orchestrator";
+
+/// The migrations of the `orchestrator` schema, applied at start-up.
+pub fn migrator() -> Migrator {
+    sqlx::migrate!("../migrations/orchestrator")
+}
+
+/// Orchestrator settings, from flags or the environment.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(name = "orchestrator", version, about)]
+pub struct Config {
+    /// Address to listen on.
+    #[arg(long, env = "LISTEN_ADDR", default_value = "0.0.0.0:8080")]
+    pub listen_addr: String,
+
+    /// Base URL of flights-svc.
+    #[arg(long, env = "FLIGHTS_URL", default_value = "http://127.0.0.1:8081")]
+    pub flights_url: String,
+
+    /// Base URL of cars-svc.
+    #[arg(long, env = "CARS_URL", default_value = "http://127.0.0.1:8082")]
+    pub cars_url: String,
+
+    /// Base URL of payments-svc.
+    #[arg(long, env = "PAYMENTS_URL", default_value = "http://127.0.0.1:8083")]
+    pub payments_url: String,
+
+    /// How long `GET /trip` and `POST /trips` wait for the saga to end before
+    /// answering 202, in seconds (per request: `?wait=`).
+    #[arg(long, env = "TRIP_WAIT_SECS", default_value_t = 10)]
+    pub trip_wait_secs: u64,
+
+    /// This process's identity, the owner of its leases (default: the host name).
+    #[arg(long, env = "ORCHESTRATOR_ID")]
+    pub orchestrator_id: Option<String>,
+
+    /// How long a saga's lease lasts without progress, in seconds.
+    #[arg(long, env = "LEASE_SECS", default_value_t = 30)]
+    pub lease_secs: u64,
+
+    #[command(flatten)]
+    pub retry: retry::RetryConfig,
+
+    #[command(flatten)]
+    pub common: common::config::CommonConfig,
+}
+
+impl Config {
+    /// Settings for a database and the three participants, every other
+    /// field at its default.
+    pub fn new(database_url: &str, flights_url: &str, cars_url: &str, payments_url: &str) -> Self {
+        Self {
+            listen_addr: "127.0.0.1:0".into(),
+            flights_url: flights_url.into(),
+            cars_url: cars_url.into(),
+            payments_url: payments_url.into(),
+            trip_wait_secs: 10,
+            orchestrator_id: None,
+            lease_secs: 30,
+            retry: retry::RetryConfig::default(),
+            common: common::config::CommonConfig::new(database_url),
+        }
+    }
+
+    fn owner(&self) -> String {
+        self.orchestrator_id.clone().unwrap_or_else(|| {
+            nix::unistd::gethostname()
+                .ok()
+                .and_then(|name| name.into_string().ok())
+                .unwrap_or_else(|| "orchestrator".into())
+        })
+    }
+}
+
+/// What every handler gets: cheap to clone.
+#[derive(Debug, Clone, FromRef)]
+pub struct AppState {
+    pub engine: Arc<Engine>,
+    pub pool: PgPool,
+    pub trip_wait: Duration,
+}
+
+/// The service's routes (without middleware).
+pub fn app(state: AppState) -> Router {
+    http::router().with_state(state)
+}
+
+/// Connects, migrates and serves on `listener` until `shutdown` completes;
+/// then stops driving sagas and hands their leases back.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let pool = common::db::connect_and_migrate(
+        &config.common.database_url,
+        SCHEMA,
+        migrator(),
+        config.common.pool(),
+    )
+    .await?;
+    let participants = Participants::new(
+        &config.flights_url,
+        &config.cars_url,
+        &config.payments_url,
+        config.retry.attempt_timeout(),
+    )?;
+    let token = CancellationToken::new();
+    let engine = Engine::new(
+        pool.clone(),
+        participants,
+        &EngineConfig {
+            owner: config.owner(),
+            lease: Duration::from_secs(config.lease_secs),
+            retry: config.retry.clone(),
+        },
+        token.clone(),
+    );
+    let state = AppState {
+        engine: Arc::clone(&engine),
+        pool,
+        trip_wait: Duration::from_secs(config.trip_wait_secs.min(http::trips::MAX_WAIT_SECS)),
+    };
+    let request_timeout = Duration::from_secs(http::trips::MAX_WAIT_SECS + 10);
+    let router = common::server::with_middleware(app(state), request_timeout);
+    let stop_driving = token.clone();
+    common::server::serve(listener, router, async move {
+        tokio::select! {
+            () = shutdown => {}
+            () = stop_driving.cancelled() => {}
+        }
+        // Wake the waiting requests at once, so that draining is quick.
+        stop_driving.cancel();
+    })
+    .await?;
+    engine.stop().await;
+    Ok(())
+}

@@ -1,0 +1,12 @@
+use clap::Parser;
+
+use orchestrator::Config;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let config = Config::parse();
+    common::telemetry::init(config.common.log_format);
+    let listener = tokio::net::TcpListener::bind(&config.listen_addr).await?;
+    tracing::info!(addr = %listener.local_addr()?, "orchestrator listening");
+    orchestrator::run(config, listener, common::shutdown::signal()).await
+}

@@ -1,0 +1,151 @@
+//! The HTTP client for the participants: builds each call from the saga
+//! definition, sends it with its idempotency key, and sorts the answer into
+//! success, transient failure (retry) or business failure (final).
+
+use std::time::Duration;
+
+use common::wire::IDEMPOTENCY_KEY;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::saga::Trip;
+use crate::saga::definition::{Action, Outputs, Participant};
+
+/// Why a call did not succeed, with what to record in `saga_log`.
+#[derive(Debug, Clone)]
+pub struct CallFailure {
+    /// Retrying may help: a timeout, a connection error, 408, 429 or 5xx.
+    pub transient: bool,
+    /// The participant's answer or the error, as recorded.
+    pub detail: Value,
+}
+
+/// The participants' base URLs and one shared, pooled HTTP client.
+#[derive(Debug, Clone)]
+pub struct Participants {
+    client: reqwest::Client,
+    flights: String,
+    cars: String,
+    payments: String,
+}
+
+impl Participants {
+    /// A client whose every attempt is bounded by `attempt_timeout`.
+    pub fn new(
+        flights: &str,
+        cars: &str,
+        payments: &str,
+        attempt_timeout: Duration,
+    ) -> anyhow::Result<Self> {
+        let client = reqwest::Client::builder()
+            .timeout(attempt_timeout)
+            .connect_timeout(attempt_timeout.min(Duration::from_secs(2)))
+            .pool_idle_timeout(Duration::from_secs(60))
+            .tcp_nodelay(true)
+            .no_proxy()
+            .build()?;
+        let base = |url: &str| url.trim_end_matches('/').to_owned();
+        Ok(Self {
+            client,
+            flights: base(flights),
+            cars: base(cars),
+            payments: base(payments),
+        })
+    }
+
+    fn base(&self, participant: Participant) -> &str {
+        match participant {
+            Participant::Flights => &self.flights,
+            Participant::Cars => &self.cars,
+            Participant::Payments => &self.payments,
+        }
+    }
+
+    /// Makes one attempt of `action` for `trip`.
+    pub async fn call(
+        &self,
+        action: &Action,
+        trip: &Trip,
+        outputs: &Outputs,
+    ) -> Result<Value, CallFailure> {
+        let body = (action.body)(trip, outputs).map_err(|err| CallFailure {
+            transient: false,
+            detail: json!({ "error": "cannot build the request", "message": err }),
+        })?;
+        let url = format!(
+            "{}{}",
+            self.base(action.participant),
+            action.path.replace("{trip_id}", &trip.trip_id)
+        );
+        let key = format!("{}:{}", trip.trip_id, action.step);
+        let response = self
+            .client
+            .post(&url)
+            .header(IDEMPOTENCY_KEY, key)
+            .json(&body)
+            .send()
+            .await
+            .map_err(|err| transport_failure(&err))?;
+        let status = response.status();
+        let bytes = response.bytes().await.map_err(|err| transport_failure(&err))?;
+        let answer: Value = serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+        if status.is_success() {
+            if answer.is_object() {
+                return Ok(answer);
+            }
+            // A 2xx we cannot read leaves the outcome unknown: ask again.
+            return Err(CallFailure {
+                transient: true,
+                detail: json!({ "status": status.as_u16(), "error": "unreadable answer", "body": answer }),
+            });
+        }
+        Err(CallFailure {
+            transient: is_transient(status),
+            detail: json!({ "status": status.as_u16(), "body": answer }),
+        })
+    }
+}
+
+/// 408, 429 and 5xx may pass; any other 4xx is the participant's final word.
+pub fn is_transient(status: StatusCode) -> bool {
+    status == StatusCode::REQUEST_TIMEOUT
+        || status == StatusCode::TOO_MANY_REQUESTS
+        || status.is_server_error()
+}
+
+fn transport_failure(err: &reqwest::Error) -> CallFailure {
+    let kind = if err.is_timeout() {
+        "timeout"
+    } else if err.is_connect() {
+        "connection failed"
+    } else {
+        "transport error"
+    };
+    let mut message = err.to_string();
+    let mut source = std::error::Error::source(err);
+    while let Some(cause) = source {
+        message.push_str(": ");
+        message.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    CallFailure {
+        transient: true,
+        detail: json!({ "error": kind, "message": message }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transient_statuses() {
+        for code in [408, 429, 500, 502, 503, 504] {
+            assert!(is_transient(StatusCode::from_u16(code).unwrap()), "{code}");
+        }
+        for code in [400, 404, 409, 415, 422] {
+            assert!(!is_transient(StatusCode::from_u16(code).unwrap()), "{code}");
+        }
+    }
+}

@@ -1,0 +1,133 @@
+//! The retry policy of participant calls: exponential backoff with jitter,
+//! a bounded number of attempts for forward steps, none for compensations
+//! (they are retried until they succeed).
+
+use std::time::Duration;
+
+use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
+
+/// Retry settings, from flags or the environment.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RetryConfig {
+    /// Attempts of a forward step (the first included) before it counts as
+    /// failed with its outcome unknown.
+    #[arg(long, env = "STEP_MAX_ATTEMPTS", default_value_t = 4)]
+    pub step_max_attempts: usize,
+
+    /// Delay before the first retry, in milliseconds.
+    #[arg(long, env = "RETRY_INITIAL_DELAY_MS", default_value_t = 100)]
+    pub retry_initial_delay_ms: u64,
+
+    /// Factor by which each delay grows.
+    #[arg(long, env = "RETRY_MULTIPLIER", default_value_t = 2.0)]
+    pub retry_multiplier: f32,
+
+    /// Largest delay between two attempts of a forward step, in milliseconds.
+    #[arg(long, env = "RETRY_MAX_DELAY_MS", default_value_t = 2_000)]
+    pub retry_max_delay_ms: u64,
+
+    /// Largest delay between two attempts of a compensation, in
+    /// milliseconds; compensations never give up.
+    #[arg(long, env = "COMPENSATION_MAX_DELAY_MS", default_value_t = 10_000)]
+    pub compensation_max_delay_ms: u64,
+
+    /// Add a random part (up to the delay itself) to every delay, so that
+    /// sagas failing together do not retry together.
+    #[arg(long, env = "RETRY_JITTER", default_value_t = true, action = clap::ArgAction::Set)]
+    pub retry_jitter: bool,
+
+    /// Time limit of one attempt of a participant call, in milliseconds.
+    #[arg(long, env = "ATTEMPT_TIMEOUT_MS", default_value_t = 5_000)]
+    pub attempt_timeout_ms: u64,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        Self {
+            step_max_attempts: 4,
+            retry_initial_delay_ms: 100,
+            retry_multiplier: 2.0,
+            retry_max_delay_ms: 2_000,
+            compensation_max_delay_ms: 10_000,
+            retry_jitter: true,
+            attempt_timeout_ms: 5_000,
+        }
+    }
+}
+
+/// How one kind of call is retried.
+#[derive(Debug, Clone, Copy)]
+pub struct RetryPolicy {
+    builder: ExponentialBuilder,
+}
+
+impl RetryPolicy {
+    /// The delays between attempts; the sequence ends when the attempts are
+    /// spent.
+    pub fn backoff(&self) -> ExponentialBackoff {
+        self.builder.build()
+    }
+}
+
+impl RetryConfig {
+    fn builder(&self, max_delay_ms: u64) -> ExponentialBuilder {
+        let builder = ExponentialBuilder::new()
+            .with_min_delay(Duration::from_millis(self.retry_initial_delay_ms))
+            .with_factor(self.retry_multiplier.max(1.0))
+            .with_max_delay(Duration::from_millis(max_delay_ms.max(self.retry_initial_delay_ms)));
+        if self.retry_jitter {
+            builder.with_jitter()
+        } else {
+            builder
+        }
+    }
+
+    /// Forward steps: up to `step_max_attempts` attempts.
+    pub fn forward(&self) -> RetryPolicy {
+        RetryPolicy {
+            builder: self
+                .builder(self.retry_max_delay_ms)
+                .with_max_times(self.step_max_attempts.saturating_sub(1)),
+        }
+    }
+
+    /// Compensations: capped backoff, forever.
+    pub fn compensation(&self) -> RetryPolicy {
+        RetryPolicy {
+            builder: self
+                .builder(self.compensation_max_delay_ms)
+                .without_max_times(),
+        }
+    }
+
+    pub fn attempt_timeout(&self) -> Duration {
+        Duration::from_millis(self.attempt_timeout_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> RetryConfig {
+        RetryConfig {
+            retry_jitter: false,
+            ..RetryConfig::default()
+        }
+    }
+
+    #[test]
+    fn forward_steps_stop_after_max_attempts() {
+        let delays: Vec<_> = config().forward().backoff().collect();
+        let ms = |d: &Duration| d.as_millis();
+        assert_eq!(delays.iter().map(ms).collect::<Vec<_>>(), vec![100, 200, 400]);
+    }
+
+    #[test]
+    fn compensations_never_stop_and_are_capped() {
+        let delays: Vec<_> = config().compensation().backoff().take(20).collect();
+        assert_eq!(delays.len(), 20);
+        assert_eq!(delays[19], Duration::from_millis(10_000));
+        assert!(delays.windows(2).all(|w| w[0] <= w[1]));
+    }
+}

@@ -1,0 +1,221 @@
+//! Every read and write of `orchestrator.sagas` and `orchestrator.saga_log`.
+//!
+//! A saga moves by [`transition`]: one statement that updates the saga row
+//! only if its `version` is the one the caller read (the fence) and appends
+//! the step events of that move to the log. Recording a step's outcome and
+//! the start of the next step is one such write.
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use sqlx::PgPool;
+
+use crate::saga::definition::Position;
+use crate::saga::{DEFINITION_VERSION, SagaStatus, Step, StepEvent, Trip};
+
+/// A row of `orchestrator.sagas`.
+#[derive(Debug, Clone)]
+pub struct SagaRecord {
+    pub trip_id: String,
+    pub run_type: String,
+    pub status: SagaStatus,
+    pub definition_version: i32,
+    pub cursor: i32,
+    pub input: Value,
+    pub outputs: Value,
+    pub version: i64,
+    pub owner: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// A row of `orchestrator.saga_log`.
+#[derive(Debug, Clone)]
+pub struct LogRecord {
+    pub trip_id: String,
+    pub seq: i32,
+    pub step: String,
+    pub status: StepEvent,
+    pub attempt: i32,
+    pub detail: Value,
+    pub at: DateTime<Utc>,
+}
+
+/// A step event to append.
+#[derive(Debug, Clone)]
+pub struct LogEntry {
+    pub seq: i32,
+    pub step: Step,
+    pub event: StepEvent,
+    pub attempt: i32,
+    pub detail: Value,
+}
+
+/// One move of one saga.
+#[derive(Debug)]
+pub struct Transition<'a> {
+    pub trip_id: &'a str,
+    /// The version the mover read; the write succeeds only if it still holds.
+    pub version: i64,
+    pub position: Position,
+    /// A forward step's answer, kept for later steps.
+    pub output: Option<(Step, &'a Value)>,
+    pub log: &'a [LogEntry],
+    /// How long the mover's lease lasts from now.
+    pub lease_secs: f64,
+}
+
+/// Inserts a new saga for `trip`, owned by `owner`, with its first step
+/// logged as started. Returns `false` if the trip has a saga already.
+#[tracing::instrument(skip_all, fields(trip_id = %trip.trip_id), err)]
+pub async fn create(
+    pool: &PgPool,
+    trip: &Trip,
+    first_step: Step,
+    owner: &str,
+    lease_secs: f64,
+) -> sqlx::Result<bool> {
+    let input = serde_json::to_value(trip).map_err(|err| sqlx::Error::Encode(Box::new(err)))?;
+    let detail = serde_json::json!({ "idempotency_key": format!("{}:{first_step}", trip.trip_id) });
+    let inserted = sqlx::query!(
+        r#"WITH saga AS (
+               INSERT INTO orchestrator.sagas
+                   (trip_id, run_type, status, definition_version, cursor, input, owner, lease_until)
+               VALUES ($1, $2, 'running', $3, 0, $4, $5, now() + make_interval(secs => $6))
+               ON CONFLICT (trip_id) DO NOTHING
+               RETURNING trip_id)
+           INSERT INTO orchestrator.saga_log (trip_id, seq, step, status, attempt, detail)
+           SELECT trip_id, 1, $7, 'started', 1, $8 FROM saga"#,
+        trip.trip_id,
+        trip.run_type.as_str(),
+        DEFINITION_VERSION,
+        input,
+        owner,
+        lease_secs,
+        first_step.as_str(),
+        detail,
+    )
+    .execute(pool)
+    .await?;
+    Ok(inserted.rows_affected() == 1)
+}
+
+/// Applies `t` if the saga's version is still `t.version`. Returns `false`
+/// when it is not: another process owns the saga now, and the caller must
+/// stop driving it.
+#[tracing::instrument(skip_all, fields(trip_id = %t.trip_id, version = t.version), err)]
+pub async fn transition(pool: &PgPool, t: &Transition<'_>) -> sqlx::Result<bool> {
+    let (output_step, output) = match t.output {
+        Some((step, value)) => (Some(step.as_str()), Some(value)),
+        None => (None, None),
+    };
+    let seqs: Vec<i32> = t.log.iter().map(|e| e.seq).collect();
+    let steps: Vec<&str> = t.log.iter().map(|e| e.step.as_str()).collect();
+    let events: Vec<&str> = t.log.iter().map(|e| e.event.as_str()).collect();
+    let attempts: Vec<i32> = t.log.iter().map(|e| e.attempt).collect();
+    let details: Vec<Value> = t.log.iter().map(|e| e.detail.clone()).collect();
+    let done = sqlx::query!(
+        r#"WITH saga AS (
+               UPDATE orchestrator.sagas
+               SET status = $3::text::orchestrator.saga_status,
+                   cursor = $4,
+                   outputs = CASE WHEN $5::text IS NULL THEN outputs
+                                  ELSE outputs || jsonb_build_object($5::text, $6::jsonb) END,
+                   version = version + 1,
+                   lease_until = CASE WHEN $3::text IN ('succeeded', 'failed') THEN NULL
+                                      ELSE now() + make_interval(secs => $12) END,
+                   owner = CASE WHEN $3::text IN ('succeeded', 'failed') THEN NULL ELSE owner END,
+                   updated_at = now()
+               WHERE trip_id = $1 AND version = $2
+               RETURNING trip_id)
+           INSERT INTO orchestrator.saga_log (trip_id, seq, step, status, attempt, detail)
+           SELECT saga.trip_id, l.seq, l.step, l.status::orchestrator.step_event, l.attempt, l.detail
+           FROM saga, unnest($7::int4[], $8::text[], $9::text[], $10::int4[], $11::jsonb[])
+                AS l(seq, step, status, attempt, detail)"#,
+        t.trip_id,
+        t.version,
+        t.position.status().as_str(),
+        t.position.cursor(),
+        output_step,
+        output,
+        &seqs,
+        &steps as &[&str],
+        &events as &[&str],
+        &attempts,
+        &details,
+        t.lease_secs,
+    )
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected() > 0)
+}
+
+/// The saga of `trip_id`, if any.
+#[tracing::instrument(skip_all, fields(%trip_id), err)]
+pub async fn find(pool: &PgPool, trip_id: &str) -> sqlx::Result<Option<SagaRecord>> {
+    sqlx::query_as!(
+        SagaRecord,
+        r#"SELECT trip_id, run_type, status AS "status: SagaStatus", definition_version, cursor,
+                  input, outputs, version, owner, created_at, updated_at
+           FROM orchestrator.sagas WHERE trip_id = $1"#,
+        trip_id,
+    )
+    .fetch_optional(pool)
+    .await
+}
+
+/// A page of sagas, newest first, optionally of one status, strictly before
+/// the cursor `(created_at, trip_id)`.
+#[tracing::instrument(skip_all, err)]
+pub async fn list(
+    pool: &PgPool,
+    status: Option<SagaStatus>,
+    before: Option<(DateTime<Utc>, String)>,
+    limit: i64,
+) -> sqlx::Result<Vec<SagaRecord>> {
+    let (before_at, before_id) = before.unzip();
+    sqlx::query_as!(
+        SagaRecord,
+        r#"SELECT trip_id, run_type, status AS "status: SagaStatus", definition_version, cursor,
+                  input, outputs, version, owner, created_at, updated_at
+           FROM orchestrator.sagas
+           WHERE ($1::text IS NULL OR status = $1::text::orchestrator.saga_status)
+             AND ($2::timestamptz IS NULL OR (created_at, trip_id) < ($2, $3::text))
+           ORDER BY created_at DESC, trip_id DESC
+           LIMIT $4"#,
+        status.map(SagaStatus::as_str),
+        before_at,
+        before_id,
+        limit,
+    )
+    .fetch_all(pool)
+    .await
+}
+
+/// The log of every saga in `trip_ids`, in order within each saga.
+#[tracing::instrument(skip_all, err)]
+pub async fn logs(pool: &PgPool, trip_ids: &[String]) -> sqlx::Result<Vec<LogRecord>> {
+    sqlx::query_as!(
+        LogRecord,
+        r#"SELECT trip_id, seq, step, status AS "status: StepEvent", attempt, detail, at
+           FROM orchestrator.saga_log
+           WHERE trip_id = ANY($1)
+           ORDER BY trip_id, seq"#,
+        trip_ids,
+    )
+    .fetch_all(pool)
+    .await
+}
+
+/// Gives back the leases of `owner`'s unfinished sagas, so that another
+/// process may take them over at once.
+#[tracing::instrument(skip_all, err)]
+pub async fn release_leases(pool: &PgPool, owner: &str) -> sqlx::Result<u64> {
+    let released = sqlx::query!(
+        r#"UPDATE orchestrator.sagas SET owner = NULL, lease_until = NULL
+           WHERE owner = $1 AND status IN ('running', 'compensating')"#,
+        owner,
+    )
+    .execute(pool)
+    .await?;
+    Ok(released.rows_affected())
+}

@@ -1,0 +1,72 @@
+//! payments-svc's errors and the answers they become.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use common::error::ErrorBody;
+use common::wire::RunType;
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// 400: the trip id in the path or body is not acceptable.
+    #[error("{0}")]
+    InvalidTripId(String),
+
+    /// 422: the run type asks this action to fail, as the sample's functions do.
+    #[error("runType {run_type} makes payments-svc fail {action}")]
+    Injected { run_type: RunType, action: &'static str },
+
+    /// 404: no reservation for this trip.
+    #[error("no payment for trip {0}")]
+    NotFound(String),
+
+    /// 409: the trip's payment was refunded; it cannot be charged again.
+    #[error("the payment of trip {0} is refunded")]
+    Refunded(String),
+
+    /// 422: the currency is not three capital letters, or the amount not
+    /// positive with at most two decimals.
+    #[error("{0}")]
+    InvalidPayment(String),
+
+    /// 500: the database failed; logged, answered opaquely.
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+}
+
+impl IntoResponse for Error {
+    fn into_response(self) -> Response {
+        let message = self.to_string();
+        let (status, body) = match &self {
+            Error::InvalidTripId(_) => (
+                StatusCode::BAD_REQUEST,
+                ErrorBody::new("invalid_trip_id", message),
+            ),
+            Error::Injected { .. } => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                ErrorBody::new(
+                    "injected_failure",
+                    format!("{message}, as asked (injected failure); send runType success to pay"),
+                ),
+            ),
+            Error::NotFound(_) => (
+                StatusCode::NOT_FOUND,
+                ErrorBody::new("not_found", format!("{message}; charge it first")),
+            ),
+            Error::Refunded(_) => (
+                StatusCode::CONFLICT,
+                ErrorBody::new(
+                    "payment_refunded",
+                    format!("{message}; pay for the trip under a new trip id"),
+                ),
+            ),
+            Error::InvalidPayment(_) => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                ErrorBody::new("invalid_payment", message),
+            ),
+            Error::Database(err) => return common::error::internal(err),
+        };
+        body.into_response_with(status)
+    }
+}
