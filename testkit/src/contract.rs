@@ -1,0 +1,167 @@
+//! The contract every booking participant keeps (flights-svc, cars-svc),
+//! written once and run against each: idempotent reserve, confirm and
+//! cancel; the only illegal transitions are 409s; tombstones; injected
+//! failures write nothing; bad input is a 4xx JSON error.
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use sqlx::{PgPool, Row};
+
+/// A booking participant under test.
+#[derive(Debug, Clone, Copy)]
+pub struct Booking<'a> {
+    /// The service's base URL.
+    pub url: &'a str,
+    /// The collection path, e.g. `/reservations`.
+    pub collection: &'static str,
+    /// The participant's table, e.g. `flights.reservations`.
+    pub table: &'static str,
+    /// A valid reserve body for a trip and run type.
+    pub reserve_body: fn(&str, &str) -> Value,
+    /// The run types that fail reserve and confirm here.
+    pub fail_reserve: &'static str,
+    pub fail_confirm: &'static str,
+}
+
+/// An HTTP answer: status and JSON body.
+pub async fn post(url: &str, body: &Value) -> (StatusCode, Value) {
+    let response = reqwest::Client::new()
+        .post(url)
+        .header(common::wire::IDEMPOTENCY_KEY, "test")
+        .json(body)
+        .send()
+        .await
+        .expect("request failed");
+    let status = response.status();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+impl Booking<'_> {
+    fn at(&self, path: &str) -> String {
+        format!("{}{}{path}", self.url, self.collection)
+    }
+
+    async fn reserve(&self, trip: &str, run_type: &str) -> (StatusCode, Value) {
+        post(&self.at(""), &(self.reserve_body)(trip, run_type)).await
+    }
+
+    async fn act(&self, trip: &str, action: &str, body: Value) -> (StatusCode, Value) {
+        post(&self.at(&format!("/{trip}/{action}")), &body).await
+    }
+
+    async fn rows(&self, pool: &PgPool, trip: &str) -> Vec<String> {
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT status::text AS status FROM {} WHERE trip_id = $1",
+            self.table
+        )))
+        .bind(trip)
+        .fetch_all(pool)
+        .await
+        .expect("query participant table")
+        .iter()
+        .map(|row| row.get("status"))
+        .collect()
+    }
+
+    /// Runs the whole contract; panics on the first breach.
+    pub async fn check(&self, pool: &PgPool) {
+        self.reserve_confirm_cancel(pool).await;
+        self.tombstones(pool).await;
+        self.injected_failures(pool).await;
+        self.bad_input().await;
+    }
+
+    async fn reserve_confirm_cancel(&self, pool: &PgPool) {
+        let (status, first) = self.reserve("t1", "success").await;
+        assert_eq!(status, StatusCode::OK, "{first}");
+        assert_eq!(first["status"], "pending");
+        let (status, again) = self.reserve("t1", "success").await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(again, first, "a replayed reserve answers the first booking");
+        assert_eq!(self.rows(pool, "t1").await, ["pending"]);
+
+        let booking = first["booking_id"].clone();
+        let (status, confirmed) = self.act("t1", "confirm", json!({ "booking_id": booking })).await;
+        assert_eq!(status, StatusCode::OK, "{confirmed}");
+        assert_eq!(confirmed["status"], "confirmed");
+        let (status, again) = self.act("t1", "confirm", json!({})).await;
+        assert_eq!((status, &again["status"]), (StatusCode::OK, &json!("confirmed")));
+        let (status, again) = self.reserve("t1", "success").await;
+        assert_eq!((status, &again["status"]), (StatusCode::OK, &json!("confirmed")));
+
+        let (status, body) = self
+            .act("t1", "confirm", json!({ "booking_id": uuid::Uuid::new_v4() }))
+            .await;
+        assert_eq!((status, &body["error"]), (StatusCode::CONFLICT, &json!("booking_mismatch")));
+
+        let (status, cancelled) = self.act("t1", "cancel", json!({})).await;
+        assert_eq!((status, &cancelled["status"]), (StatusCode::OK, &json!("cancelled")));
+        let (status, again) = self.act("t1", "cancel", json!({})).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(again, cancelled, "a replayed cancel answers the same");
+
+        let (status, body) = self.act("t1", "confirm", json!({})).await;
+        assert_eq!(status, StatusCode::CONFLICT, "confirm of a cancelled booking: {body}");
+        assert!(body["message"].as_str().is_some_and(|m| !m.is_empty()));
+        let (status, _) = self.reserve("t1", "success").await;
+        assert_eq!(status, StatusCode::CONFLICT, "reserve of a cancelled trip");
+        assert_eq!(self.rows(pool, "t1").await, ["cancelled"]);
+
+        let shown = reqwest::get(self.at("/t1")).await.expect("GET the booking");
+        assert_eq!(shown.status(), StatusCode::OK);
+        let shown: Value = shown.json().await.expect("JSON booking");
+        assert_eq!(shown, again);
+    }
+
+    async fn tombstones(&self, pool: &PgPool) {
+        let (status, body) = self.act("never-seen", "cancel", json!({})).await;
+        assert_eq!((status, &body["status"]), (StatusCode::OK, &json!("cancelled")));
+        assert_eq!(self.rows(pool, "never-seen").await, ["cancelled"]);
+        let (status, _) = self.reserve("never-seen", "success").await;
+        assert_eq!(status, StatusCode::CONFLICT, "a late reserve after a cancel is refused");
+        let (status, _) = self.act("unknown", "confirm", json!({})).await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert!(self.rows(pool, "unknown").await.is_empty());
+    }
+
+    async fn injected_failures(&self, pool: &PgPool) {
+        let (status, body) = self.reserve("t2", self.fail_reserve).await;
+        assert_eq!((status, &body["error"]), (StatusCode::UNPROCESSABLE_ENTITY, &json!("injected_failure")));
+        assert!(self.rows(pool, "t2").await.is_empty(), "an injected failure writes nothing");
+
+        let (status, _) = self.reserve("t3", self.fail_confirm).await;
+        assert_eq!(status, StatusCode::OK, "only confirm fails for {}", self.fail_confirm);
+        let (status, body) = self.act("t3", "confirm", json!({ "run_type": self.fail_confirm })).await;
+        assert_eq!((status, &body["error"]), (StatusCode::UNPROCESSABLE_ENTITY, &json!("injected_failure")));
+        assert_eq!(self.rows(pool, "t3").await, ["pending"]);
+        let (status, _) = self.act("t3", "cancel", json!({ "run_type": self.fail_confirm })).await;
+        assert_eq!(status, StatusCode::OK, "cancel never fails");
+    }
+
+    async fn bad_input(&self) {
+        let (status, body) = self.reserve("bad/id", "success").await;
+        assert_eq!((status, &body["error"]), (StatusCode::BAD_REQUEST, &json!("invalid_trip_id")));
+        let (status, body) = self.reserve(&"x".repeat(65), "success").await;
+        assert_eq!((status, &body["error"]), (StatusCode::BAD_REQUEST, &json!("invalid_trip_id")));
+        let (status, body) = self.reserve("t4", "failEverything").await;
+        assert_eq!((status, &body["error"]), (StatusCode::UNPROCESSABLE_ENTITY, &json!("invalid_body")));
+        let (status, body) = post(&self.at(""), &json!({ "trip_id": "t5" })).await;
+        assert_eq!((status, &body["error"]), (StatusCode::UNPROCESSABLE_ENTITY, &json!("invalid_body")));
+        let response = reqwest::Client::new()
+            .post(self.at(""))
+            .header("content-type", "application/json")
+            .body("{not json")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["error"], "malformed_json");
+        let response = reqwest::Client::new().post(self.at("")).body("{}").send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+        let response = reqwest::get(format!("{}/nowhere", self.url)).await.unwrap();
+        assert_eq!(response.status(), StatusCode::NOT_FOUND);
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["error"], "not_found");
+    }
+}
