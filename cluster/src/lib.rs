@@ -1,0 +1,246 @@
+//! The whole travel saga cluster in one process: flights-svc, cars-svc,
+//! payments-svc and the orchestrator, each served from its library crate on
+//! a listener of its own, exactly as their binaries serve them.
+//!
+//! The native runner (`cargo run --release -p cluster`) and the end-to-end
+//! tests both start the cluster through [`Cluster::start`].
+
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// One of the three participants.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Participant {
+    Flights,
+    Cars,
+    Payments,
+}
+
+impl Participant {
+    pub fn name(self) -> &'static str {
+        match self {
+            Participant::Flights => "flights-svc",
+            Participant::Cars => "cars-svc",
+            Participant::Payments => "payments-svc",
+        }
+    }
+}
+
+/// The four listeners, bound before anything starts.
+#[derive(Debug)]
+pub struct Listeners {
+    pub orchestrator: TcpListener,
+    pub flights: TcpListener,
+    pub cars: TcpListener,
+    pub payments: TcpListener,
+}
+
+impl Listeners {
+    /// Binds `first_port` to `first_port + 3` on `host` (orchestrator,
+    /// flights, cars, payments), or four free ports when `first_port` is 0.
+    pub async fn bind(host: &str, first_port: u16) -> anyhow::Result<Self> {
+        let bind = |offset: u16| async move {
+            let port = if first_port == 0 { 0 } else { first_port + offset };
+            TcpListener::bind((host, port))
+                .await
+                .with_context(|| format!("cannot listen on {host}:{port}"))
+        };
+        Ok(Self {
+            orchestrator: bind(0).await?,
+            flights: bind(1).await?,
+            cars: bind(2).await?,
+            payments: bind(3).await?,
+        })
+    }
+}
+
+/// A running cluster. [`Cluster::stop`] stops it cleanly.
+#[derive(Debug)]
+pub struct Cluster {
+    pub orchestrator_url: String,
+    pub flights_url: String,
+    pub cars_url: String,
+    pub payments_url: String,
+    database_url: String,
+    stop: CancellationToken,
+    tasks: Vec<(&'static str, JoinHandle<anyhow::Result<()>>)>,
+    held: Vec<(Participant, TcpListener)>,
+}
+
+fn url_of(listener: &TcpListener) -> anyhow::Result<String> {
+    let addr = listener.local_addr()?;
+    let host = if addr.ip().is_unspecified() {
+        "127.0.0.1".to_owned()
+    } else {
+        addr.ip().to_string()
+    };
+    Ok(format!("http://{host}:{}", addr.port()))
+}
+
+impl Cluster {
+    /// Starts the participants, waits until they are ready (migrated), then
+    /// starts the orchestrator and waits for it too. `configure` adjusts the
+    /// orchestrator's settings. A participant named in `hold` is not served
+    /// yet: its listener accepts no requests until [`Cluster::serve_held`],
+    /// as if the service were down.
+    pub async fn start(
+        database_url: &str,
+        listeners: Listeners,
+        hold: &[Participant],
+        configure: impl FnOnce(&mut orchestrator::Config),
+    ) -> anyhow::Result<Self> {
+        let mut cluster = Self {
+            orchestrator_url: url_of(&listeners.orchestrator)?,
+            flights_url: url_of(&listeners.flights)?,
+            cars_url: url_of(&listeners.cars)?,
+            payments_url: url_of(&listeners.payments)?,
+            database_url: database_url.to_owned(),
+            stop: CancellationToken::new(),
+            tasks: Vec::new(),
+            held: Vec::new(),
+        };
+        for (participant, listener) in [
+            (Participant::Flights, listeners.flights),
+            (Participant::Cars, listeners.cars),
+            (Participant::Payments, listeners.payments),
+        ] {
+            if hold.contains(&participant) {
+                cluster.held.push((participant, listener));
+            } else {
+                cluster.spawn_participant(participant, listener);
+            }
+        }
+        for participant in [Participant::Flights, Participant::Cars, Participant::Payments] {
+            if !hold.contains(&participant) {
+                cluster.wait_ready(participant.name()).await?;
+            }
+        }
+        let mut config = orchestrator::Config::new(
+            database_url,
+            &cluster.flights_url,
+            &cluster.cars_url,
+            &cluster.payments_url,
+        );
+        configure(&mut config);
+        let stop = cluster.stop.clone();
+        cluster.tasks.push((
+            "orchestrator",
+            tokio::spawn(orchestrator::run(config, listeners.orchestrator, async move {
+                stop.cancelled().await
+            })),
+        ));
+        cluster.wait_ready("orchestrator").await?;
+        Ok(cluster)
+    }
+
+    fn spawn_participant(&mut self, participant: Participant, listener: TcpListener) {
+        let common = common::config::CommonConfig::new(&self.database_url);
+        let stop = self.stop.clone();
+        let stopped = async move { stop.cancelled().await };
+        let task = match participant {
+            Participant::Flights => tokio::spawn(flights_svc::run(
+                flights_svc::Config {
+                    listen_addr: String::new(),
+                    common,
+                },
+                listener,
+                stopped,
+            )),
+            Participant::Cars => tokio::spawn(cars_svc::run(
+                cars_svc::Config {
+                    listen_addr: String::new(),
+                    common,
+                },
+                listener,
+                stopped,
+            )),
+            Participant::Payments => tokio::spawn(payments_svc::run(
+                payments_svc::Config {
+                    listen_addr: String::new(),
+                    common,
+                },
+                listener,
+                stopped,
+            )),
+        };
+        self.tasks.push((participant.name(), task));
+    }
+
+    /// Starts serving a participant held back at start, and waits until it
+    /// is ready.
+    pub async fn serve_held(&mut self, participant: Participant) -> anyhow::Result<()> {
+        let index = self
+            .held
+            .iter()
+            .position(|(p, _)| *p == participant)
+            .with_context(|| format!("{} is not held", participant.name()))?;
+        let (_, listener) = self.held.remove(index);
+        self.spawn_participant(participant, listener);
+        self.wait_ready(participant.name()).await
+    }
+
+    fn url(&self, service: &str) -> &str {
+        match service {
+            "flights-svc" => &self.flights_url,
+            "cars-svc" => &self.cars_url,
+            "payments-svc" => &self.payments_url,
+            _ => &self.orchestrator_url,
+        }
+    }
+
+    /// Waits until `service` answers `/readyz`, failing fast if it exited.
+    async fn wait_ready(&mut self, service: &'static str) -> anyhow::Result<()> {
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(2))
+            .no_proxy()
+            .build()?;
+        let url = format!("{}/readyz", self.url(service));
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(index) = self
+                .tasks
+                .iter()
+                .position(|(name, task)| *name == service && task.is_finished())
+            {
+                let (_, task) = self.tasks.remove(index);
+                let result = task.await.context("service task panicked")?;
+                result.with_context(|| format!("{service} stopped at start-up"))?;
+                bail!("{service} stopped at start-up");
+            }
+            if client
+                .get(&url)
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success())
+            {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() > deadline {
+                bail!("{service} was not ready within 60 s");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Stops every service (the orchestrator hands its leases back) and
+    /// waits for them, reporting the first failure.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        self.stop.cancel();
+        let mut first_error = None;
+        for (name, task) in self.tasks {
+            let result = match task.await {
+                Ok(result) => result.with_context(|| format!("{name} failed")),
+                Err(err) => Err(anyhow::Error::from(err).context(format!("{name} panicked"))),
+            };
+            if let Err(err) = result {
+                tracing::error!(error = format!("{err:#}"), "service failed");
+                first_error.get_or_insert(err);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+}

@@ -1,0 +1,6 @@
+//! The four real services over HTTP on port 0, on a fresh database per test.
+
+mod bad_input;
+mod faults;
+mod flows;
+mod support;
