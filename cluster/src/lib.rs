@@ -44,7 +44,11 @@ impl Listeners {
     /// flights, cars, payments), or four free ports when `first_port` is 0.
     pub async fn bind(host: &str, first_port: u16) -> anyhow::Result<Self> {
         let bind = |offset: u16| async move {
-            let port = if first_port == 0 { 0 } else { first_port + offset };
+            let port = if first_port == 0 {
+                0
+            } else {
+                first_port + offset
+            };
             TcpListener::bind((host, port))
                 .await
                 .with_context(|| format!("cannot listen on {host}:{port}"))
@@ -114,7 +118,11 @@ impl Cluster {
                 cluster.spawn_participant(participant, listener);
             }
         }
-        for participant in [Participant::Flights, Participant::Cars, Participant::Payments] {
+        for participant in [
+            Participant::Flights,
+            Participant::Cars,
+            Participant::Payments,
+        ] {
             if !hold.contains(&participant) {
                 cluster.wait_ready(participant.name()).await?;
             }
@@ -129,9 +137,11 @@ impl Cluster {
         let stop = cluster.stop.clone();
         cluster.tasks.push((
             "orchestrator",
-            tokio::spawn(orchestrator::run(config, listeners.orchestrator, async move {
-                stop.cancelled().await
-            })),
+            tokio::spawn(orchestrator::run(
+                config,
+                listeners.orchestrator,
+                async move { stop.cancelled().await },
+            )),
         ));
         cluster.wait_ready("orchestrator").await?;
         Ok(cluster)

@@ -73,7 +73,11 @@ async fn main() -> anyhow::Result<()> {
         cluster.flights_url,
         cluster.cars_url,
         cluster.payments_url,
-        if private.is_some() { "  (private, deleted at exit)" } else { "" },
+        if private.is_some() {
+            "  (private, deleted at exit)"
+        } else {
+            ""
+        },
     );
 
     common::shutdown::signal().await;

@@ -31,8 +31,11 @@ async fn readyz(State(pool): State<PgPool>) -> Response {
         Ok(_) => Json(json!({ "status": "ready" })).into_response(),
         Err(err) => {
             tracing::warn!(%err, "readiness check failed");
-            ErrorBody::new("database_unavailable", "the database does not answer; retry later")
-                .into_response_with(StatusCode::SERVICE_UNAVAILABLE)
+            ErrorBody::new(
+                "database_unavailable",
+                "the database does not answer; retry later",
+            )
+            .into_response_with(StatusCode::SERVICE_UNAVAILABLE)
         }
     }
 }

@@ -30,25 +30,27 @@ pub fn with_middleware(router: Router, request_timeout: Duration) -> Router {
         .layer(
             ServiceBuilder::new()
                 .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
-                .layer(TraceLayer::new_for_http().make_span_with(|req: &Request<_>| {
-                    let request_id = req
-                        .headers()
-                        .get("x-request-id")
-                        .and_then(|v| v.to_str().ok())
-                        .unwrap_or_default();
-                    let idempotency_key = req
-                        .headers()
-                        .get(crate::wire::IDEMPOTENCY_KEY)
-                        .and_then(|v| v.to_str().ok())
-                        .unwrap_or_default();
-                    tracing::info_span!(
-                        "request",
-                        method = %req.method(),
-                        uri = %req.uri(),
-                        request_id,
-                        idempotency_key,
-                    )
-                }))
+                .layer(
+                    TraceLayer::new_for_http().make_span_with(|req: &Request<_>| {
+                        let request_id = req
+                            .headers()
+                            .get("x-request-id")
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or_default();
+                        let idempotency_key = req
+                            .headers()
+                            .get(crate::wire::IDEMPOTENCY_KEY)
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or_default();
+                        tracing::info_span!(
+                            "request",
+                            method = %req.method(),
+                            uri = %req.uri(),
+                            request_id,
+                            idempotency_key,
+                        )
+                    }),
+                )
                 .layer(PropagateRequestIdLayer::x_request_id())
                 .layer(CatchPanicLayer::custom(panicked))
                 .layer(TimeoutLayer::with_status_code(
@@ -86,7 +88,10 @@ async fn method_not_allowed() -> Response {
 
 fn panicked(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
     tracing::error!("handler panicked");
-    ErrorBody::new("internal", "the service failed to handle the request; try again later")
-        .into_response_with(StatusCode::INTERNAL_SERVER_ERROR)
-        .into_response()
+    ErrorBody::new(
+        "internal",
+        "the service failed to handle the request; try again later",
+    )
+    .into_response_with(StatusCode::INTERNAL_SERVER_ERROR)
+    .into_response()
 }

@@ -1,3 +1,4 @@
+use anyhow::Context;
 use clap::Parser;
 
 use orchestrator::Config;
@@ -6,7 +7,9 @@ use orchestrator::Config;
 async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
     common::telemetry::init(config.common.log_format);
-    let listener = tokio::net::TcpListener::bind(&config.listen_addr).await?;
+    let listener = tokio::net::TcpListener::bind(&config.listen_addr)
+        .await
+        .with_context(|| format!("cannot listen on LISTEN_ADDR={}", config.listen_addr))?;
     tracing::info!(addr = %listener.local_addr()?, "orchestrator listening");
     orchestrator::run(config, listener, common::shutdown::signal()).await
 }

@@ -87,7 +87,10 @@ impl Participants {
             .await
             .map_err(|err| transport_failure(&err))?;
         let status = response.status();
-        let bytes = response.bytes().await.map_err(|err| transport_failure(&err))?;
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|err| transport_failure(&err))?;
         let answer: Value = serde_json::from_slice(&bytes)
             .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
         if status.is_success() {

@@ -74,7 +74,9 @@ impl RetryConfig {
         let builder = ExponentialBuilder::new()
             .with_min_delay(Duration::from_millis(self.retry_initial_delay_ms))
             .with_factor(self.retry_multiplier.max(1.0))
-            .with_max_delay(Duration::from_millis(max_delay_ms.max(self.retry_initial_delay_ms)));
+            .with_max_delay(Duration::from_millis(
+                max_delay_ms.max(self.retry_initial_delay_ms),
+            ));
         if self.retry_jitter {
             builder.with_jitter()
         } else {
@@ -120,7 +122,10 @@ mod tests {
     fn forward_steps_stop_after_max_attempts() {
         let delays: Vec<_> = config().forward().backoff().collect();
         let ms = |d: &Duration| d.as_millis();
-        assert_eq!(delays.iter().map(ms).collect::<Vec<_>>(), vec![100, 200, 400]);
+        assert_eq!(
+            delays.iter().map(ms).collect::<Vec<_>>(),
+            vec![100, 200, 400]
+        );
     }
 
     #[test]

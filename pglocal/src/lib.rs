@@ -68,18 +68,28 @@ impl PrivatePostgres {
             STARTED.fetch_add(1, Ordering::Relaxed)
         ));
         let dir = top.join("data");
-        std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
         if let Some((uid, gid)) = owner {
             for path in [&top, &dir] {
-                chown(path, Some(uid), Some(gid))
-                    .with_context(|| format!("cannot hand {} to the postgres user", path.display()))?;
+                chown(path, Some(uid), Some(gid)).with_context(|| {
+                    format!("cannot hand {} to the postgres user", path.display())
+                })?;
             }
         }
         let mut initdb = Command::new(bindir.join("initdb"));
         initdb
             .args(["-D"])
             .arg(&dir)
-            .args(["-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync", "--no-instructions"])
+            .args([
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "-E",
+                "UTF8",
+                "--no-sync",
+                "--no-instructions",
+            ])
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
         as_user(&mut initdb, owner);
@@ -104,7 +114,14 @@ impl PrivatePostgres {
             .stdout(Stdio::null())
             .stderr(Stdio::null());
         if durability == Durability::Throwaway {
-            server.args(["-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"]);
+            server.args([
+                "-c",
+                "fsync=off",
+                "-c",
+                "synchronous_commit=off",
+                "-c",
+                "full_page_writes=off",
+            ]);
         }
         as_user(&mut server, owner);
         let mut watchdog = server.spawn().context("cannot start postgres")?;
@@ -177,10 +194,10 @@ pub fn find_bindir() -> Option<PathBuf> {
             .iter()
             .all(|bin| dir.join(bin).is_file())
     };
-    if let Some(path) = std::env::var_os("PATH") {
-        if let Some(dir) = std::env::split_paths(&path).find(|dir| complete(dir)) {
-            return Some(dir);
-        }
+    if let Some(path) = std::env::var_os("PATH")
+        && let Some(dir) = std::env::split_paths(&path).find(|dir| complete(dir))
+    {
+        return Some(dir);
     }
     if let Ok(out) = Command::new("pg_config").arg("--bindir").output() {
         let dir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());

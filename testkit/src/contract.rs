@@ -81,27 +81,49 @@ impl Booking<'_> {
         assert_eq!(self.rows(pool, "t1").await, ["pending"]);
 
         let booking = first["booking_id"].clone();
-        let (status, confirmed) = self.act("t1", "confirm", json!({ "booking_id": booking })).await;
+        let (status, confirmed) = self
+            .act("t1", "confirm", json!({ "booking_id": booking }))
+            .await;
         assert_eq!(status, StatusCode::OK, "{confirmed}");
         assert_eq!(confirmed["status"], "confirmed");
         let (status, again) = self.act("t1", "confirm", json!({})).await;
-        assert_eq!((status, &again["status"]), (StatusCode::OK, &json!("confirmed")));
+        assert_eq!(
+            (status, &again["status"]),
+            (StatusCode::OK, &json!("confirmed"))
+        );
         let (status, again) = self.reserve("t1", "success").await;
-        assert_eq!((status, &again["status"]), (StatusCode::OK, &json!("confirmed")));
+        assert_eq!(
+            (status, &again["status"]),
+            (StatusCode::OK, &json!("confirmed"))
+        );
 
         let (status, body) = self
-            .act("t1", "confirm", json!({ "booking_id": uuid::Uuid::new_v4() }))
+            .act(
+                "t1",
+                "confirm",
+                json!({ "booking_id": uuid::Uuid::new_v4() }),
+            )
             .await;
-        assert_eq!((status, &body["error"]), (StatusCode::CONFLICT, &json!("booking_mismatch")));
+        assert_eq!(
+            (status, &body["error"]),
+            (StatusCode::CONFLICT, &json!("booking_mismatch"))
+        );
 
         let (status, cancelled) = self.act("t1", "cancel", json!({})).await;
-        assert_eq!((status, &cancelled["status"]), (StatusCode::OK, &json!("cancelled")));
+        assert_eq!(
+            (status, &cancelled["status"]),
+            (StatusCode::OK, &json!("cancelled"))
+        );
         let (status, again) = self.act("t1", "cancel", json!({})).await;
         assert_eq!(status, StatusCode::OK);
         assert_eq!(again, cancelled, "a replayed cancel answers the same");
 
         let (status, body) = self.act("t1", "confirm", json!({})).await;
-        assert_eq!(status, StatusCode::CONFLICT, "confirm of a cancelled booking: {body}");
+        assert_eq!(
+            status,
+            StatusCode::CONFLICT,
+            "confirm of a cancelled booking: {body}"
+        );
         assert!(body["message"].as_str().is_some_and(|m| !m.is_empty()));
         let (status, _) = self.reserve("t1", "success").await;
         assert_eq!(status, StatusCode::CONFLICT, "reserve of a cancelled trip");
@@ -115,10 +137,17 @@ impl Booking<'_> {
 
     async fn tombstones(&self, pool: &PgPool) {
         let (status, body) = self.act("never-seen", "cancel", json!({})).await;
-        assert_eq!((status, &body["status"]), (StatusCode::OK, &json!("cancelled")));
+        assert_eq!(
+            (status, &body["status"]),
+            (StatusCode::OK, &json!("cancelled"))
+        );
         assert_eq!(self.rows(pool, "never-seen").await, ["cancelled"]);
         let (status, _) = self.reserve("never-seen", "success").await;
-        assert_eq!(status, StatusCode::CONFLICT, "a late reserve after a cancel is refused");
+        assert_eq!(
+            status,
+            StatusCode::CONFLICT,
+            "a late reserve after a cancel is refused"
+        );
         let (status, _) = self.act("unknown", "confirm", json!({})).await;
         assert_eq!(status, StatusCode::NOT_FOUND);
         assert!(self.rows(pool, "unknown").await.is_empty());
@@ -126,27 +155,57 @@ impl Booking<'_> {
 
     async fn injected_failures(&self, pool: &PgPool) {
         let (status, body) = self.reserve("t2", self.fail_reserve).await;
-        assert_eq!((status, &body["error"]), (StatusCode::UNPROCESSABLE_ENTITY, &json!("injected_failure")));
-        assert!(self.rows(pool, "t2").await.is_empty(), "an injected failure writes nothing");
+        assert_eq!(
+            (status, &body["error"]),
+            (StatusCode::UNPROCESSABLE_ENTITY, &json!("injected_failure"))
+        );
+        assert!(
+            self.rows(pool, "t2").await.is_empty(),
+            "an injected failure writes nothing"
+        );
 
         let (status, _) = self.reserve("t3", self.fail_confirm).await;
-        assert_eq!(status, StatusCode::OK, "only confirm fails for {}", self.fail_confirm);
-        let (status, body) = self.act("t3", "confirm", json!({ "run_type": self.fail_confirm })).await;
-        assert_eq!((status, &body["error"]), (StatusCode::UNPROCESSABLE_ENTITY, &json!("injected_failure")));
+        assert_eq!(
+            status,
+            StatusCode::OK,
+            "only confirm fails for {}",
+            self.fail_confirm
+        );
+        let (status, body) = self
+            .act("t3", "confirm", json!({ "run_type": self.fail_confirm }))
+            .await;
+        assert_eq!(
+            (status, &body["error"]),
+            (StatusCode::UNPROCESSABLE_ENTITY, &json!("injected_failure"))
+        );
         assert_eq!(self.rows(pool, "t3").await, ["pending"]);
-        let (status, _) = self.act("t3", "cancel", json!({ "run_type": self.fail_confirm })).await;
+        let (status, _) = self
+            .act("t3", "cancel", json!({ "run_type": self.fail_confirm }))
+            .await;
         assert_eq!(status, StatusCode::OK, "cancel never fails");
     }
 
     async fn bad_input(&self) {
         let (status, body) = self.reserve("bad/id", "success").await;
-        assert_eq!((status, &body["error"]), (StatusCode::BAD_REQUEST, &json!("invalid_trip_id")));
+        assert_eq!(
+            (status, &body["error"]),
+            (StatusCode::BAD_REQUEST, &json!("invalid_trip_id"))
+        );
         let (status, body) = self.reserve(&"x".repeat(65), "success").await;
-        assert_eq!((status, &body["error"]), (StatusCode::BAD_REQUEST, &json!("invalid_trip_id")));
+        assert_eq!(
+            (status, &body["error"]),
+            (StatusCode::BAD_REQUEST, &json!("invalid_trip_id"))
+        );
         let (status, body) = self.reserve("t4", "failEverything").await;
-        assert_eq!((status, &body["error"]), (StatusCode::UNPROCESSABLE_ENTITY, &json!("invalid_body")));
+        assert_eq!(
+            (status, &body["error"]),
+            (StatusCode::UNPROCESSABLE_ENTITY, &json!("invalid_body"))
+        );
         let (status, body) = post(&self.at(""), &json!({ "trip_id": "t5" })).await;
-        assert_eq!((status, &body["error"]), (StatusCode::UNPROCESSABLE_ENTITY, &json!("invalid_body")));
+        assert_eq!(
+            (status, &body["error"]),
+            (StatusCode::UNPROCESSABLE_ENTITY, &json!("invalid_body"))
+        );
         let response = reqwest::Client::new()
             .post(self.at(""))
             .header("content-type", "application/json")
@@ -157,7 +216,12 @@ impl Booking<'_> {
         assert_eq!(response.status(), StatusCode::BAD_REQUEST);
         let body: Value = response.json().await.unwrap();
         assert_eq!(body["error"], "malformed_json");
-        let response = reqwest::Client::new().post(self.at("")).body("{}").send().await.unwrap();
+        let response = reqwest::Client::new()
+            .post(self.at(""))
+            .body("{}")
+            .send()
+            .await
+            .unwrap();
         assert_eq!(response.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
         let response = reqwest::get(format!("{}/nowhere", self.url)).await.unwrap();
         assert_eq!(response.status(), StatusCode::NOT_FOUND);

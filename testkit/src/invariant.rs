@@ -59,14 +59,19 @@ pub async fn check(pool: &PgPool) -> anyhow::Result<Report> {
                     && car.as_deref() == Some("confirmed")
                     && payment.as_deref() == Some("charged");
                 if !ok {
-                    report.inconsistent.push(format!("{trip_id}: succeeded with {states}"));
+                    report
+                        .inconsistent
+                        .push(format!("{trip_id}: succeeded with {states}"));
                 }
             }
             "failed" => {
                 report.failed += 1;
-                let live = |s: &Option<String>| matches!(s.as_deref(), Some("pending" | "confirmed"));
+                let live =
+                    |s: &Option<String>| matches!(s.as_deref(), Some("pending" | "confirmed"));
                 if live(&flight) || live(&car) || payment.as_deref() == Some("charged") {
-                    report.inconsistent.push(format!("{trip_id}: failed with {states}"));
+                    report
+                        .inconsistent
+                        .push(format!("{trip_id}: failed with {states}"));
                 }
             }
             _ => report.unfinished.push(format!("{trip_id}: {saga}")),

@@ -69,7 +69,8 @@ impl TestDb {
             ("cars", sqlx::migrate!("../migrations/cars")),
             ("payments", sqlx::migrate!("../migrations/payments")),
         ] {
-            let pool = common::db::connect_and_migrate(&url, schema, migrator, Default::default()).await?;
+            let pool =
+                common::db::connect_and_migrate(&url, schema, migrator, Default::default()).await?;
             pool.close().await;
         }
         let pool = PgPool::connect(&url).await?;
@@ -94,7 +95,9 @@ impl Drop for TestDb {
         // Drop cannot await: drop the database from a thread of its own
         // (FORCE ends the connections of the test's pool).
         let dropped = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
             runtime.block_on(async move {
                 let mut admin = PgConnectOptions::from_str(server_url())?.connect().await?;
                 sqlx::query(sqlx::AssertSqlSafe(format!(

@@ -15,7 +15,10 @@ pub enum Error {
 
     /// 422: the run type asks this action to fail, as the sample's functions do.
     #[error("runType {run_type} makes cars-svc fail {action}")]
-    Injected { run_type: RunType, action: &'static str },
+    Injected {
+        run_type: RunType,
+        action: &'static str,
+    },
 
     /// 404: no reservation for this trip.
     #[error("no car rental for trip {0}")]
@@ -67,7 +70,10 @@ impl IntoResponse for Error {
             ),
             Error::BookingMismatch { .. } => (
                 StatusCode::CONFLICT,
-                ErrorBody::new("booking_mismatch", format!("{message}; send the trip's own booking id")),
+                ErrorBody::new(
+                    "booking_mismatch",
+                    format!("{message}; send the trip's own booking id"),
+                ),
             ),
             Error::Database(err) => return common::error::internal(err),
         };

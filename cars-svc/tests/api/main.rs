@@ -18,7 +18,10 @@ fn reserve_body(trip_id: &str, run_type: &str) -> Value {
 #[tokio::test]
 async fn keeps_the_booking_contract() {
     let db = TestDb::new().await;
-    let server = TestServer::start(app(AppState { pool: db.pool().clone() })).await;
+    let server = TestServer::start(app(AppState {
+        pool: db.pool().clone(),
+    }))
+    .await;
     Booking {
         url: &server.url,
         collection: "/rentals",
@@ -34,8 +37,15 @@ async fn keeps_the_booking_contract() {
 #[tokio::test]
 async fn stores_the_sample_fields() {
     let db = TestDb::new().await;
-    let server = TestServer::start(app(AppState { pool: db.pool().clone() })).await;
-    let (status, body) = testkit::contract::post(&format!("{}/rentals", server.url), &reserve_body("t", "success")).await;
+    let server = TestServer::start(app(AppState {
+        pool: db.pool().clone(),
+    }))
+    .await;
+    let (status, body) = testkit::contract::post(
+        &format!("{}/rentals", server.url),
+        &reserve_body("t", "success"),
+    )
+    .await;
     assert_eq!(status, 200, "{body}");
     let row: (String, String, String) = sqlx::query_as(
         "SELECT rental, status::text, to_char(rental_from AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI') FROM cars.rentals WHERE trip_id = 't'",
@@ -43,5 +53,8 @@ async fn stores_the_sample_fields() {
     .fetch_one(db.pool())
     .await
     .unwrap();
-    assert_eq!(row, ("BMW".into(), "pending".into(), "2021-07-09 00:00".into()));
+    assert_eq!(
+        row,
+        ("BMW".into(), "pending".into(), "2021-07-09 00:00".into())
+    );
 }

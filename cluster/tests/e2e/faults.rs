@@ -17,17 +17,25 @@ async fn a_participant_down_past_the_budget_makes_the_saga_compensate_until_it_i
     assert_eq!(answer.body["status"], "running");
 
     let saga = env
-        .saga_when("down-1", "the refund to be retried while compensating", |saga| {
-            saga["status"] == "compensating"
-                && step(saga, "RefundPayment").is_some_and(|s| s["attempts"].as_i64() >= Some(2))
-        })
+        .saga_when(
+            "down-1",
+            "the refund to be retried while compensating",
+            |saga| {
+                saga["status"] == "compensating"
+                    && step(saga, "RefundPayment")
+                        .is_some_and(|s| s["attempts"].as_i64() >= Some(2))
+            },
+        )
         .await;
     let payment = step(&saga, "ProcessPayment").expect("the payment step ran");
     assert_eq!(payment["status"], "failed");
     assert_eq!(payment["attempts"], 3, "the whole retry budget was spent");
     let refund = step(&saga, "RefundPayment").unwrap();
     assert_eq!(refund["status"], "running");
-    assert!(refund["last_error"]["error"].is_string(), "the last error is visible: {refund}");
+    assert!(
+        refund["last_error"]["error"].is_string(),
+        "the last error is visible: {refund}"
+    );
     let retrying = env
         .count("SELECT count(*) FROM orchestrator.saga_log WHERE step = 'ProcessPayment' AND status = 'retrying'")
         .await;
@@ -35,9 +43,16 @@ async fn a_participant_down_past_the_budget_makes_the_saga_compensate_until_it_i
 
     env.cluster.serve_held(Participant::Payments).await.unwrap();
     let saga = env
-        .saga_when("down-1", "the saga to fail once payments is back", |saga| saga["status"] == "failed")
+        .saga_when("down-1", "the saga to fail once payments is back", |saga| {
+            saga["status"] == "failed"
+        })
         .await;
-    let names: Vec<_> = saga["steps"].as_array().unwrap().iter().map(|s| s["step"].clone()).collect();
+    let names: Vec<_> = saga["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["step"].clone())
+        .collect();
     assert_eq!(
         names,
         [
@@ -51,9 +66,16 @@ async fn a_participant_down_past_the_budget_makes_the_saga_compensate_until_it_i
     );
     assert_eq!(
         env.rows("down-1").await,
-        [Some("cancelled".to_owned()), Some("cancelled".to_owned()), Some("refunded".to_owned())]
+        [
+            Some("cancelled".to_owned()),
+            Some("cancelled".to_owned()),
+            Some("refunded".to_owned())
+        ]
     );
-    testkit::invariant::check(env.db.pool()).await.unwrap().assert_clean();
+    testkit::invariant::check(env.db.pool())
+        .await
+        .unwrap()
+        .assert_clean();
     env.finish().await;
 }
 
@@ -76,6 +98,9 @@ async fn a_participant_down_for_a_while_is_retried_and_the_saga_succeeds() {
     let car = step(&answer.body, "ReserveCarRental").unwrap();
     assert_eq!(car["status"], "succeeded");
     assert!(car["attempts"].as_i64() >= Some(2));
-    testkit::invariant::check(env.db.pool()).await.unwrap().assert_clean();
+    testkit::invariant::check(env.db.pool())
+        .await
+        .unwrap()
+        .assert_clean();
     env.finish().await;
 }

@@ -28,7 +28,10 @@ impl Env {
 
     /// A cluster with quick retries, `hold` participants not served yet, and
     /// `configure` applied to the orchestrator's settings.
-    pub async fn start_with(hold: &[Participant], configure: impl FnOnce(&mut orchestrator::Config)) -> Self {
+    pub async fn start_with(
+        hold: &[Participant],
+        configure: impl FnOnce(&mut orchestrator::Config),
+    ) -> Self {
         let db = TestDb::new().await;
         let listeners = Listeners::bind("127.0.0.1", 0).await.expect("bind port 0");
         let cluster = Cluster::start(db.url(), listeners, hold, |config| {
@@ -51,14 +54,21 @@ impl Env {
 
     /// Stops the services before the database goes.
     pub async fn finish(self) {
-        self.cluster.stop().await.expect("the services stop cleanly");
+        self.cluster
+            .stop()
+            .await
+            .expect("the services stop cleanly");
     }
 
     async fn answer(response: reqwest::Response) -> Answer {
         let status = response.status();
         let headers = response.headers().clone();
         let body = response.json().await.unwrap_or(Value::Null);
-        Answer { status, headers, body }
+        Answer {
+            status,
+            headers,
+            body,
+        }
     }
 
     pub async fn get(&self, path: &str) -> Answer {
@@ -71,7 +81,12 @@ impl Env {
         Self::answer(self.http.post(url).json(body).send().await.expect("POST")).await
     }
 
-    pub async fn post_raw(&self, path: &str, content_type: Option<&str>, body: &'static str) -> Answer {
+    pub async fn post_raw(
+        &self,
+        path: &str,
+        content_type: Option<&str>,
+        body: &'static str,
+    ) -> Answer {
         let url = format!("{}{path}", self.cluster.orchestrator_url);
         let mut request = self.http.post(url).body(body);
         if let Some(content_type) = content_type {
@@ -82,19 +97,22 @@ impl Env {
 
     /// The saga's log as `(step, status)` pairs, in order.
     pub async fn log(&self, trip_id: &str) -> Vec<(String, String)> {
-        sqlx::query_as("SELECT step, status::text FROM orchestrator.saga_log WHERE trip_id = $1 ORDER BY seq")
-            .bind(trip_id)
-            .fetch_all(self.db.pool())
-            .await
-            .expect("read saga_log")
+        sqlx::query_as(
+            "SELECT step, status::text FROM orchestrator.saga_log WHERE trip_id = $1 ORDER BY seq",
+        )
+        .bind(trip_id)
+        .fetch_all(self.db.pool())
+        .await
+        .expect("read saga_log")
     }
 
     /// The trip's participant rows: flight, car and payment status.
     pub async fn rows(&self, trip_id: &str) -> [Option<String>; 3] {
         let mut found = [None, None, None];
-        for (slot, table) in found
-            .iter_mut()
-            .zip(["flights.reservations", "cars.rentals", "payments.payments"])
+        for (slot, table) in
+            found
+                .iter_mut()
+                .zip(["flights.reservations", "cars.rentals", "payments.payments"])
         {
             *slot = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
                 "SELECT status::text FROM {table} WHERE trip_id = $1"
@@ -108,11 +126,19 @@ impl Env {
     }
 
     pub async fn count(&self, sql: &'static str) -> i64 {
-        sqlx::query_scalar(sql).fetch_one(self.db.pool()).await.expect("count")
+        sqlx::query_scalar(sql)
+            .fetch_one(self.db.pool())
+            .await
+            .expect("count")
     }
 
     /// Awaits the saga of `trip_id` satisfying `done`.
-    pub async fn saga_when(&self, trip_id: &str, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+    pub async fn saga_when(
+        &self,
+        trip_id: &str,
+        what: &str,
+        done: impl Fn(&Value) -> bool,
+    ) -> Value {
         testkit::eventually(what, Duration::from_secs(30), || async {
             let answer = self.get(&format!("/trips/{trip_id}")).await;
             (answer.status == StatusCode::OK && done(&answer.body)).then_some(answer.body)
@@ -127,7 +153,12 @@ pub fn steps(saga: &Value) -> Vec<(String, String)> {
         .as_array()
         .expect("steps")
         .iter()
-        .map(|s| (s["step"].as_str().unwrap().to_owned(), s["status"].as_str().unwrap().to_owned()))
+        .map(|s| {
+            (
+                s["step"].as_str().unwrap().to_owned(),
+                s["status"].as_str().unwrap().to_owned(),
+            )
+        })
         .collect()
 }
 
@@ -137,5 +168,7 @@ pub fn step<'a>(saga: &'a Value, name: &str) -> Option<&'a Value> {
 }
 
 pub fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
-    list.iter().map(|(a, b)| ((*a).to_owned(), (*b).to_owned())).collect()
+    list.iter()
+        .map(|(a, b)| ((*a).to_owned(), (*b).to_owned()))
+        .collect()
 }

@@ -28,7 +28,7 @@ fn check_trip_id(trip_id: &str) -> Result<()> {
     common::wire::validate_trip_id(trip_id).map_err(Error::InvalidTripId)
 }
 
-#[tracing::instrument(skip_all, fields(trip_id = %req.trip_id), err(Debug))]
+#[tracing::instrument(skip_all, fields(trip_id = %req.trip_id), err(level = "info"))]
 async fn reserve(
     State(pool): State<PgPool>,
     Json(req): Json<FlightRequest>,
@@ -70,7 +70,7 @@ async fn reserve(
     }
 }
 
-#[tracing::instrument(skip_all, fields(%trip_id), err(Debug))]
+#[tracing::instrument(skip_all, fields(%trip_id), err(level = "info"))]
 async fn show(
     State(pool): State<PgPool>,
     Path(trip_id): Path<String>,
@@ -82,7 +82,7 @@ async fn show(
         .ok_or(Error::NotFound(trip_id))
 }
 
-#[tracing::instrument(skip_all, fields(%trip_id), err(Debug))]
+#[tracing::instrument(skip_all, fields(%trip_id), err(level = "info"))]
 async fn confirm(
     State(pool): State<PgPool>,
     Path(trip_id): Path<String>,
@@ -127,7 +127,7 @@ async fn confirm(
     }
 }
 
-#[tracing::instrument(skip_all, fields(%trip_id), err(Debug))]
+#[tracing::instrument(skip_all, fields(%trip_id), err(level = "info"))]
 async fn cancel(
     State(pool): State<PgPool>,
     Path(trip_id): Path<String>,

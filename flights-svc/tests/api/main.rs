@@ -19,7 +19,10 @@ fn reserve_body(trip_id: &str, run_type: &str) -> Value {
 #[tokio::test]
 async fn keeps_the_booking_contract() {
     let db = TestDb::new().await;
-    let server = TestServer::start(app(AppState { pool: db.pool().clone() })).await;
+    let server = TestServer::start(app(AppState {
+        pool: db.pool().clone(),
+    }))
+    .await;
     Booking {
         url: &server.url,
         collection: "/reservations",
@@ -35,8 +38,15 @@ async fn keeps_the_booking_contract() {
 #[tokio::test]
 async fn stores_the_sample_fields() {
     let db = TestDb::new().await;
-    let server = TestServer::start(app(AppState { pool: db.pool().clone() })).await;
-    let (status, body) = testkit::contract::post(&format!("{}/reservations", server.url), &reserve_body("t", "success")).await;
+    let server = TestServer::start(app(AppState {
+        pool: db.pool().clone(),
+    }))
+    .await;
+    let (status, body) = testkit::contract::post(
+        &format!("{}/reservations", server.url),
+        &reserve_body("t", "success"),
+    )
+    .await;
     assert_eq!(status, 200, "{body}");
     let row: (String, String, String) = sqlx::query_as(
         "SELECT depart_city, arrive_city, to_char(depart_time AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI') FROM flights.reservations WHERE trip_id = 't'",
@@ -44,5 +54,12 @@ async fn stores_the_sample_fields() {
     .fetch_one(db.pool())
     .await
     .unwrap();
-    assert_eq!(row, ("Detroit".into(), "Frankfurt".into(), "2021-07-07 06:00".into()));
+    assert_eq!(
+        row,
+        (
+            "Detroit".into(),
+            "Frankfurt".into(),
+            "2021-07-07 06:00".into()
+        )
+    );
 }

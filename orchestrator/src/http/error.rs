@@ -58,7 +58,10 @@ impl IntoResponse for Error {
             ),
             Error::NotFound(_) => (
                 StatusCode::NOT_FOUND,
-                ErrorBody::new("not_found", format!("{message}; start it with GET /trip or POST /trips")),
+                ErrorBody::new(
+                    "not_found",
+                    format!("{message}; start it with GET /trip or POST /trips"),
+                ),
             ),
             Error::Database(err) => return common::error::internal(err),
             Error::Corrupt(_) => return common::error::internal(&self),

@@ -49,7 +49,10 @@ struct WaitQuery {
 }
 
 #[tracing::instrument(skip_all, fields(trip_id = query.trip_id, run_type = query.run_type))]
-async fn trip_get(State(state): State<AppState>, Query(query): Query<TripQuery>) -> Result<Response> {
+async fn trip_get(
+    State(state): State<AppState>,
+    Query(query): Query<TripQuery>,
+) -> Result<Response> {
     let wait = state.wait(query.wait.as_deref())?;
     let input = TripInput {
         trip_id: query.trip_id,
@@ -120,7 +123,10 @@ async fn load(state: &AppState, trip_id: &str) -> Result<SagaView> {
 }
 
 #[tracing::instrument(skip_all, fields(%trip_id))]
-async fn show(State(state): State<AppState>, Path(trip_id): Path<String>) -> Result<Json<SagaView>> {
+async fn show(
+    State(state): State<AppState>,
+    Path(trip_id): Path<String>,
+) -> Result<Json<SagaView>> {
     common::wire::validate_trip_id(&trip_id).map_err(Error::InvalidTrip)?;
     load(&state, &trip_id).await.map(Json)
 }
@@ -140,7 +146,10 @@ struct SagaPage {
 }
 
 #[tracing::instrument(skip_all)]
-async fn list(State(state): State<AppState>, Query(query): Query<ListQuery>) -> Result<Json<SagaPage>> {
+async fn list(
+    State(state): State<AppState>,
+    Query(query): Query<ListQuery>,
+) -> Result<Json<SagaPage>> {
     let status = query
         .status
         .as_deref()
@@ -154,21 +163,31 @@ async fn list(State(state): State<AppState>, Query(query): Query<ListQuery>) -> 
             .ok()
             .filter(|n| (1..=MAX_LIMIT).contains(n))
             .ok_or_else(|| {
-                Error::InvalidQuery(format!("limit={limit:?} is not a whole number from 1 to {MAX_LIMIT}"))
+                Error::InvalidQuery(format!(
+                    "limit={limit:?} is not a whole number from 1 to {MAX_LIMIT}"
+                ))
             })?,
     };
     let before = query.before.as_deref().map(decode_cursor).transpose()?;
     let pool = state.engine.pool();
     let sagas = store::list(pool, status, before, limit).await?;
     let next = (i64::try_from(sagas.len()).unwrap_or(i64::MAX) == limit)
-        .then(|| sagas.last().map(|s| encode_cursor(s.created_at, &s.trip_id)))
+        .then(|| {
+            sagas
+                .last()
+                .map(|s| encode_cursor(s.created_at, &s.trip_id))
+        })
         .flatten();
     let trip_ids: Vec<String> = sagas.iter().map(|s| s.trip_id.clone()).collect();
     let logs = store::logs(pool, &trip_ids).await?;
     let sagas = sagas
         .into_iter()
         .map(|saga| {
-            let own: Vec<_> = logs.iter().filter(|l| l.trip_id == saga.trip_id).cloned().collect();
+            let own: Vec<_> = logs
+                .iter()
+                .filter(|l| l.trip_id == saga.trip_id)
+                .cloned()
+                .collect();
             SagaView::new(saga, &own)
         })
         .collect();

@@ -214,7 +214,9 @@ impl Position {
 
     pub fn cursor(self) -> i32 {
         match self {
-            Position::Forward(i) | Position::Compensating(i) => i32::try_from(i).unwrap_or(i32::MAX),
+            Position::Forward(i) | Position::Compensating(i) => {
+                i32::try_from(i).unwrap_or(i32::MAX)
+            }
             Position::Ended(_) => -1,
         }
     }
@@ -287,28 +289,60 @@ mod tests {
         assert_eq!(
             flow(None),
             (
-                vec![ReserveFlight, ReserveCarRental, ProcessPayment, ConfirmFlight, ConfirmCarRental],
+                vec![
+                    ReserveFlight,
+                    ReserveCarRental,
+                    ProcessPayment,
+                    ConfirmFlight,
+                    ConfirmCarRental
+                ],
                 SagaStatus::Succeeded
             )
         );
         assert_eq!(
             flow(Some(0)),
-            (vec![ReserveFlight, CancelFlightReservation], SagaStatus::Failed)
+            (
+                vec![ReserveFlight, CancelFlightReservation],
+                SagaStatus::Failed
+            )
         );
         assert_eq!(
             flow(Some(1)),
             (
-                vec![ReserveFlight, ReserveCarRental, CancelRentalReservation, CancelFlightReservation],
+                vec![
+                    ReserveFlight,
+                    ReserveCarRental,
+                    CancelRentalReservation,
+                    CancelFlightReservation
+                ],
                 SagaStatus::Failed
             )
         );
-        let undo_all = [RefundPayment, CancelRentalReservation, CancelFlightReservation];
+        let undo_all = [
+            RefundPayment,
+            CancelRentalReservation,
+            CancelFlightReservation,
+        ];
         for (fail_at, forward) in [
             (2, vec![ReserveFlight, ReserveCarRental, ProcessPayment]),
-            (3, vec![ReserveFlight, ReserveCarRental, ProcessPayment, ConfirmFlight]),
+            (
+                3,
+                vec![
+                    ReserveFlight,
+                    ReserveCarRental,
+                    ProcessPayment,
+                    ConfirmFlight,
+                ],
+            ),
             (
                 4,
-                vec![ReserveFlight, ReserveCarRental, ProcessPayment, ConfirmFlight, ConfirmCarRental],
+                vec![
+                    ReserveFlight,
+                    ReserveCarRental,
+                    ProcessPayment,
+                    ConfirmFlight,
+                    ConfirmCarRental,
+                ],
             ),
         ] {
             let expected = [forward, undo_all.to_vec()].concat();
@@ -319,7 +353,10 @@ mod tests {
     #[test]
     fn positions_round_trip_through_rows() {
         for position in [Position::Forward(3), Position::Compensating(0)] {
-            assert_eq!(Position::from_row(position.status(), position.cursor()), position);
+            assert_eq!(
+                Position::from_row(position.status(), position.cursor()),
+                position
+            );
         }
     }
 }

@@ -106,7 +106,15 @@ impl Engine {
         let Some(first) = steps.first() else {
             return Ok(false);
         };
-        if !store::create(&self.pool, &trip, first.forward.step, &self.owner, self.lease_secs).await? {
+        if !store::create(
+            &self.pool,
+            &trip,
+            first.forward.step,
+            &self.owner,
+            self.lease_secs,
+        )
+        .await?
+        {
             return Ok(false);
         }
         let run = Run {
@@ -133,9 +141,13 @@ impl Engine {
             let trip_id = run.trip.trip_id.clone();
             match engine.drive(run, &tx).await {
                 Ok(status) => tracing::info!(%trip_id, status = status.as_str(), "saga ended"),
-                Err(Stop::Shutdown) => tracing::info!(%trip_id, "saga left for recovery at shutdown"),
+                Err(Stop::Shutdown) => {
+                    tracing::info!(%trip_id, "saga left for recovery at shutdown")
+                }
                 Err(Stop::Fenced) => tracing::warn!(%trip_id, "saga taken over by another process"),
-                Err(Stop::Failed(err)) => tracing::error!(%trip_id, %err, "cannot record the saga; left for recovery"),
+                Err(Stop::Failed(err)) => {
+                    tracing::error!(%trip_id, %err, "cannot record the saga; left for recovery")
+                }
             }
             engine
                 .running
@@ -171,7 +183,8 @@ impl Engine {
             if ended || Instant::now() >= deadline || self.shutdown.is_cancelled() {
                 return Ok(());
             }
-            tokio::time::sleep_until(deadline.min(Instant::now() + Duration::from_millis(100))).await;
+            tokio::time::sleep_until(deadline.min(Instant::now() + Duration::from_millis(100)))
+                .await;
         }
     }
 
@@ -187,11 +200,21 @@ impl Engine {
         }
     }
 
-    async fn drive(&self, mut run: Run, status: &watch::Sender<SagaStatus>) -> Result<SagaStatus, Stop> {
+    async fn drive(
+        &self,
+        mut run: Run,
+        status: &watch::Sender<SagaStatus>,
+    ) -> Result<SagaStatus, Stop> {
         while let Some(action) = run.position.action(run.steps) {
             let forward = matches!(run.position, Position::Forward(_));
-            let policy = if forward { &self.forward } else { &self.compensation };
-            let outcome = self.attempt_until_done(&mut run, action, forward, policy).await?;
+            let policy = if forward {
+                &self.forward
+            } else {
+                &self.compensation
+            };
+            let outcome = self
+                .attempt_until_done(&mut run, action, forward, policy)
+                .await?;
             let succeeded = outcome.is_ok();
             let next = run.position.next(run.steps, succeeded);
             let (event, detail) = match &outcome {
@@ -313,7 +336,9 @@ impl Engine {
                     .without_max_times(),
             )
             .when(is_outage)
-            .notify(|err, delay| tracing::warn!(%err, ?delay, "cannot record a saga step, retrying"));
+            .notify(
+                |err, delay| tracing::warn!(%err, ?delay, "cannot record a saga step, retrying"),
+            );
         let applied = tokio::select! {
             applied = write => applied.map_err(Stop::Failed)?,
             () = self.shutdown.cancelled() => return Err(Stop::Shutdown),
@@ -328,7 +353,9 @@ fn is_outage(err: &sqlx::Error) -> bool {
     match err {
         sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::Protocol(_) => true,
         sqlx::Error::Database(db) => db.code().is_some_and(|code| {
-            ["08", "53", "57"].iter().any(|class| code.starts_with(class))
+            ["08", "53", "57"]
+                .iter()
+                .any(|class| code.starts_with(class))
                 || code == "40001"
                 || code == "40P01"
         }),

@@ -217,9 +217,7 @@ impl TripInput {
             ("rental", &trip.rental),
         ] {
             if value.trim().is_empty() || value.len() > NAME_MAX_LEN {
-                return Err(format!(
-                    "{field} must have 1 to {NAME_MAX_LEN} characters"
-                ));
+                return Err(format!("{field} must have 1 to {NAME_MAX_LEN} characters"));
             }
         }
         if trip.arrive_time < trip.depart_time {

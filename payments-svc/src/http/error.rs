@@ -15,7 +15,10 @@ pub enum Error {
 
     /// 422: the run type asks this action to fail, as the sample's functions do.
     #[error("runType {run_type} makes payments-svc fail {action}")]
-    Injected { run_type: RunType, action: &'static str },
+    Injected {
+        run_type: RunType,
+        action: &'static str,
+    },
 
     /// 404: no reservation for this trip.
     #[error("no payment for trip {0}")]

@@ -26,7 +26,7 @@ fn check_trip_id(trip_id: &str) -> Result<()> {
     common::wire::validate_trip_id(trip_id).map_err(Error::InvalidTripId)
 }
 
-#[tracing::instrument(skip_all, fields(trip_id = %req.trip_id), err(Debug))]
+#[tracing::instrument(skip_all, fields(trip_id = %req.trip_id), err(level = "info"))]
 async fn charge(
     State(pool): State<PgPool>,
     Json(req): Json<PaymentRequest>,
@@ -69,7 +69,7 @@ async fn charge(
     }
 }
 
-#[tracing::instrument(skip_all, fields(%trip_id), err(Debug))]
+#[tracing::instrument(skip_all, fields(%trip_id), err(level = "info"))]
 async fn show(State(pool): State<PgPool>, Path(trip_id): Path<String>) -> Result<Json<Payment>> {
     check_trip_id(&trip_id)?;
     find(&pool, &trip_id)
@@ -78,7 +78,7 @@ async fn show(State(pool): State<PgPool>, Path(trip_id): Path<String>) -> Result
         .ok_or(Error::NotFound(trip_id))
 }
 
-#[tracing::instrument(skip_all, fields(%trip_id), err(Debug))]
+#[tracing::instrument(skip_all, fields(%trip_id), err(level = "info"))]
 async fn refund(
     State(pool): State<PgPool>,
     Path(trip_id): Path<String>,

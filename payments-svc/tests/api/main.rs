@@ -27,7 +27,10 @@ async fn rows(pool: &PgPool, trip_id: &str) -> Vec<(String, Option<String>)> {
 }
 
 async fn server(db: &TestDb) -> TestServer {
-    TestServer::start(app(AppState { pool: db.pool().clone() })).await
+    TestServer::start(app(AppState {
+        pool: db.pool().clone(),
+    }))
+    .await
 }
 
 #[tokio::test]
@@ -39,20 +42,39 @@ async fn charge_and_refund_are_idempotent() {
 
     let (status, first) = post(&charge, &charge_body("t1", "success")).await;
     assert_eq!(status, StatusCode::OK, "{first}");
-    assert_eq!((&first["status"], &first["amount"]), (&json!("charged"), &json!("750.00")));
+    assert_eq!(
+        (&first["status"], &first["amount"]),
+        (&json!("charged"), &json!("750.00"))
+    );
     let (status, again) = post(&charge, &charge_body("t1", "success")).await;
-    assert_eq!((status, &again), (StatusCode::OK, &first), "a replayed charge answers the first payment");
-    assert_eq!(rows(db.pool(), "t1").await, [("charged".into(), Some("750.00".into()))]);
+    assert_eq!(
+        (status, &again),
+        (StatusCode::OK, &first),
+        "a replayed charge answers the first payment"
+    );
+    assert_eq!(
+        rows(db.pool(), "t1").await,
+        [("charged".into(), Some("750.00".into()))]
+    );
 
     let (status, refunded) = post(&refund, &json!({})).await;
-    assert_eq!((status, &refunded["status"]), (StatusCode::OK, &json!("refunded")));
+    assert_eq!(
+        (status, &refunded["status"]),
+        (StatusCode::OK, &json!("refunded"))
+    );
     assert_eq!(refunded["payment_id"], first["payment_id"]);
     let (status, again) = post(&refund, &json!({})).await;
     assert_eq!((status, &again), (StatusCode::OK, &refunded));
 
     let (status, body) = post(&charge, &charge_body("t1", "success")).await;
-    assert_eq!((status, &body["error"]), (StatusCode::CONFLICT, &json!("payment_refunded")));
-    assert_eq!(rows(db.pool(), "t1").await, [("refunded".into(), Some("750.00".into()))]);
+    assert_eq!(
+        (status, &body["error"]),
+        (StatusCode::CONFLICT, &json!("payment_refunded"))
+    );
+    assert_eq!(
+        rows(db.pool(), "t1").await,
+        [("refunded".into(), Some("750.00".into()))]
+    );
 }
 
 #[tokio::test]
@@ -60,8 +82,15 @@ async fn a_refund_before_the_charge_leaves_a_tombstone() {
     let db = TestDb::new().await;
     let s = server(&db).await;
     let (status, body) = post(&format!("{}/payments/early/refund", s.url), &json!({})).await;
-    assert_eq!((status, &body["status"]), (StatusCode::OK, &json!("refunded")));
-    let (status, _) = post(&format!("{}/payments", s.url), &charge_body("early", "success")).await;
+    assert_eq!(
+        (status, &body["status"]),
+        (StatusCode::OK, &json!("refunded"))
+    );
+    let (status, _) = post(
+        &format!("{}/payments", s.url),
+        &charge_body("early", "success"),
+    )
+    .await;
     assert_eq!(status, StatusCode::CONFLICT, "a late charge is refused");
     assert_eq!(rows(db.pool(), "early").await, [("refunded".into(), None)]);
 }
@@ -72,22 +101,39 @@ async fn injected_failure_and_bad_input_write_nothing() {
     let s = server(&db).await;
     let charge = format!("{}/payments", s.url);
     let (status, body) = post(&charge, &charge_body("t2", "failPayment")).await;
-    assert_eq!((status, &body["error"]), (StatusCode::UNPROCESSABLE_ENTITY, &json!("injected_failure")));
+    assert_eq!(
+        (status, &body["error"]),
+        (StatusCode::UNPROCESSABLE_ENTITY, &json!("injected_failure"))
+    );
 
     let mut bad = charge_body("t2", "success");
     bad["currency"] = json!("dollars");
     let (status, body) = post(&charge, &bad).await;
-    assert_eq!((status, &body["error"]), (StatusCode::UNPROCESSABLE_ENTITY, &json!("invalid_payment")));
+    assert_eq!(
+        (status, &body["error"]),
+        (StatusCode::UNPROCESSABLE_ENTITY, &json!("invalid_payment"))
+    );
     let mut bad = charge_body("t2", "success");
     bad["amount"] = json!("-5");
     let (status, body) = post(&charge, &bad).await;
-    assert_eq!((status, &body["error"]), (StatusCode::UNPROCESSABLE_ENTITY, &json!("invalid_payment")));
+    assert_eq!(
+        (status, &body["error"]),
+        (StatusCode::UNPROCESSABLE_ENTITY, &json!("invalid_payment"))
+    );
     let (status, body) = post(&charge, &json!({ "trip_id": "t2" })).await;
-    assert_eq!((status, &body["error"]), (StatusCode::UNPROCESSABLE_ENTITY, &json!("invalid_body")));
+    assert_eq!(
+        (status, &body["error"]),
+        (StatusCode::UNPROCESSABLE_ENTITY, &json!("invalid_body"))
+    );
     let (status, body) = post(&charge, &charge_body("no spaces", "success")).await;
-    assert_eq!((status, &body["error"]), (StatusCode::BAD_REQUEST, &json!("invalid_trip_id")));
+    assert_eq!(
+        (status, &body["error"]),
+        (StatusCode::BAD_REQUEST, &json!("invalid_trip_id"))
+    );
     assert!(rows(db.pool(), "t2").await.is_empty());
 
-    let response = reqwest::get(format!("{}/payments/t2", s.url)).await.unwrap();
+    let response = reqwest::get(format!("{}/payments/t2", s.url))
+        .await
+        .unwrap();
     assert_eq!(response.status(), StatusCode::NOT_FOUND);
 }
