@@ -73,6 +73,8 @@ pub struct Cluster {
     stop: CancellationToken,
     tasks: Vec<(&'static str, JoinHandle<anyhow::Result<()>>)>,
     held: Vec<(Participant, TcpListener)>,
+    /// Per orchestrator started: its URL and the token that crashes it.
+    orchestrators: Vec<(String, CancellationToken)>,
 }
 
 fn url_of(listener: &TcpListener) -> anyhow::Result<String> {
@@ -106,6 +108,7 @@ impl Cluster {
             stop: CancellationToken::new(),
             tasks: Vec::new(),
             held: Vec::new(),
+            orchestrators: Vec::new(),
         };
         for (participant, listener) in [
             (Participant::Flights, listeners.flights),
@@ -127,24 +130,53 @@ impl Cluster {
                 cluster.wait_ready(participant.name()).await?;
             }
         }
+        cluster
+            .spawn_orchestrator(listeners.orchestrator, configure)
+            .await?;
+        Ok(cluster)
+    }
+
+    /// Starts one more orchestrator on `listener`, on the same database and
+    /// participants, and waits until it is ready; returns its URL.
+    pub async fn spawn_orchestrator(
+        &mut self,
+        listener: TcpListener,
+        configure: impl FnOnce(&mut orchestrator::Config),
+    ) -> anyhow::Result<String> {
+        let url = url_of(&listener)?;
         let mut config = orchestrator::Config::new(
-            database_url,
-            &cluster.flights_url,
-            &cluster.cars_url,
-            &cluster.payments_url,
+            &self.database_url,
+            &self.flights_url,
+            &self.cars_url,
+            &self.payments_url,
         );
         configure(&mut config);
-        let stop = cluster.stop.clone();
-        cluster.tasks.push((
+        let stop = self.stop.clone();
+        let crash = CancellationToken::new();
+        let crashed = crash.clone();
+        let stopped = async move {
+            tokio::select! {
+                () = stop.cancelled() => orchestrator::StopMode::Graceful,
+                () = crashed.cancelled() => orchestrator::StopMode::Crash,
+            }
+        };
+        self.tasks.push((
             "orchestrator",
-            tokio::spawn(orchestrator::run(
-                config,
-                listeners.orchestrator,
-                async move { stop.cancelled().await },
-            )),
+            tokio::spawn(orchestrator::run(config, listener, stopped)),
         ));
-        cluster.wait_ready("orchestrator").await?;
-        Ok(cluster)
+        self.orchestrators.push((url.clone(), crash));
+        self.wait_ready_at("orchestrator", &url).await?;
+        Ok(url)
+    }
+
+    /// Stops the orchestrator at `url` as `kill -9` would: its sagas stay
+    /// leased to it, in whatever state they were.
+    pub fn crash_orchestrator(&self, url: &str) {
+        for (at, crash) in &self.orchestrators {
+            if at == url {
+                crash.cancel();
+            }
+        }
     }
 
     fn spawn_participant(&mut self, participant: Participant, listener: TcpListener) {
@@ -202,13 +234,19 @@ impl Cluster {
         }
     }
 
-    /// Waits until `service` answers `/readyz`, failing fast if it exited.
     async fn wait_ready(&mut self, service: &'static str) -> anyhow::Result<()> {
+        let url = self.url(service).to_owned();
+        self.wait_ready_at(service, &url).await
+    }
+
+    /// Waits until `service` at `base` answers `/readyz`, failing fast if it
+    /// exited.
+    async fn wait_ready_at(&mut self, service: &'static str, base: &str) -> anyhow::Result<()> {
         let client = reqwest::Client::builder()
             .timeout(Duration::from_secs(2))
             .no_proxy()
             .build()?;
-        let url = format!("{}/readyz", self.url(service));
+        let url = format!("{base}/readyz");
         let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
         loop {
             if let Some(index) = self

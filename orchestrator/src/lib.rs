@@ -67,9 +67,16 @@ pub struct Config {
     #[arg(long, env = "ORCHESTRATOR_ID")]
     pub orchestrator_id: Option<String>,
 
-    /// How long a saga's lease lasts without progress, in seconds.
+    /// How long a saga's lease lasts without progress, in seconds. Another
+    /// process takes an unfinished saga over once its lease has run out. It
+    /// must exceed one attempt plus the longest retry delay, since every
+    /// attempt's record renews it.
     #[arg(long, env = "LEASE_SECS", default_value_t = 30)]
     pub lease_secs: u64,
+
+    /// How often to look for sagas whose lease ran out, in milliseconds.
+    #[arg(long, env = "RECOVERY_INTERVAL_MS", default_value_t = 1_000)]
+    pub recovery_interval_ms: u64,
 
     #[command(flatten)]
     pub retry: retry::RetryConfig,
@@ -90,6 +97,7 @@ impl Config {
             trip_wait_secs: 10,
             orchestrator_id: None,
             lease_secs: 30,
+            recovery_interval_ms: 1_000,
             retry: retry::RetryConfig::default(),
             common: common::config::CommonConfig::new(database_url),
         }
@@ -105,6 +113,16 @@ impl Config {
     }
 }
 
+/// How [`run`] should stop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopMode {
+    /// Finish the requests in flight, stop driving, hand the leases back.
+    Graceful,
+    /// Stop at once and keep the leases, as `kill -9` would: for tests of
+    /// recovery.
+    Crash,
+}
+
 /// What every handler gets: cheap to clone.
 #[derive(Debug, Clone, FromRef)]
 pub struct AppState {
@@ -118,13 +136,25 @@ pub fn app(state: AppState) -> Router {
     http::router().with_state(state)
 }
 
-/// Connects, migrates and serves on `listener` until `shutdown` completes;
-/// then stops driving sagas and hands their leases back.
+/// Connects, migrates, resumes this process's unfinished sagas and serves on
+/// `listener` until `shutdown` completes; then stops driving sagas and, on a
+/// graceful stop, hands their leases back.
 pub async fn run(
     config: Config,
     listener: TcpListener,
-    shutdown: impl Future<Output = ()> + Send + 'static,
+    shutdown: impl Future<Output = StopMode> + Send + 'static,
 ) -> anyhow::Result<()> {
+    let max_gap = config.retry.attempt_timeout_ms
+        + config
+            .retry
+            .retry_max_delay_ms
+            .max(config.retry.compensation_max_delay_ms);
+    anyhow::ensure!(
+        config.lease_secs * 1_000 > max_gap,
+        "LEASE_SECS={} must exceed ATTEMPT_TIMEOUT_MS plus the longest retry delay ({max_gap} ms), \
+         or live sagas would be taken over",
+        config.lease_secs
+    );
     let pool = common::db::connect_and_migrate(
         &config.common.database_url,
         SCHEMA,
@@ -149,6 +179,10 @@ pub async fn run(
         },
         token.clone(),
     );
+    engine.reclaim_own().await?;
+    let recovery = tokio::spawn(
+        Arc::clone(&engine).recover(Duration::from_millis(config.recovery_interval_ms)),
+    );
     let state = AppState {
         engine: Arc::clone(&engine),
         pool,
@@ -156,16 +190,17 @@ pub async fn run(
     };
     let request_timeout = Duration::from_secs(http::trips::MAX_WAIT_SECS + 10);
     let router = common::server::with_middleware(app(state), request_timeout);
+    let (mode_tx, mode_rx) = tokio::sync::oneshot::channel();
     let stop_driving = token.clone();
     common::server::serve(listener, router, async move {
-        tokio::select! {
-            () = shutdown => {}
-            () = stop_driving.cancelled() => {}
-        }
-        // Wake the waiting requests at once, so that draining is quick.
+        let mode = shutdown.await;
+        let _ = mode_tx.send(mode);
+        // Wake the waiting requests and stop the drivers at once.
         stop_driving.cancel();
     })
     .await?;
-    engine.stop().await;
+    recovery.await?;
+    let mode = mode_rx.await.unwrap_or(StopMode::Graceful);
+    engine.stop(mode == StopMode::Graceful).await;
     Ok(())
 }

@@ -11,5 +11,9 @@ async fn main() -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on LISTEN_ADDR={}", config.listen_addr))?;
     tracing::info!(addr = %listener.local_addr()?, "orchestrator listening");
-    orchestrator::run(config, listener, common::shutdown::signal()).await
+    orchestrator::run(config, listener, async {
+        common::shutdown::signal().await;
+        orchestrator::StopMode::Graceful
+    })
+    .await
 }

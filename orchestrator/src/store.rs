@@ -219,3 +219,72 @@ pub async fn release_leases(pool: &PgPool, owner: &str) -> sqlx::Result<u64> {
     .await?;
     Ok(released.rows_affected())
 }
+
+/// An unfinished saga this process has just claimed.
+#[derive(Debug, Clone)]
+pub struct Claimed {
+    pub trip_id: String,
+    pub status: SagaStatus,
+    pub definition_version: i32,
+    pub cursor: i32,
+    pub input: Value,
+    pub outputs: Value,
+    /// The version after the claim: the claimer's fence.
+    pub version: i64,
+    pub previous_owner: Option<String>,
+    /// The saga's last log row, which is always its current step's.
+    pub last_seq: i32,
+    pub last_event: StepEvent,
+    pub last_attempt: i32,
+}
+
+/// Claims up to `limit` unfinished sagas for `owner`: those whose lease ran
+/// out or was handed back and, with `own`, those `owner` held before it
+/// restarted. The claim bumps each saga's version, fencing off the previous
+/// owner, and is committed before any call is made; `SKIP LOCKED` lets
+/// several processes claim at once without waiting on each other.
+#[tracing::instrument(skip_all, fields(owner, own), err)]
+pub async fn claim(
+    pool: &PgPool,
+    owner: &str,
+    own: bool,
+    lease_secs: f64,
+    versions: &[i32],
+    limit: i64,
+) -> sqlx::Result<Vec<Claimed>> {
+    sqlx::query_as!(
+        Claimed,
+        r#"WITH candidates AS (
+               SELECT trip_id, owner FROM orchestrator.sagas
+               WHERE status IN ('running', 'compensating')
+                 AND definition_version = ANY($4)
+                 AND (lease_until IS NULL OR lease_until < now() OR ($5 AND owner = $1))
+               ORDER BY lease_until NULLS FIRST
+               LIMIT $3
+               FOR UPDATE SKIP LOCKED),
+           claimed AS (
+               UPDATE orchestrator.sagas s
+               SET owner = $1, lease_until = now() + make_interval(secs => $2),
+                   version = s.version + 1, updated_at = now()
+               FROM candidates c
+               WHERE s.trip_id = c.trip_id
+               RETURNING s.trip_id, s.status, s.definition_version, s.cursor, s.input,
+                         s.outputs, s.version, c.owner AS previous_owner)
+           SELECT c.trip_id AS "trip_id!", c.status AS "status!: SagaStatus",
+                  c.definition_version AS "definition_version!", c.cursor AS "cursor!",
+                  c.input AS "input!", c.outputs AS "outputs!", c.version AS "version!",
+                  c.previous_owner,
+                  l.seq AS "last_seq!", l.status AS "last_event!: StepEvent", l.attempt AS "last_attempt!"
+           FROM claimed c
+           CROSS JOIN LATERAL (
+               SELECT seq, status, attempt FROM orchestrator.saga_log
+               WHERE trip_id = c.trip_id ORDER BY seq DESC LIMIT 1) l"#,
+        owner,
+        lease_secs,
+        limit,
+        versions,
+        own,
+    )
+    .fetch_all(pool)
+    .await
+}

@@ -23,6 +23,9 @@ use crate::participants::Participants;
 use crate::retry::{RetryConfig, RetryPolicy};
 use crate::store::{self, LogEntry, Transition};
 
+/// The definition versions this build can resume.
+const KNOWN_VERSIONS: &[i32] = &[1];
+
 /// What the engine needs, fixed at start-up.
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
@@ -59,6 +62,9 @@ struct Run {
     next_seq: i32,
     /// The attempt number of the current action.
     attempt: i32,
+    /// Set when the saga was taken over: what to log about the attempt the
+    /// previous owner may have left in flight.
+    interrupted: Option<Value>,
 }
 
 /// Why driving stopped before the saga ended.
@@ -125,9 +131,102 @@ impl Engine {
             outputs: Outputs::new(),
             next_seq: 2,
             attempt: 1,
+            interrupted: None,
         };
         self.spawn(run);
         Ok(true)
+    }
+
+    /// Takes over this process's own unfinished sagas, left by a previous
+    /// run with the same identity, without waiting for their leases. Call it
+    /// once at start-up, before any new saga is started.
+    pub async fn reclaim_own(self: &Arc<Self>) -> sqlx::Result<()> {
+        while self.claim_batch(true).await? {}
+        Ok(())
+    }
+
+    /// Every `interval` until shutdown, takes over the sagas whose lease ran
+    /// out (their process died or stalled) or was handed back.
+    pub async fn recover(self: Arc<Self>, interval: Duration) {
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep(interval) => {}
+                () = self.shutdown.cancelled() => return,
+            }
+            loop {
+                match self.claim_batch(false).await {
+                    // A full batch: there may be more, claim again at once.
+                    Ok(true) => continue,
+                    Ok(false) => break,
+                    Err(err) => {
+                        tracing::warn!(%err, "cannot claim sagas; will retry");
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Claims one batch and drives it; `true` if the batch was full.
+    async fn claim_batch(self: &Arc<Self>, own: bool) -> sqlx::Result<bool> {
+        const BATCH: usize = 500;
+        let claimed = store::claim(
+            &self.pool,
+            &self.owner,
+            own,
+            self.lease_secs,
+            KNOWN_VERSIONS,
+            BATCH as i64,
+        )
+        .await?;
+        let full = claimed.len() == BATCH;
+        for saga in claimed {
+            let trip_id = saga.trip_id.clone();
+            match self.resume(saga) {
+                Ok(run) => self.spawn(run),
+                Err(err) => tracing::error!(%trip_id, %err, "cannot resume saga"),
+            }
+        }
+        Ok(full)
+    }
+
+    fn resume(&self, saga: store::Claimed) -> Result<Run, String> {
+        let steps = definition(saga.definition_version)
+            .ok_or_else(|| format!("unknown definition version {}", saga.definition_version))?;
+        let trip: Trip = serde_json::from_value(saga.input).map_err(|err| err.to_string())?;
+        let outputs = match saga.outputs {
+            Value::Object(map) => map,
+            _ => Outputs::new(),
+        };
+        // The attempt the previous owner may have sent: the first one if the
+        // step had only started, else the one after the last retried.
+        let interrupted = match saga.last_event {
+            StepEvent::Started => 1,
+            _ => saga.last_attempt + 1,
+        };
+        tracing::info!(
+            trip_id = %trip.trip_id,
+            previous_owner = saga.previous_owner,
+            status = saga.status.as_str(),
+            "resuming saga"
+        );
+        Ok(Run {
+            trip,
+            steps,
+            position: Position::from_row(saga.status, saga.cursor),
+            version: saga.version,
+            outputs,
+            next_seq: saga.last_seq + 1,
+            attempt: interrupted,
+            interrupted: Some(json!({
+                "error": "interrupted",
+                "message": format!(
+                    "the process driving this saga ({}) stopped; resumed by {}",
+                    saga.previous_owner.as_deref().unwrap_or("none"),
+                    self.owner
+                ),
+            })),
+        })
     }
 
     fn spawn(self: &Arc<Self>, run: Run) {
@@ -135,7 +234,7 @@ impl Engine {
         self.running
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .insert(run.trip.trip_id.clone(), rx);
+            .insert(run.trip.trip_id.clone(), rx.clone());
         let engine = Arc::clone(self);
         self.tasks.spawn(async move {
             let trip_id = run.trip.trip_id.clone();
@@ -149,11 +248,17 @@ impl Engine {
                     tracing::error!(%trip_id, %err, "cannot record the saga; left for recovery")
                 }
             }
-            engine
+            let mut running = engine
                 .running
                 .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner())
-                .remove(&trip_id);
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            // Only this driver's entry: a later driver may have replaced it.
+            if running
+                .get(&trip_id)
+                .is_some_and(|entry| entry.same_channel(&rx))
+            {
+                running.remove(&trip_id);
+            }
         });
     }
 
@@ -170,11 +275,16 @@ impl Engine {
                 .cloned();
             if let Some(mut rx) = local {
                 tokio::select! {
-                    _ = rx.wait_for(|status| status.is_terminal()) => {}
-                    () = tokio::time::sleep_until(deadline) => {}
-                    () = self.shutdown.cancelled() => {}
+                    ended = rx.wait_for(|status| status.is_terminal()) => {
+                        // The driver stopped without ending the saga (fenced
+                        // or shutting down): look at the row instead.
+                        if ended.is_ok() {
+                            return Ok(());
+                        }
+                    }
+                    () = tokio::time::sleep_until(deadline) => return Ok(()),
+                    () = self.shutdown.cancelled() => return Ok(()),
                 }
-                return Ok(());
             }
             // Not driven here: read the row until it ends.
             let ended = store::find(&self.pool, trip_id)
@@ -189,11 +299,15 @@ impl Engine {
     }
 
     /// Stops driving (sagas stay where they are, for recovery) and waits for
-    /// every task to finish, then hands this process's leases back.
-    pub async fn stop(&self) {
+    /// every task to finish, then, if `hand_back`, gives this process's
+    /// leases back so that another process takes the sagas over at once.
+    pub async fn stop(&self, hand_back: bool) {
         self.shutdown.cancel();
         self.tasks.close();
         self.tasks.wait().await;
+        if !hand_back {
+            return;
+        }
         match store::release_leases(&self.pool, &self.owner).await {
             Ok(n) => tracing::info!(released = n, "leases handed back"),
             Err(err) => tracing::warn!(%err, "cannot hand leases back; they will expire"),
@@ -205,6 +319,21 @@ impl Engine {
         mut run: Run,
         status: &watch::Sender<SagaStatus>,
     ) -> Result<SagaStatus, Stop> {
+        if let Some(detail) = run.interrupted.take()
+            && let Some(action) = run.position.action(run.steps)
+        {
+            let log = [LogEntry {
+                seq: run.next_seq,
+                step: action.step,
+                event: StepEvent::Retrying,
+                attempt: run.attempt,
+                detail,
+            }];
+            self.record(&run, run.position, None, &log).await?;
+            run.version += 1;
+            run.next_seq += 1;
+            run.attempt += 1;
+        }
         while let Some(action) = run.position.action(run.steps) {
             let forward = matches!(run.position, Position::Forward(_));
             let policy = if forward {
