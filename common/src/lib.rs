@@ -12,6 +12,7 @@ pub mod db;
 pub mod error;
 pub mod extract;
 pub mod health;
+pub mod idempotency;
 pub mod server;
 pub mod shutdown;
 pub mod telemetry;

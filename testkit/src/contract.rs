@@ -23,15 +23,18 @@ pub struct Booking<'a> {
     pub fail_confirm: &'static str,
 }
 
-/// An HTTP answer: status and JSON body.
+/// POSTs `body` as JSON: the answer's status and JSON body.
 pub async fn post(url: &str, body: &Value) -> (StatusCode, Value) {
-    let response = reqwest::Client::new()
-        .post(url)
-        .header(common::wire::IDEMPOTENCY_KEY, "test")
-        .json(body)
-        .send()
-        .await
-        .expect("request failed");
+    post_keyed(url, None, body).await
+}
+
+/// POSTs `body` as JSON with an `Idempotency-Key`, if given.
+pub async fn post_keyed(url: &str, key: Option<&str>, body: &Value) -> (StatusCode, Value) {
+    let mut request = reqwest::Client::new().post(url).json(body);
+    if let Some(key) = key {
+        request = request.header(common::wire::IDEMPOTENCY_KEY, key);
+    }
+    let response = request.send().await.expect("request failed");
     let status = response.status();
     (status, response.json().await.unwrap_or(Value::Null))
 }
@@ -66,6 +69,7 @@ impl Booking<'_> {
     /// Runs the whole contract; panics on the first breach.
     pub async fn check(&self, pool: &PgPool) {
         self.reserve_confirm_cancel(pool).await;
+        self.idempotency_keys(pool).await;
         self.tombstones(pool).await;
         self.injected_failures(pool).await;
         self.bad_input().await;
@@ -133,6 +137,66 @@ impl Booking<'_> {
         assert_eq!(shown.status(), StatusCode::OK);
         let shown: Value = shown.json().await.expect("JSON booking");
         assert_eq!(shown, again);
+    }
+
+    /// A resent call with the same key gets the first answer back and has no
+    /// second effect, even after the state moved on; duplicates sent at once
+    /// make one effect.
+    async fn idempotency_keys(&self, pool: &PgPool) {
+        let body = (self.reserve_body)("k1", "success");
+        let (status, first) = post_keyed(&self.at(""), Some("k1:Reserve"), &body).await;
+        assert_eq!(status, StatusCode::OK);
+        let (status, _) = post_keyed(&self.at("/k1/cancel"), Some("k1:Cancel"), &json!({})).await;
+        assert_eq!(status, StatusCode::OK);
+        let (status, replay) = post_keyed(&self.at(""), Some("k1:Reserve"), &body).await;
+        assert_eq!(
+            (status, &replay),
+            (StatusCode::OK, &first),
+            "the stored first answer"
+        );
+        let (status, _) = post_keyed(&self.at(""), None, &body).await;
+        assert_eq!(
+            status,
+            StatusCode::CONFLICT,
+            "without the key, the state decides"
+        );
+        assert_eq!(self.rows(pool, "k1").await, ["cancelled"]);
+
+        let (status, refused) = post_keyed(&self.at(""), Some("k1:Late"), &body).await;
+        assert_eq!(status, StatusCode::CONFLICT);
+        let (status, again) = post_keyed(&self.at(""), Some("k1:Late"), &body).await;
+        assert_eq!(
+            (status, &again),
+            (StatusCode::CONFLICT, &refused),
+            "a refusal is replayed too"
+        );
+
+        let body = (self.reserve_body)("k2", "success");
+        let url = self.at("");
+        let answers =
+            futures::future::join_all((0..8).map(|_| post_keyed(&url, Some("k2:Reserve"), &body)))
+                .await;
+        assert!(
+            answers
+                .iter()
+                .all(|a| a == &answers[0] && a.0 == StatusCode::OK),
+            "{answers:?}"
+        );
+        let keys: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT count(*) FROM {}.idempotency_keys WHERE key = 'k2:Reserve'",
+            self.table.split('.').next().unwrap_or_default()
+        )))
+        .fetch_one(pool)
+        .await
+        .expect("count keys");
+        assert_eq!(keys, 1);
+
+        let long = "k".repeat(201);
+        let (status, body) = post_keyed(&self.at("/k2/cancel"), Some(&long), &json!({})).await;
+        assert_eq!(
+            (status, &body["error"]),
+            (StatusCode::BAD_REQUEST, &json!("invalid_idempotency_key"))
+        );
     }
 
     async fn tombstones(&self, pool: &PgPool) {

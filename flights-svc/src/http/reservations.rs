@@ -3,18 +3,23 @@
 //! The state rules: reserve returns the trip's pending or confirmed row and
 //! refuses a cancelled one (409); confirm moves pending to confirmed, keeps
 //! confirmed, refuses cancelled (409); cancel succeeds from every state, and
-//! for a trip never seen writes a tombstone.
+//! for a trip never seen writes a tombstone. Each call's first answer is kept
+//! under its `Idempotency-Key`, in the same transaction as its effect.
 
 use axum::Router;
 use axum::extract::State;
 use axum::routing::{get, post};
 use common::extract::{Json, Path};
+use common::idempotency::{self, Answer, Key, to_answer};
 use common::wire::{ActionRequest, BookingStatus, FlightRequest, FlightReservation, RunType};
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 use super::{Error, Result};
 use crate::AppState;
+
+/// Where this service keeps its idempotency keys.
+const KEYS: &str = "flights.idempotency_keys";
 
 pub(crate) fn router() -> Router<AppState> {
     Router::new()
@@ -31,8 +36,9 @@ fn check_trip_id(trip_id: &str) -> Result<()> {
 #[tracing::instrument(skip_all, fields(trip_id = %req.trip_id), err(level = "info"))]
 async fn reserve(
     State(pool): State<PgPool>,
+    key: Key,
     Json(req): Json<FlightRequest>,
-) -> Result<Json<FlightReservation>> {
+) -> Result<Answer> {
     check_trip_id(&req.trip_id)?;
     if req.run_type == RunType::FailFlightsReservation {
         return Err(Error::Injected {
@@ -40,6 +46,13 @@ async fn reserve(
             action: "the reservation",
         });
     }
+    idempotency::once(&pool, KEYS, key, move |conn| {
+        Box::pin(async move { to_answer(reserve_row(conn, &req).await) })
+    })
+    .await
+}
+
+async fn reserve_row(conn: &mut PgConnection, req: &FlightRequest) -> Result<FlightReservation> {
     let inserted = sqlx::query_as!(
         FlightReservation,
         r#"INSERT INTO flights.reservations
@@ -55,18 +68,18 @@ async fn reserve(
         req.arrive_city,
         req.arrive_time,
     )
-    .fetch_optional(&pool)
+    .fetch_optional(&mut *conn)
     .await?;
     if let Some(reservation) = inserted {
-        return Ok(Json(reservation));
+        return Ok(reservation);
     }
     // The trip has a row already: a replay, or a reserve after a cancel.
-    let existing = find(&pool, &req.trip_id)
+    let existing = find(conn, &req.trip_id)
         .await?
         .ok_or_else(|| Error::NotFound(req.trip_id.clone()))?;
     match existing.status {
-        BookingStatus::Cancelled => Err(Error::Cancelled(req.trip_id)),
-        BookingStatus::Pending | BookingStatus::Confirmed => Ok(Json(existing)),
+        BookingStatus::Cancelled => Err(Error::Cancelled(req.trip_id.clone())),
+        BookingStatus::Pending | BookingStatus::Confirmed => Ok(existing),
     }
 }
 
@@ -76,7 +89,8 @@ async fn show(
     Path(trip_id): Path<String>,
 ) -> Result<Json<FlightReservation>> {
     check_trip_id(&trip_id)?;
-    find(&pool, &trip_id)
+    let mut conn = pool.acquire().await?;
+    find(&mut conn, &trip_id)
         .await?
         .map(Json)
         .ok_or(Error::NotFound(trip_id))
@@ -86,8 +100,9 @@ async fn show(
 async fn confirm(
     State(pool): State<PgPool>,
     Path(trip_id): Path<String>,
+    key: Key,
     Json(req): Json<ActionRequest>,
-) -> Result<Json<FlightReservation>> {
+) -> Result<Answer> {
     check_trip_id(&trip_id)?;
     if req.run_type == RunType::FailFlightsConfirmation {
         return Err(Error::Injected {
@@ -95,6 +110,17 @@ async fn confirm(
             action: "the confirmation",
         });
     }
+    idempotency::once(&pool, KEYS, key, move |conn| {
+        Box::pin(async move { to_answer(confirm_row(conn, trip_id, req.booking_id).await) })
+    })
+    .await
+}
+
+async fn confirm_row(
+    conn: &mut PgConnection,
+    trip_id: String,
+    booking_id: Option<Uuid>,
+) -> Result<FlightReservation> {
     let confirmed = sqlx::query_as!(
         FlightReservation,
         r#"UPDATE flights.reservations SET status = 'confirmed', updated_at = now()
@@ -102,19 +128,19 @@ async fn confirm(
            RETURNING trip_id, booking_id, status AS "status: BookingStatus",
                      depart_city, depart_time, arrive_city, arrive_time"#,
         trip_id,
-        req.booking_id,
+        booking_id,
     )
-    .fetch_optional(&pool)
+    .fetch_optional(&mut *conn)
     .await?;
     if let Some(reservation) = confirmed {
-        return Ok(Json(reservation));
+        return Ok(reservation);
     }
     // Not pending, or not this booking: a replay, a confirm after a cancel,
     // a wrong booking id, or a trip never reserved.
-    let existing = find(&pool, &trip_id)
+    let existing = find(conn, &trip_id)
         .await?
         .ok_or_else(|| Error::NotFound(trip_id.clone()))?;
-    if let Some(given) = req.booking_id.filter(|id| *id != existing.booking_id) {
+    if let Some(given) = booking_id.filter(|id| *id != existing.booking_id) {
         return Err(Error::BookingMismatch {
             trip_id,
             given,
@@ -123,7 +149,7 @@ async fn confirm(
     }
     match existing.status {
         BookingStatus::Cancelled => Err(Error::Cancelled(trip_id)),
-        BookingStatus::Pending | BookingStatus::Confirmed => Ok(Json(existing)),
+        BookingStatus::Pending | BookingStatus::Confirmed => Ok(existing),
     }
 }
 
@@ -131,11 +157,19 @@ async fn confirm(
 async fn cancel(
     State(pool): State<PgPool>,
     Path(trip_id): Path<String>,
+    key: Key,
     Json(_req): Json<ActionRequest>,
-) -> Result<Json<FlightReservation>> {
+) -> Result<Answer> {
     check_trip_id(&trip_id)?;
-    // Cancel never fails for business reasons: it cancels whatever is there,
-    // or leaves a tombstone for a trip never seen.
+    idempotency::once(&pool, KEYS, key, move |conn| {
+        Box::pin(async move { to_answer(cancel_row(conn, trip_id).await) })
+    })
+    .await
+}
+
+/// Cancel never fails for business reasons: it cancels whatever is there,
+/// or leaves a tombstone for a trip never seen.
+async fn cancel_row(conn: &mut PgConnection, trip_id: String) -> Result<FlightReservation> {
     let cancelled = sqlx::query_as!(
         FlightReservation,
         r#"INSERT INTO flights.reservations (trip_id, booking_id, status)
@@ -147,18 +181,18 @@ async fn cancel(
         trip_id,
         Uuid::new_v4(),
     )
-    .fetch_optional(&pool)
+    .fetch_optional(&mut *conn)
     .await?;
     match cancelled {
-        Some(reservation) => Ok(Json(reservation)),
-        None => find(&pool, &trip_id)
-            .await?
-            .map(Json)
-            .ok_or(Error::NotFound(trip_id)),
+        Some(reservation) => Ok(reservation),
+        None => find(conn, &trip_id).await?.ok_or(Error::NotFound(trip_id)),
     }
 }
 
-async fn find(pool: &PgPool, trip_id: &str) -> Result<Option<FlightReservation>, sqlx::Error> {
+async fn find(
+    conn: &mut PgConnection,
+    trip_id: &str,
+) -> Result<Option<FlightReservation>, sqlx::Error> {
     sqlx::query_as!(
         FlightReservation,
         r#"SELECT trip_id, booking_id, status AS "status: BookingStatus",
@@ -166,6 +200,6 @@ async fn find(pool: &PgPool, trip_id: &str) -> Result<Option<FlightReservation>,
            FROM flights.reservations WHERE trip_id = $1"#,
         trip_id,
     )
-    .fetch_optional(pool)
+    .fetch_optional(conn)
     .await
 }

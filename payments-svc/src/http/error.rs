@@ -3,6 +3,7 @@
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use common::error::ErrorBody;
+use common::idempotency::{Answer, BusinessError};
 use common::wire::RunType;
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -38,10 +39,10 @@ pub enum Error {
     Database(#[from] sqlx::Error),
 }
 
-impl IntoResponse for Error {
-    fn into_response(self) -> Response {
+impl BusinessError for Error {
+    fn answer(&self) -> Option<Answer> {
         let message = self.to_string();
-        let (status, body) = match &self {
+        let (status, body) = match self {
             Error::InvalidTripId(_) => (
                 StatusCode::BAD_REQUEST,
                 ErrorBody::new("invalid_trip_id", message),
@@ -68,8 +69,21 @@ impl IntoResponse for Error {
                 StatusCode::UNPROCESSABLE_ENTITY,
                 ErrorBody::new("invalid_payment", message),
             ),
-            Error::Database(err) => return common::error::internal(err),
+            Error::Database(_) => return None,
         };
-        body.into_response_with(status)
+        Some(Answer {
+            status,
+            body: serde_json::to_value(body).unwrap_or_default(),
+        })
+    }
+}
+
+impl IntoResponse for Error {
+    fn into_response(self) -> Response {
+        match (&self, self.answer()) {
+            (_, Some(answer)) => answer.into_response(),
+            (Error::Database(err), None) => common::error::internal(err),
+            (_, None) => common::error::internal(&self),
+        }
     }
 }

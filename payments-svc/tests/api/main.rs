@@ -4,7 +4,7 @@ use payments_svc::{AppState, app};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use sqlx::PgPool;
-use testkit::contract::post;
+use testkit::contract::{post, post_keyed};
 use testkit::{TestDb, TestServer};
 
 fn charge_body(trip_id: &str, run_type: &str) -> Value {
@@ -136,4 +136,36 @@ async fn injected_failure_and_bad_input_write_nothing() {
         .await
         .unwrap();
     assert_eq!(response.status(), StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn a_resent_charge_gets_its_first_answer_back() {
+    let db = TestDb::new().await;
+    let s = server(&db).await;
+    let charge = format!("{}/payments", s.url);
+    let body = charge_body("t3", "success");
+    let (status, first) = post_keyed(&charge, Some("t3:ProcessPayment"), &body).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = post_keyed(
+        &format!("{}/payments/t3/refund", s.url),
+        Some("t3:RefundPayment"),
+        &json!({}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, replay) = post_keyed(&charge, Some("t3:ProcessPayment"), &body).await;
+    assert_eq!(
+        (status, &replay),
+        (StatusCode::OK, &first),
+        "the first answer, no second charge"
+    );
+    assert_eq!(
+        rows(db.pool(), "t3").await,
+        [("refunded".into(), Some("750.00".into()))]
+    );
+    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM payments.idempotency_keys")
+        .fetch_one(db.pool())
+        .await
+        .unwrap();
+    assert_eq!(stored, 2);
 }

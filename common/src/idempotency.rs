@@ -1,0 +1,137 @@
+//! Idempotent participant calls: the first answer to an `Idempotency-Key` is
+//! stored in the same transaction as the call's effect, and a call repeating
+//! the key gets that answer back with no second effect.
+//!
+//! Each participant keeps its keys in its own schema, in a table
+//! `<schema>.idempotency_keys (key text primary key, status smallint, body jsonb, ..)`.
+
+use std::future::Future;
+use std::pin::Pin;
+
+use axum::extract::FromRequestParts;
+use axum::http::StatusCode;
+use axum::http::request::Parts;
+use axum::response::{IntoResponse, Response};
+use serde_json::Value;
+use sqlx::{PgConnection, PgPool};
+
+use crate::error::ErrorBody;
+use crate::wire::IDEMPOTENCY_KEY;
+
+/// The longest key accepted.
+pub const KEY_MAX_LEN: usize = 200;
+
+/// The request's `Idempotency-Key`, if it sent one.
+#[derive(Debug, Clone)]
+pub struct Key(pub Option<String>);
+
+impl<S: Send + Sync> FromRequestParts<S> for Key {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        let Some(value) = parts.headers.get(IDEMPOTENCY_KEY) else {
+            return Ok(Key(None));
+        };
+        match value.to_str() {
+            Ok(key) if !key.is_empty() && key.len() <= KEY_MAX_LEN => Ok(Key(Some(key.to_owned()))),
+            _ => Err(ErrorBody::new(
+                "invalid_idempotency_key",
+                format!("Idempotency-Key must be 1 to {KEY_MAX_LEN} visible ASCII characters"),
+            )
+            .into_response_with(StatusCode::BAD_REQUEST)),
+        }
+    }
+}
+
+/// An answer as stored and replayed: status and JSON body.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Answer {
+    pub status: StatusCode,
+    pub body: Value,
+}
+
+impl IntoResponse for Answer {
+    fn into_response(self) -> Response {
+        (self.status, axum::Json(self.body)).into_response()
+    }
+}
+
+/// The effect of a call, run inside the key's transaction. It answers
+/// `Ok` for every outcome that should be replayed (success and business
+/// refusals alike) and `Err` only for unexpected failures, which roll back.
+pub type Effect<'c, E> = Pin<Box<dyn Future<Output = Result<Answer, E>> + Send + 'c>>;
+
+/// Runs `effect` at most once per `key`, in one transaction with the stored
+/// answer. `table` is the participant's schema-qualified key table, a
+/// constant, never caller input. Without a key the effect simply runs.
+pub async fn once<E>(
+    pool: &PgPool,
+    table: &'static str,
+    key: Key,
+    effect: impl for<'c> FnOnce(&'c mut PgConnection) -> Effect<'c, E>,
+) -> Result<Answer, E>
+where
+    E: From<sqlx::Error>,
+{
+    let mut tx = pool.begin().await?;
+    let Some(key) = key.0 else {
+        let answer = effect(&mut tx).await?;
+        tx.commit().await?;
+        return Ok(answer);
+    };
+    // Claiming the key first serializes concurrent duplicates: the second
+    // waits here until the first commits, then finds its answer.
+    let claimed = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO {table} (key) VALUES ($1) ON CONFLICT (key) DO NOTHING"
+    )))
+    .bind(&key)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected()
+        == 1;
+    if !claimed {
+        let (status, body): (i16, Value) = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT status, body FROM {table} WHERE key = $1"
+        )))
+        .bind(&key)
+        .fetch_one(&mut *tx)
+        .await?;
+        tx.rollback().await?;
+        let status = u16::try_from(status)
+            .ok()
+            .and_then(|s| StatusCode::from_u16(s).ok())
+            .unwrap_or(StatusCode::OK);
+        return Ok(Answer { status, body });
+    }
+    let answer = effect(&mut tx).await?;
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "UPDATE {table} SET status = $2, body = $3 WHERE key = $1"
+    )))
+    .bind(&key)
+    .bind(i16::try_from(answer.status.as_u16()).unwrap_or(500))
+    .bind(&answer.body)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(answer)
+}
+
+/// A service error that may be a business answer worth storing (a 409, a
+/// 404) rather than an unexpected failure.
+pub trait BusinessError {
+    /// The answer to store and replay, or `None` for an unexpected failure.
+    fn answer(&self) -> Option<Answer>;
+}
+
+/// Turns an effect's typed result into the answer to store: success as 200
+/// with the value, a business error as its own answer; an unexpected failure
+/// stays an error.
+pub fn to_answer<T: serde::Serialize, E: BusinessError>(result: Result<T, E>) -> Result<Answer, E> {
+    match result {
+        Ok(value) => Ok(Answer {
+            status: StatusCode::OK,
+            body: serde_json::to_value(value).unwrap_or(Value::Null),
+        }),
+        Err(err) => err.answer().ok_or(err),
+    }
+}
