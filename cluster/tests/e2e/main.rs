@@ -1,6 +1,7 @@
 //! The four real services over HTTP on port 0, on a fresh database per test.
 
 mod bad_input;
+mod crashes;
 mod faults;
 mod flows;
 mod support;

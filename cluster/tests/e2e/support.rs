@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use cluster::{Cluster, Listeners, Participant};
+use faultproxy::{FaultProxy, Faults};
 use reqwest::StatusCode;
 use reqwest::header::HeaderMap;
 use serde_json::Value;
@@ -12,6 +13,26 @@ pub struct Env {
     pub db: TestDb,
     pub cluster: Cluster,
     http: reqwest::Client,
+    /// The participant URLs the orchestrators call, when proxied.
+    proxied: Option<[String; 3]>,
+}
+
+/// A fault proxy in front of each participant.
+pub struct Proxies {
+    pub flights: FaultProxy,
+    pub cars: FaultProxy,
+    pub payments: FaultProxy,
+}
+
+/// Quick retries, so that tests of failures take milliseconds.
+fn quick(config: &mut orchestrator::Config) {
+    config.retry.step_max_attempts = 3;
+    config.retry.retry_initial_delay_ms = 10;
+    config.retry.retry_max_delay_ms = 50;
+    config.retry.compensation_max_delay_ms = 100;
+    config.retry.retry_jitter = false;
+    config.retry.attempt_timeout_ms = 300;
+    config.recovery_interval_ms = 100;
 }
 
 /// An HTTP answer.
@@ -35,12 +56,7 @@ impl Env {
         let db = TestDb::new().await;
         let listeners = Listeners::bind("127.0.0.1", 0).await.expect("bind port 0");
         let cluster = Cluster::start(db.url(), listeners, hold, |config| {
-            config.retry.step_max_attempts = 3;
-            config.retry.retry_initial_delay_ms = 10;
-            config.retry.retry_max_delay_ms = 50;
-            config.retry.compensation_max_delay_ms = 100;
-            config.retry.retry_jitter = false;
-            config.retry.attempt_timeout_ms = 300;
+            quick(config);
             configure(config);
         })
         .await
@@ -49,7 +65,85 @@ impl Env {
             db,
             cluster,
             http: reqwest::Client::new(),
+            proxied: None,
         }
+    }
+
+    /// A cluster whose orchestrator calls each participant through a fault
+    /// proxy (no faults until a test asks for them).
+    pub async fn start_proxied(
+        configure: impl FnOnce(&mut orchestrator::Config),
+    ) -> (Self, Proxies) {
+        let db = TestDb::new().await;
+        let listeners = Listeners::bind("127.0.0.1", 0).await.expect("bind port 0");
+        let proxy = |listener: &tokio::net::TcpListener| {
+            let upstream = format!("http://{}", listener.local_addr().expect("bound"));
+            async move {
+                let at = tokio::net::TcpListener::bind("127.0.0.1:0")
+                    .await
+                    .expect("bind port 0");
+                FaultProxy::start(at, &upstream, Faults::default()).expect("start proxy")
+            }
+        };
+        let proxies = Proxies {
+            flights: proxy(&listeners.flights).await,
+            cars: proxy(&listeners.cars).await,
+            payments: proxy(&listeners.payments).await,
+        };
+        let urls = [
+            proxies.flights.url.clone(),
+            proxies.cars.url.clone(),
+            proxies.payments.url.clone(),
+        ];
+        let proxied = urls.clone();
+        let cluster = Cluster::start(db.url(), listeners, &[], move |config| {
+            quick(config);
+            [config.flights_url, config.cars_url, config.payments_url] = proxied;
+            configure(config);
+        })
+        .await
+        .expect("start the cluster");
+        let env = Self {
+            db,
+            cluster,
+            http: reqwest::Client::new(),
+            proxied: Some(urls),
+        };
+        (env, proxies)
+    }
+
+    /// Starts another orchestrator on the same database and participants
+    /// (through the proxies, if any); returns its URL.
+    pub async fn spawn_orchestrator(
+        &mut self,
+        configure: impl FnOnce(&mut orchestrator::Config),
+    ) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind port 0");
+        let proxied = self.proxied.clone();
+        self.cluster
+            .spawn_orchestrator(listener, move |config| {
+                quick(config);
+                if let Some(urls) = proxied {
+                    [config.flights_url, config.cars_url, config.payments_url] = urls;
+                }
+                configure(config);
+            })
+            .await
+            .expect("start another orchestrator")
+    }
+
+    /// GETs `path` from the orchestrator at `base`.
+    pub async fn get_at(&self, base: &str, path: &str) -> Answer {
+        Self::answer(
+            self.http
+                .get(format!("{base}{path}"))
+                .send()
+                .await
+                .expect("GET"),
+        )
+        .await
     }
 
     /// Stops the services before the database goes.

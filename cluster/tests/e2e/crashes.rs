@@ -1,0 +1,271 @@
+//! Failpoints: an orchestrator crashes (stops as `kill -9` would, keeping its
+//! leases) at each dangerous point of a saga, and the saga still ends, with
+//! the invariant kept and no second effect. A request held back past its
+//! step's failure arrives after the compensation and is refused.
+
+use std::time::Duration;
+
+use faultproxy::{Hold, HoldAt};
+use reqwest::StatusCode;
+use serde_json::Value;
+
+use crate::support::{Env, Proxies, step};
+
+/// Awaits the proxy holding `n` requests.
+async fn holding(proxy: &faultproxy::FaultProxy, n: usize) {
+    testkit::eventually(
+        "the proxy to hold the call",
+        Duration::from_secs(10),
+        || async { (proxy.holding() == n).then_some(()) },
+    )
+    .await;
+}
+
+/// The events of one step in the saga's log.
+async fn events(env: &Env, trip_id: &str, step: &str) -> Vec<String> {
+    env.log(trip_id)
+        .await
+        .into_iter()
+        .filter(|(s, _)| s == step)
+        .map(|(_, event)| event)
+        .collect()
+}
+
+fn interrupted(saga: &Value, name: &str) -> bool {
+    step(saga, name).is_some_and(|s| s["last_error"]["error"] == "interrupted")
+}
+
+async fn start_held(env: &Env, proxies: &Proxies, trip: &str, run_type: &str) {
+    let answer = env
+        .get(&format!("/trip?tripID={trip}&runType={run_type}&wait=0"))
+        .await;
+    assert_eq!(answer.status, StatusCode::ACCEPTED, "{}", answer.body);
+    let _ = proxies;
+}
+
+#[tokio::test]
+async fn a_crash_before_a_call_is_resumed_by_the_restarted_process() {
+    let (mut env, proxies) = Env::start_proxied(|c| c.orchestrator_id = Some("a".into())).await;
+    proxies.cars.hold(Hold {
+        path: "/rentals".into(),
+        at: HoldAt::Request,
+        count: 1,
+    });
+    start_held(&env, &proxies, "crash-1", "success").await;
+    holding(&proxies.cars, 1).await;
+    let a = env.cluster.orchestrator_url.clone();
+    env.cluster.crash_orchestrator(&a);
+
+    // Restarted with the same identity: it reclaims its saga at once.
+    let b = env
+        .spawn_orchestrator(|c| c.orchestrator_id = Some("a".into()))
+        .await;
+    let answer = env
+        .get_at(&b, "/trip?tripID=crash-1&runType=success&wait=30")
+        .await;
+    assert_eq!(
+        (answer.status, &answer.body["status"]),
+        (StatusCode::OK, &Value::from("succeeded"))
+    );
+    assert!(
+        interrupted(&answer.body, "ReserveCarRental"),
+        "{}",
+        answer.body
+    );
+    assert_eq!(
+        events(&env, "crash-1", "ReserveCarRental").await,
+        ["started", "retrying", "succeeded"]
+    );
+
+    // The held request arrives late, with the same key: no second effect.
+    proxies.cars.release();
+    holding(&proxies.cars, 0).await;
+    assert_eq!(env.count("SELECT count(*) FROM cars.rentals").await, 1);
+    testkit::invariant::check(env.db.pool())
+        .await
+        .unwrap()
+        .assert_clean();
+    env.finish().await;
+}
+
+#[tokio::test]
+async fn a_crash_after_the_participant_committed_gets_the_first_answer_again() {
+    let (mut env, proxies) = Env::start_proxied(|c| c.orchestrator_id = Some("a".into())).await;
+    proxies.payments.hold(Hold {
+        path: "/payments".into(),
+        at: HoldAt::Response,
+        count: 1,
+    });
+    start_held(&env, &proxies, "crash-2", "success").await;
+    holding(&proxies.payments, 1).await;
+    assert_eq!(
+        env.rows("crash-2").await[2].as_deref(),
+        Some("charged"),
+        "the charge is done"
+    );
+    let a = env.cluster.orchestrator_url.clone();
+    env.cluster.crash_orchestrator(&a);
+
+    let b = env
+        .spawn_orchestrator(|c| c.orchestrator_id = Some("a".into()))
+        .await;
+    let answer = env
+        .get_at(&b, "/trip?tripID=crash-2&runType=success&wait=30")
+        .await;
+    assert_eq!(
+        (answer.status, &answer.body["status"]),
+        (StatusCode::OK, &Value::from("succeeded"))
+    );
+    let charged: String = sqlx::query_scalar(
+        "SELECT payment_id::text FROM payments.payments WHERE trip_id = 'crash-2'",
+    )
+    .fetch_one(env.db.pool())
+    .await
+    .unwrap();
+    assert_eq!(
+        answer.body["outputs"]["ProcessPayment"]["payment_id"], charged,
+        "the resent charge answered the first payment"
+    );
+    proxies.payments.release();
+    holding(&proxies.payments, 0).await;
+    assert_eq!(env.count("SELECT count(*) FROM payments.payments").await, 1);
+    testkit::invariant::check(env.db.pool())
+        .await
+        .unwrap()
+        .assert_clean();
+    env.finish().await;
+}
+
+#[tokio::test]
+async fn a_crash_while_compensating_is_taken_over_by_another_process_after_the_lease() {
+    let (mut env, proxies) = Env::start_proxied(|c| {
+        c.orchestrator_id = Some("a".into());
+        c.lease_secs = 1;
+    })
+    .await;
+    proxies.cars.hold(Hold {
+        path: "/rentals/crash-3/cancel".into(),
+        at: HoldAt::Request,
+        count: 1,
+    });
+    start_held(&env, &proxies, "crash-3", "failPayment").await;
+    holding(&proxies.cars, 1).await;
+    let a = env.cluster.orchestrator_url.clone();
+    env.cluster.crash_orchestrator(&a);
+
+    let b = env
+        .spawn_orchestrator(|c| {
+            c.orchestrator_id = Some("b".into());
+            c.lease_secs = 1;
+        })
+        .await;
+    let answer = env
+        .get_at(&b, "/trip?tripID=crash-3&runType=failPayment&wait=30")
+        .await;
+    assert_eq!(
+        (answer.status, &answer.body["status"]),
+        (StatusCode::OK, &Value::from("failed"))
+    );
+    assert!(
+        interrupted(&answer.body, "CancelRentalReservation"),
+        "{}",
+        answer.body
+    );
+    let owner: Option<String> =
+        sqlx::query_scalar("SELECT owner FROM orchestrator.sagas WHERE trip_id = 'crash-3'")
+            .fetch_one(env.db.pool())
+            .await
+            .unwrap();
+    assert_eq!(owner, None, "an ended saga holds no lease");
+    proxies.cars.release();
+    holding(&proxies.cars, 0).await;
+    testkit::invariant::check(env.db.pool())
+        .await
+        .unwrap()
+        .assert_clean();
+    env.finish().await;
+}
+
+#[tokio::test]
+async fn a_reserve_held_past_its_budget_arrives_after_the_cancel_and_is_refused() {
+    let (env, proxies) = Env::start_proxied(|_| {}).await;
+    proxies.flights.hold(Hold {
+        path: "/reservations".into(),
+        at: HoldAt::Request,
+        count: 3,
+    });
+    let answer = env.get("/trip?tripID=late-1&wait=30").await;
+    assert_eq!(
+        (answer.status, &answer.body["status"]),
+        (StatusCode::OK, &Value::from("failed"))
+    );
+    let reserve = step(&answer.body, "ReserveFlight").unwrap();
+    assert_eq!(
+        (&reserve["status"], &reserve["attempts"]),
+        (&Value::from("failed"), &Value::from(3))
+    );
+    assert_eq!(
+        reserve["last_error"]["error"], "timeout",
+        "the outcome is unknown: {reserve}"
+    );
+    assert_eq!(
+        step(&answer.body, "CancelFlightReservation").unwrap()["status"],
+        "succeeded",
+        "a step whose outcome is unknown is compensated"
+    );
+    assert_eq!(
+        env.rows("late-1").await[0].as_deref(),
+        Some("cancelled"),
+        "a tombstone"
+    );
+
+    proxies.flights.release();
+    testkit::eventually(
+        "the late reserves to be refused",
+        Duration::from_secs(10),
+        || async {
+            let status: Option<i16> = sqlx::query_scalar(
+                "SELECT status FROM flights.idempotency_keys WHERE key = 'late-1:ReserveFlight'",
+            )
+            .fetch_optional(env.db.pool())
+            .await
+            .unwrap()
+            .flatten();
+            (status == Some(409)).then_some(())
+        },
+    )
+    .await;
+    holding(&proxies.flights, 0).await;
+    assert_eq!(env.rows("late-1").await[0].as_deref(), Some("cancelled"));
+    testkit::invariant::check(env.db.pool())
+        .await
+        .unwrap()
+        .assert_clean();
+    env.finish().await;
+}
+
+#[tokio::test]
+async fn a_clean_stop_hands_the_leases_back() {
+    let (env, proxies) = Env::start_proxied(|c| c.orchestrator_id = Some("a".into())).await;
+    proxies.flights.hold(Hold {
+        path: "/reservations".into(),
+        at: HoldAt::Request,
+        count: 1,
+    });
+    start_held(&env, &proxies, "stop-1", "success").await;
+    holding(&proxies.flights, 1).await;
+    let Env { db, cluster, .. } = env;
+    cluster.stop().await.unwrap();
+    let (owner, lease): (Option<String>, Option<String>) = sqlx::query_as(
+        "SELECT owner, lease_until::text FROM orchestrator.sagas WHERE trip_id = 'stop-1'",
+    )
+    .fetch_one(db.pool())
+    .await
+    .unwrap();
+    assert_eq!(
+        (owner, lease),
+        (None, None),
+        "another process may take it over at once"
+    );
+    proxies.flights.release();
+}
