@@ -63,6 +63,11 @@ pub struct Config {
     #[arg(long, env = "TRIP_WAIT_SECS", default_value_t = 10)]
     pub trip_wait_secs: u64,
 
+    /// Default deadline of a saga's forward steps, in seconds; a trip may
+    /// set its own (`deadline_secs`). None: no deadline.
+    #[arg(long, env = "SAGA_DEADLINE_SECS")]
+    pub saga_deadline_secs: Option<u64>,
+
     /// This process's identity, the owner of its leases (default: the host name).
     #[arg(long, env = "ORCHESTRATOR_ID")]
     pub orchestrator_id: Option<String>,
@@ -95,6 +100,7 @@ impl Config {
             cars_url: cars_url.into(),
             payments_url: payments_url.into(),
             trip_wait_secs: 10,
+            saga_deadline_secs: None,
             orchestrator_id: None,
             lease_secs: 30,
             recovery_interval_ms: 1_000,
@@ -129,6 +135,8 @@ pub struct AppState {
     pub engine: Arc<Engine>,
     pub pool: PgPool,
     pub trip_wait: Duration,
+    /// The deadline of trips that set none.
+    pub default_deadline_secs: Option<u64>,
 }
 
 /// The service's routes (without middleware).
@@ -187,6 +195,7 @@ pub async fn run(
         engine: Arc::clone(&engine),
         pool,
         trip_wait: Duration::from_secs(config.trip_wait_secs.min(http::trips::MAX_WAIT_SECS)),
+        default_deadline_secs: config.saga_deadline_secs,
     };
     let request_timeout = Duration::from_secs(http::trips::MAX_WAIT_SECS + 10);
     let router = common::server::with_middleware(app(state), request_timeout);

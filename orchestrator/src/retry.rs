@@ -59,6 +59,10 @@ impl Default for RetryConfig {
 #[derive(Debug, Clone, Copy)]
 pub struct RetryPolicy {
     builder: ExponentialBuilder,
+    /// Whether a business failure (a 4xx other than 408 and 429) ends the
+    /// call at once: true for forward steps, false for compensations, which
+    /// cannot fail for business reasons.
+    business_is_final: bool,
 }
 
 impl RetryPolicy {
@@ -66,6 +70,34 @@ impl RetryPolicy {
     /// spent.
     pub fn backoff(&self) -> ExponentialBackoff {
         self.builder.build()
+    }
+
+    /// The retry state of one call.
+    pub fn attempts(&self) -> Attempts {
+        Attempts {
+            delays: self.backoff(),
+            business_is_final: self.business_is_final,
+        }
+    }
+}
+
+/// The retry state of one call: decides, after each failed attempt, whether
+/// and when to try again.
+#[derive(Debug)]
+pub struct Attempts {
+    delays: ExponentialBackoff,
+    business_is_final: bool,
+}
+
+impl Attempts {
+    /// After a failed attempt (`transient`: a timeout, a connection error,
+    /// 408, 429 or 5xx): the delay before the next attempt, or `None` when
+    /// the call has failed for good.
+    pub fn after_failure(&mut self, transient: bool) -> Option<Duration> {
+        if self.business_is_final && !transient {
+            return None;
+        }
+        self.delays.next()
     }
 }
 
@@ -90,6 +122,7 @@ impl RetryConfig {
             builder: self
                 .builder(self.retry_max_delay_ms)
                 .with_max_times(self.step_max_attempts.saturating_sub(1)),
+            business_is_final: true,
         }
     }
 
@@ -99,6 +132,7 @@ impl RetryConfig {
             builder: self
                 .builder(self.compensation_max_delay_ms)
                 .without_max_times(),
+            business_is_final: false,
         }
     }
 
@@ -126,6 +160,55 @@ mod tests {
             delays.iter().map(ms).collect::<Vec<_>>(),
             vec![100, 200, 400]
         );
+    }
+
+    /// Runs attempts failing as `failures` says (true: transient) until the
+    /// policy gives up or the script ends; returns the attempts made and the
+    /// virtual time spent waiting, checked against the delays asked for
+    /// (the timer rounds each sleep up to its next millisecond).
+    async fn script(policy: RetryPolicy, failures: &[bool]) -> (usize, u128) {
+        let start = tokio::time::Instant::now();
+        let mut attempts = policy.attempts();
+        let mut made = 0;
+        let mut asked = Duration::ZERO;
+        for &transient in failures {
+            made += 1;
+            match attempts.after_failure(transient) {
+                Some(delay) => {
+                    asked += delay;
+                    tokio::time::sleep(delay).await;
+                }
+                None => break,
+            }
+        }
+        let waited = start.elapsed();
+        let slack = Duration::from_millis(u64::try_from(made).unwrap_or(u64::MAX));
+        assert!(
+            asked <= waited && waited <= asked + slack,
+            "waited {waited:?} for {asked:?}"
+        );
+        (made, asked.as_millis())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_forward_step_retries_transient_failures_until_its_budget_is_spent() {
+        let (made, waited) = script(config().forward(), &[true; 10]).await;
+        assert_eq!(made, 4, "STEP_MAX_ATTEMPTS attempts, then the step fails");
+        assert_eq!(waited, 100 + 200 + 400);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_forward_steps_business_failure_is_final_at_once() {
+        let (made, waited) = script(config().forward(), &[true, false, true]).await;
+        assert_eq!((made, waited), (2, 100));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_compensation_retries_every_failure_with_capped_backoff() {
+        let (made, waited) = script(config().compensation(), &[false; 12]).await;
+        assert_eq!(made, 12);
+        // 100, 200, ..., 6400, then capped at 10 s: 12700 + 5 * 10000.
+        assert_eq!(waited, 12_700 + 50_000);
     }
 
     #[test]

@@ -73,14 +73,16 @@ pub async fn create(
     first_step: Step,
     owner: &str,
     lease_secs: f64,
+    deadline: Option<DateTime<Utc>>,
 ) -> sqlx::Result<bool> {
     let input = serde_json::to_value(trip).map_err(|err| sqlx::Error::Encode(Box::new(err)))?;
     let detail = serde_json::json!({ "idempotency_key": format!("{}:{first_step}", trip.trip_id) });
     let inserted = sqlx::query!(
         r#"WITH saga AS (
                INSERT INTO orchestrator.sagas
-                   (trip_id, run_type, status, definition_version, cursor, input, owner, lease_until)
-               VALUES ($1, $2, 'running', $3, 0, $4, $5, now() + make_interval(secs => $6))
+                   (trip_id, run_type, status, definition_version, cursor, input, owner, lease_until,
+                    deadline)
+               VALUES ($1, $2, 'running', $3, 0, $4, $5, now() + make_interval(secs => $6), $9)
                ON CONFLICT (trip_id) DO NOTHING
                RETURNING trip_id)
            INSERT INTO orchestrator.saga_log (trip_id, seq, step, status, attempt, detail)
@@ -93,6 +95,7 @@ pub async fn create(
         lease_secs,
         first_step.as_str(),
         detail,
+        deadline,
     )
     .execute(pool)
     .await?;
@@ -232,6 +235,7 @@ pub struct Claimed {
     /// The version after the claim: the claimer's fence.
     pub version: i64,
     pub previous_owner: Option<String>,
+    pub deadline: Option<DateTime<Utc>>,
     /// The saga's last log row, which is always its current step's.
     pub last_seq: i32,
     pub last_event: StepEvent,
@@ -269,11 +273,11 @@ pub async fn claim(
                FROM candidates c
                WHERE s.trip_id = c.trip_id
                RETURNING s.trip_id, s.status, s.definition_version, s.cursor, s.input,
-                         s.outputs, s.version, c.owner AS previous_owner)
+                         s.outputs, s.version, c.owner AS previous_owner, s.deadline)
            SELECT c.trip_id AS "trip_id!", c.status AS "status!: SagaStatus",
                   c.definition_version AS "definition_version!", c.cursor AS "cursor!",
                   c.input AS "input!", c.outputs AS "outputs!", c.version AS "version!",
-                  c.previous_owner,
+                  c.previous_owner, c.deadline,
                   l.seq AS "last_seq!", l.status AS "last_event!: StepEvent", l.attempt AS "last_attempt!"
            FROM claimed c
            CROSS JOIN LATERAL (

@@ -104,3 +104,28 @@ async fn a_participant_down_for_a_while_is_retried_and_the_saga_succeeds() {
         .assert_clean();
     env.finish().await;
 }
+
+#[tokio::test]
+async fn a_saga_past_its_deadline_compensates_instead_of_hanging() {
+    let env = Env::start_with(&[Participant::Payments], |config| {
+        config.retry.step_max_attempts = 1_000;
+    })
+    .await;
+    let answer = env
+        .post(
+            "/trips?wait=0",
+            &serde_json::json!({ "trip_id": "late-2", "deadline_secs": 1 }),
+        )
+        .await;
+    assert_eq!(answer.status, StatusCode::ACCEPTED, "{}", answer.body);
+    assert_eq!(answer.body["input"]["deadline_secs"], 1);
+    let saga = env
+        .saga_when("late-2", "the deadline to stop the payment", |saga| {
+            saga["status"] == "compensating"
+        })
+        .await;
+    let payment = step(&saga, "ProcessPayment").unwrap();
+    assert_eq!(payment["status"], "failed");
+    assert_eq!(payment["last_error"]["error"], "deadline");
+    env.finish().await;
+}

@@ -87,7 +87,8 @@ impl AppState {
     }
 }
 
-async fn start_or_join(state: &AppState, input: TripInput, wait: Duration) -> Result<Response> {
+async fn start_or_join(state: &AppState, mut input: TripInput, wait: Duration) -> Result<Response> {
+    input.deadline_secs = input.deadline_secs.or(state.default_deadline_secs);
     let trip = input.into_trip().map_err(Error::InvalidTrip)?;
     let trip_id = trip.trip_id.clone();
     if !state.engine.start(trip.clone()).await? {

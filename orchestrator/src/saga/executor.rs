@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use backon::{ExponentialBuilder, Retryable};
+use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 use sqlx::PgPool;
 use tokio::sync::watch;
@@ -62,6 +63,8 @@ struct Run {
     next_seq: i32,
     /// The attempt number of the current action.
     attempt: i32,
+    /// When the forward steps must have finished, if the trip set one.
+    deadline: Option<DateTime<Utc>>,
     /// Set when the saga was taken over: what to log about the attempt the
     /// previous owner may have left in flight.
     interrupted: Option<Value>,
@@ -112,12 +115,17 @@ impl Engine {
         let Some(first) = steps.first() else {
             return Ok(false);
         };
+        let deadline = trip
+            .deadline_secs
+            .and_then(|secs| chrono::Duration::try_seconds(i64::try_from(secs).ok()?))
+            .map(|secs| Utc::now() + secs);
         if !store::create(
             &self.pool,
             &trip,
             first.forward.step,
             &self.owner,
             self.lease_secs,
+            deadline,
         )
         .await?
         {
@@ -131,6 +139,7 @@ impl Engine {
             outputs: Outputs::new(),
             next_seq: 2,
             attempt: 1,
+            deadline,
             interrupted: None,
         };
         self.spawn(run);
@@ -218,6 +227,7 @@ impl Engine {
             outputs,
             next_seq: saga.last_seq + 1,
             attempt: interrupted,
+            deadline: saga.deadline,
             interrupted: Some(json!({
                 "error": "interrupted",
                 "message": format!(
@@ -393,10 +403,18 @@ impl Engine {
         forward: bool,
         policy: &RetryPolicy,
     ) -> Result<Result<Value, Value>, Stop> {
-        let mut delays = policy.backoff();
+        let mut attempts = policy.attempts();
+        // Only forward steps race the saga's deadline: once it has passed,
+        // the saga compensates instead of going on.
+        let deadline = run.deadline.filter(|_| forward);
         loop {
+            let remaining = deadline.map(|at| (at - Utc::now()).to_std().unwrap_or_default());
+            if remaining == Some(Duration::ZERO) {
+                return Ok(Err(deadline_passed(run, action, None)));
+            }
             let result = tokio::select! {
                 result = self.participants.call(action, &run.trip, &run.outputs) => result,
+                () = sleep_or_forever(remaining) => return Ok(Err(deadline_passed(run, action, None))),
                 () = self.shutdown.cancelled() => return Err(Stop::Shutdown),
             };
             let failure = match result {
@@ -406,14 +424,12 @@ impl Engine {
             // A forward step's business failure is final; a compensation
             // cannot fail for business reasons, so it is retried whatever
             // the answer.
-            let delay = if forward && !failure.transient {
-                None
-            } else {
-                delays.next()
-            };
-            let Some(delay) = delay else {
+            let Some(delay) = attempts.after_failure(failure.transient) else {
                 return Ok(Err(failure.detail));
             };
+            if deadline.is_some_and(|at| Utc::now() + delay >= at) {
+                return Ok(Err(deadline_passed(run, action, Some(failure.detail))));
+            }
             tracing::warn!(
                 trip_id = %run.trip.trip_id,
                 step = %action.step,
@@ -473,6 +489,27 @@ impl Engine {
             () = self.shutdown.cancelled() => return Err(Stop::Shutdown),
         };
         if applied { Ok(()) } else { Err(Stop::Fenced) }
+    }
+}
+
+/// What a forward step records when the saga's deadline stops it.
+fn deadline_passed(run: &Run, action: &super::definition::Action, last: Option<Value>) -> Value {
+    json!({
+        "error": "deadline",
+        "message": format!(
+            "the saga's deadline ({}) passes before {} can succeed; compensating",
+            run.deadline.map(|at| at.to_rfc3339()).unwrap_or_default(),
+            action.step
+        ),
+        "last_failure": last,
+    })
+}
+
+/// Sleeps for `duration`, or forever when there is none.
+async fn sleep_or_forever(duration: Option<Duration>) {
+    match duration {
+        Some(duration) => tokio::time::sleep(duration).await,
+        None => std::future::pending().await,
     }
 }
 

@@ -151,7 +151,12 @@ pub struct TripInput {
     pub run_type: Option<String>,
     pub amount: Option<Decimal>,
     pub currency: Option<String>,
+    /// Seconds the forward steps may take before the saga compensates.
+    pub deadline_secs: Option<u64>,
 }
+
+/// The longest deadline accepted: a week.
+pub const MAX_DEADLINE_SECS: u64 = 7 * 24 * 3600;
 
 /// The trip with every default filled in, as stored in `sagas.input`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -167,6 +172,8 @@ pub struct Trip {
     pub run_type: RunType,
     pub amount: Decimal,
     pub currency: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline_secs: Option<u64>,
 }
 
 /// The longest city or car name accepted.
@@ -210,7 +217,16 @@ impl TripInput {
             run_type,
             amount: self.amount.unwrap_or_else(|| Decimal::new(75000, 2)),
             currency: self.currency.unwrap_or_else(|| "USD".into()),
+            deadline_secs: self.deadline_secs,
         };
+        if trip
+            .deadline_secs
+            .is_some_and(|secs| secs == 0 || secs > MAX_DEADLINE_SECS)
+        {
+            return Err(format!(
+                "deadline_secs must be from 1 to {MAX_DEADLINE_SECS}"
+            ));
+        }
         for (field, value) in [
             ("depart_city", &trip.depart_city),
             ("arrive_city", &trip.arrive_city),
@@ -251,7 +267,8 @@ impl Trip {
             rental_to,
             run_type,
             amount,
-            currency
+            currency,
+            deadline_secs
         );
         fields
     }

@@ -1,0 +1,149 @@
+//! The orchestrator's store on a fresh database: the version fence and the
+//! lease claims that make several processes safe.
+
+use orchestrator::saga::definition::Position;
+use orchestrator::saga::{Step, StepEvent, TripInput};
+use orchestrator::store::{self, LogEntry, Transition};
+use serde_json::json;
+use testkit::TestDb;
+
+fn trip(id: &str) -> orchestrator::saga::Trip {
+    TripInput {
+        trip_id: Some(id.into()),
+        ..TripInput::default()
+    }
+    .into_trip()
+    .unwrap()
+}
+
+fn succeeded_flight(seq: i32) -> Vec<LogEntry> {
+    vec![
+        LogEntry {
+            seq,
+            step: Step::ReserveFlight,
+            event: StepEvent::Succeeded,
+            attempt: 1,
+            detail: json!({}),
+        },
+        LogEntry {
+            seq: seq + 1,
+            step: Step::ReserveCarRental,
+            event: StepEvent::Started,
+            attempt: 1,
+            detail: json!({}),
+        },
+    ]
+}
+
+async fn log_len(db: &TestDb, trip_id: &str) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM orchestrator.saga_log WHERE trip_id = $1")
+        .bind(trip_id)
+        .fetch_one(db.pool())
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_process_that_lost_its_lease_cannot_write() {
+    let db = TestDb::new().await;
+    let pool = db.pool();
+    let t = trip("fenced");
+    // Owner a's lease runs out at once.
+    assert!(
+        store::create(pool, &t, Step::ReserveFlight, "a", 0.0, None)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store::create(pool, &t, Step::ReserveFlight, "a", 0.0, None)
+            .await
+            .unwrap(),
+        "one saga per trip"
+    );
+
+    let claimed = store::claim(pool, "b", false, 30.0, &[1], 10)
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 1);
+    let saga = &claimed[0];
+    assert_eq!(
+        (saga.version, saga.previous_owner.as_deref()),
+        (1, Some("a"))
+    );
+    assert_eq!(
+        (saga.last_seq, saga.last_event, saga.last_attempt),
+        (1, StepEvent::Started, 1)
+    );
+    assert!(
+        store::claim(pool, "c", false, 30.0, &[1], 10)
+            .await
+            .unwrap()
+            .is_empty(),
+        "b's lease holds"
+    );
+
+    // a wakes up and records an outcome with the version it read: fenced.
+    let log = succeeded_flight(2);
+    let stale = Transition {
+        trip_id: "fenced",
+        version: 0,
+        position: Position::Forward(1),
+        output: None,
+        log: &log,
+        lease_secs: 30.0,
+    };
+    assert!(!store::transition(pool, &stale).await.unwrap());
+    assert_eq!(
+        log_len(&db, "fenced").await,
+        1,
+        "a stale write adds nothing"
+    );
+
+    let current = Transition {
+        version: 1,
+        ..stale
+    };
+    assert!(store::transition(pool, &current).await.unwrap());
+    assert_eq!(log_len(&db, "fenced").await, 3);
+    let saga = store::find(pool, "fenced").await.unwrap().unwrap();
+    assert_eq!(
+        (saga.version, saga.cursor, saga.owner.as_deref()),
+        (2, 1, Some("b"))
+    );
+}
+
+#[tokio::test]
+async fn a_restarted_process_reclaims_only_its_own_live_sagas() {
+    let db = TestDb::new().await;
+    let pool = db.pool();
+    for (id, owner) in [("mine", "a"), ("theirs", "b")] {
+        assert!(
+            store::create(pool, &trip(id), Step::ReserveFlight, owner, 300.0, None)
+                .await
+                .unwrap()
+        );
+    }
+    assert!(
+        store::claim(pool, "a", false, 30.0, &[1], 10)
+            .await
+            .unwrap()
+            .is_empty(),
+        "leases hold"
+    );
+    let claimed = store::claim(pool, "a", true, 30.0, &[1], 10).await.unwrap();
+    let ids: Vec<_> = claimed.iter().map(|c| c.trip_id.as_str()).collect();
+    assert_eq!(ids, ["mine"]);
+    assert!(
+        store::claim(pool, "a", false, 30.0, &[2], 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    assert_eq!(store::release_leases(pool, "b").await.unwrap(), 1);
+    let claimed = store::claim(pool, "c", false, 30.0, &[1], 10)
+        .await
+        .unwrap();
+    let ids: Vec<_> = claimed.iter().map(|c| c.trip_id.as_str()).collect();
+    assert_eq!(ids, ["theirs"], "a handed-back lease is free at once");
+}
