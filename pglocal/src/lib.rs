@@ -33,20 +33,34 @@ pub struct PrivatePostgres {
     url: String,
     port: u16,
     dir: PathBuf,
+    bindir: PathBuf,
     watchdog: Child,
     /// Closing this pipe tells the watchdog to stop the server.
     lifeline: Option<ChildStdin>,
 }
 
+/// Runs PostgreSQL in the foreground, starting it again whenever it stops
+/// (so that [`PrivatePostgres::restart_immediate`] is a crash and a restart),
+/// until this process's end of the pipe on fd 0 closes: then it stops the
+/// server and deletes the data. Three quick failures in a row give up.
 const WATCHDOG: &str = r#"
 exec 3<&0
-"$POSTGRES" -D "$PGDATA" -p "$PGPORT" -k "$PGDATA" -c listen_addresses=127.0.0.1 "$@" </dev/null &
-pid=$!
-{ cat <&3 >/dev/null; kill -INT "$pid" 2>/dev/null; } &
-wait "$pid"
-status=$?
+{
+    cat <&3 >/dev/null
+    touch "$PGTOP/stop"
+    for _ in 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20; do
+        pid=$(head -n 1 "$PGDATA/postmaster.pid" 2>/dev/null)
+        [ -n "$pid" ] && kill -INT "$pid" 2>/dev/null && break
+        sleep 0.1
+    done
+} &
+quick=0
+while [ ! -e "$PGTOP/stop" ] && [ "$quick" -lt 3 ]; do
+    started=$(date +%s)
+    "$POSTGRES" -D "$PGDATA" -p "$PGPORT" -k "$PGDATA" -c listen_addresses=127.0.0.1 "$@" </dev/null
+    if [ $(( $(date +%s) - started )) -lt 2 ]; then quick=$((quick + 1)); else quick=0; fi
+done
 rm -rf "$PGTOP"
-exit "$status"
 "#;
 
 impl PrivatePostgres {
@@ -130,10 +144,11 @@ impl PrivatePostgres {
             url: format!("postgres://postgres@127.0.0.1:{port}/postgres"),
             port,
             dir,
+            bindir: bindir.clone(),
             watchdog,
             lifeline,
         };
-        pg.wait_ready(&bindir)?;
+        pg.wait_ready()?;
         tracing::info!(port, dir = %pg.dir.display(), "private PostgreSQL started");
         Ok(pg)
     }
@@ -147,7 +162,35 @@ impl PrivatePostgres {
         self.port
     }
 
-    fn wait_ready(&mut self, bindir: &Path) -> anyhow::Result<()> {
+    /// Crashes the server as `pg_ctl restart -m immediate` would (no
+    /// checkpoint, every connection cut; recovery replays the WAL at start)
+    /// and waits until the restarted server accepts connections.
+    pub fn restart_immediate(&mut self) -> anyhow::Result<()> {
+        let pid_file = std::fs::read_to_string(self.dir.join("postmaster.pid"))
+            .context("cannot read postmaster.pid")?;
+        let pid: i32 = pid_file
+            .lines()
+            .next()
+            .and_then(|line| line.trim().parse().ok())
+            .context("postmaster.pid names no process")?;
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGQUIT,
+        )
+        .context("cannot signal postgres")?;
+        // Wait for the old server to be gone before waiting for the new one.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok() {
+            if Instant::now() > deadline {
+                bail!("postgres did not stop within 30 s");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.wait_ready()
+    }
+
+    fn wait_ready(&mut self) -> anyhow::Result<()> {
+        let bindir = self.bindir.clone();
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Some(status) = self.watchdog.try_wait()? {

@@ -1,0 +1,125 @@
+//! The service processes under test: the real binaries, started, killed
+//! with SIGKILL, paused with SIGSTOP and restarted.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use tokio::process::{Child, Command};
+
+/// One service process and how to start it again.
+pub struct Service {
+    pub name: String,
+    binary: PathBuf,
+    env: Vec<(String, String)>,
+    log: PathBuf,
+    pub url: String,
+    child: Option<Child>,
+}
+
+impl Service {
+    pub fn new(
+        bin_dir: &Path,
+        binary: &str,
+        name: String,
+        url: String,
+        env: Vec<(String, String)>,
+        logs: &Path,
+    ) -> Self {
+        Self {
+            binary: bin_dir.join(binary),
+            log: logs.join(format!("{name}.log")),
+            name,
+            env,
+            url,
+            child: None,
+        }
+    }
+
+    pub fn start(&mut self) -> anyhow::Result<()> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .with_context(|| format!("cannot open {}", self.log.display()))?;
+        let child = Command::new(&self.binary)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("cannot start {}", self.binary.display()))?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|child| matches!(child.try_wait(), Ok(None)))
+    }
+
+    /// `kill -9`.
+    pub async fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.start_kill();
+            let _ = child.wait().await;
+        }
+    }
+
+    fn pid(&self) -> Option<Pid> {
+        let id = self.child.as_ref()?.id()?;
+        Some(Pid::from_raw(i32::try_from(id).ok()?))
+    }
+
+    /// SIGSTOP, then SIGCONT after `pause`.
+    pub async fn pause(&mut self, pause: Duration) {
+        if let Some(pid) = self.pid() {
+            let _ = kill(pid, Signal::SIGSTOP);
+            tokio::time::sleep(pause).await;
+            let _ = kill(pid, Signal::SIGCONT);
+        }
+    }
+
+    /// Waits until `/readyz` answers 200.
+    pub async fn wait_ready(
+        &mut self,
+        client: &reqwest::Client,
+        within: Duration,
+    ) -> anyhow::Result<()> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let ready = client
+                .get(format!("{}/readyz", self.url))
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success());
+            if ready {
+                return Ok(());
+            }
+            if !self.is_running() {
+                bail!("{} exited; see {}", self.name, self.log.display());
+            }
+            if tokio::time::Instant::now() > deadline {
+                bail!(
+                    "{} not ready within {within:?}; see {}",
+                    self.name,
+                    self.log.display()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// A free port on 127.0.0.1 (bound, then let go for the child to take).
+pub fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
