@@ -9,8 +9,6 @@
 //! Build the binaries first: `cargo build --release --bins`, then
 //! `target/release/chaos --seed 42`.
 
-mod procs;
-
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -27,7 +25,7 @@ use sqlx::PgPool;
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 
-use procs::{Service, free_port};
+use testkit::procs::{Service, free_port};
 
 /// The fault-injection suite.
 #[derive(Debug, Parser)]
@@ -112,7 +110,7 @@ async fn run(args: &Args) -> anyhow::Result<bool> {
     std::fs::create_dir_all(&logs)?;
 
     let pg = tokio::task::spawn_blocking(|| {
-        pglocal::PrivatePostgres::start(pglocal::Durability::Throwaway)
+        pglocal::PrivatePostgres::start(pglocal::Durability::Durable)
     })
     .await??;
     let admin = PgPool::connect(pg.url()).await?;
@@ -259,7 +257,7 @@ async fn run(args: &Args) -> anyhow::Result<bool> {
     );
     println!(
         "faults: {} kills, {} pauses past the lease, {} PostgreSQL restarts, {} lost responses, {} duplicated requests, \
-         {} 503s, {} delays; last saga ended {:.1} s after the last fault; {:.0} s in all; load errors {}, missing sagas {missing}; logs in {}",
+         {} 503s, {} delays; last saga ended {:.1} s after the last fault; {:.0} s in all; load errors {}, missing sagas {missing}",
         fault_log.kills,
         fault_log.pauses,
         fault_log.pg_restarts,
@@ -270,7 +268,6 @@ async fn run(args: &Args) -> anyhow::Result<bool> {
         settled.as_secs_f64(),
         started.elapsed().as_secs_f64(),
         load_errors.len(),
-        logs.display(),
     );
     for problem in report
         .unfinished
@@ -302,6 +299,8 @@ async fn run(args: &Args) -> anyhow::Result<bool> {
     }
     if passed {
         let _ = std::fs::remove_dir_all(&logs);
+    } else {
+        eprintln!("the services' logs are in {}", logs.display());
     }
     Ok(passed)
 }
@@ -363,8 +362,9 @@ async fn drive_load(args: &Args, client: &reqwest::Client, urls: &[String]) -> V
 }
 
 /// Until the load is done: every 2-5 s (seeded), kill -9 a random service
-/// and start it again shortly after; once, pause an orchestrator past its
-/// lease; once, restart PostgreSQL immediately. Returns when the last fault
+/// and start it again 0.2 to 1 s later (an orchestrator: up to 4.5 s); as
+/// the second fault, pause an orchestrator past its lease instead; as the
+/// third, restart PostgreSQL immediately. Returns when the last fault
 /// happened.
 async fn fault_schedule(
     seed: u64,
@@ -397,7 +397,7 @@ async fn fault_schedule(
             .await??;
             log.pg_restarts += 1;
             tracing::warn!("chaos: restarted PostgreSQL (immediate)");
-        } else if round == 5 && log.pauses == 0 {
+        } else if round == 2 && log.pauses == 0 {
             let mut services = services.lock().await;
             let orchestrators: Vec<usize> = (0..services.len())
                 .filter(|&i| services[i].name.starts_with("orchestrator"))
@@ -437,7 +437,14 @@ async fn fault_schedule(
             tracing::warn!(victim = services[victim].name, "chaos: kill -9");
             services[victim].kill().await;
             log.kills += 1;
-            let down = Duration::from_millis(rng.random_range(200..=1000));
+            // An orchestrator down past its lease (3 s) has its sagas taken
+            // over by the others; one back sooner reclaims them itself.
+            let longest = if services[victim].name.starts_with("orchestrator") {
+                4_500
+            } else {
+                1_000
+            };
+            let down = Duration::from_millis(rng.random_range(200..=longest));
             tokio::time::sleep(down).await;
             services[victim].start()?;
         }

@@ -22,7 +22,11 @@ use anyhow::{Context, bail};
 pub enum Durability {
     /// PostgreSQL's defaults: every commit reaches the disk.
     Durable,
-    /// `fsync=off`: for throwaway test databases only.
+    /// `fsync=off`: a commit still reaches the operating system before it
+    /// is acknowledged, so it survives a crash of PostgreSQL (kill -9,
+    /// immediate restart) but not of the machine. For throwaway databases
+    /// only. `synchronous_commit` stays on: with it off, an immediate restart
+    /// loses acknowledged commits, which the fault-injection suite catches.
     Throwaway,
 }
 

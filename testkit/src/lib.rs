@@ -20,6 +20,7 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 
 pub mod contract;
 pub mod invariant;
+pub mod procs;
 
 /// The server tests create their databases on.
 fn server_url() -> &'static str {

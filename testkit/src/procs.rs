@@ -1,5 +1,6 @@
-//! The service processes under test: the real binaries, started, killed
-//! with SIGKILL, paused with SIGSTOP and restarted.
+//! Service processes for the chaos and benchmark commands: the real binaries,
+//! started, killed with SIGKILL, paused with SIGSTOP, restarted, and measured
+//! (CPU time and peak memory, from `/proc`).
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -70,6 +71,31 @@ impl Service {
             let _ = child.start_kill();
             let _ = child.wait().await;
         }
+    }
+
+    /// CPU seconds used so far (user and system) and peak resident memory
+    /// in bytes, read from `/proc`.
+    pub fn usage(&self) -> Option<(f64, u64)> {
+        let pid = self.child.as_ref()?.id()?;
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // Fields after the command name, which is in parentheses.
+        let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+        let ticks: u64 =
+            fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+        let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+            .ok()
+            .flatten()
+            .unwrap_or(100);
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        let peak_kb: u64 = status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmHWM:"))?
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse()
+            .ok()?;
+        Some((ticks as f64 / hz as f64, peak_kb * 1024))
     }
 
     fn pid(&self) -> Option<Pid> {

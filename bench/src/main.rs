@@ -1,0 +1,540 @@
+//! The benchmark command: starts the real binaries (or uses a given
+//! database), drives N sagas at concurrency C through the orchestrator, then
+//! makes the same five participant calls per trip directly (the floor: no
+//! orchestrator), and reports for each: completed sagas per second, latency
+//! percentiles, errors, CPU seconds and peak memory of each process, and
+//! PostgreSQL transactions per saga.
+//!
+//! `cargo build --release --bins && target/release/bench --sagas 5000 --concurrency 64`
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::Parser;
+use futures::StreamExt;
+use serde::Serialize;
+use serde_json::{Value, json};
+use sqlx::PgPool;
+use testkit::procs::{Service, free_port};
+use tokio::time::Instant;
+
+#[derive(Debug, Parser)]
+#[command(name = "bench", version, about)]
+struct Args {
+    /// Sagas per measured phase.
+    #[arg(long, default_value_t = 5000)]
+    sagas: usize,
+    /// Sagas in flight at once (closed loop: C clients, each starting the
+    /// next saga when its last one ended).
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    /// Open loop instead: start this many sagas per second, whatever their
+    /// latency (0: closed loop).
+    #[arg(long, default_value_t = 0)]
+    rate: u64,
+    /// Run types: `success`, or `all` (the six in equal parts).
+    #[arg(long, default_value = "success")]
+    mix: String,
+    /// Sagas run first and not measured.
+    #[arg(long, default_value_t = 500)]
+    warmup: usize,
+    /// Skip the floor phase.
+    #[arg(long)]
+    no_floor: bool,
+    /// PostgreSQL server to use (a fresh database is created on it); default:
+    /// a private PostgreSQL with default settings.
+    #[arg(long, env = "BENCH_DATABASE_URL")]
+    database_url: Option<String>,
+    /// Write the raw results here as JSON.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Where the service binaries are (default: beside this one).
+    #[arg(long)]
+    bin_dir: Option<PathBuf>,
+    /// Orchestrator settings passed on, as NAME=VALUE (repeatable).
+    #[arg(long = "orchestrator-env")]
+    orchestrator_env: Vec<String>,
+}
+
+/// One measured phase.
+#[derive(Debug, Serialize)]
+struct Phase {
+    name: String,
+    sagas: usize,
+    errors: usize,
+    seconds: f64,
+    sagas_per_sec: f64,
+    latency_ms: Latency,
+    pg_xacts_per_saga: f64,
+    /// Per process: CPU seconds used in the phase and peak RSS in MB.
+    processes: Vec<(String, f64, f64)>,
+    /// CPU seconds of the whole machine in the phase, all cores.
+    machine_cpu_secs: f64,
+}
+
+#[derive(Debug, Serialize)]
+struct Latency {
+    p50: f64,
+    p95: f64,
+    p99: f64,
+    max: f64,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let bin_dir = match &args.bin_dir {
+        Some(dir) => dir.clone(),
+        None => std::env::current_exe()?
+            .parent()
+            .context("no folder beside this binary")?
+            .to_owned(),
+    };
+    for bin in ["orchestrator", "flights-svc", "cars-svc", "payments-svc"] {
+        if !bin_dir.join(bin).is_file() {
+            bail!(
+                "{} is missing; build the binaries first: cargo build --release --bins",
+                bin_dir.join(bin).display()
+            );
+        }
+    }
+    let logs = std::env::temp_dir().join(format!("bench-{}", std::process::id()));
+    std::fs::create_dir_all(&logs)?;
+
+    let mut private = None;
+    let server = match &args.database_url {
+        Some(url) => url.clone(),
+        None => {
+            let pg = tokio::task::spawn_blocking(|| {
+                pglocal::PrivatePostgres::start(pglocal::Durability::Durable)
+            })
+            .await??;
+            let url = pg.url().to_owned();
+            private = Some(pg);
+            url
+        }
+    };
+    let name = format!("bench_{}", std::process::id());
+    let admin = PgPool::connect(&server).await?;
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&admin)
+        .await?;
+    let mut db_url = url::Url::parse(&server)?;
+    db_url.set_path(&name);
+    let db_url = db_url.to_string();
+
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .pool_max_idle_per_host(1024)
+        .build()?;
+    let mut services = Vec::new();
+    let mut urls = Vec::new();
+    for bin in ["flights-svc", "cars-svc", "payments-svc"] {
+        let port = free_port()?;
+        let url = format!("http://127.0.0.1:{port}");
+        let mut service = Service::new(
+            &bin_dir,
+            bin,
+            bin.to_owned(),
+            url.clone(),
+            vec![
+                ("DATABASE_URL".into(), db_url.clone()),
+                ("LISTEN_ADDR".into(), format!("127.0.0.1:{port}")),
+            ],
+            &logs,
+        );
+        service.start()?;
+        service.wait_ready(&client, Duration::from_secs(30)).await?;
+        urls.push(url);
+        services.push(service);
+    }
+    let port = free_port()?;
+    let orchestrator_url = format!("http://127.0.0.1:{port}");
+    let mut env = vec![
+        ("DATABASE_URL".into(), db_url.clone()),
+        ("LISTEN_ADDR".into(), format!("127.0.0.1:{port}")),
+        ("FLIGHTS_URL".into(), urls[0].clone()),
+        ("CARS_URL".into(), urls[1].clone()),
+        ("PAYMENTS_URL".into(), urls[2].clone()),
+        ("TRIP_WAIT_SECS".into(), "60".into()),
+    ];
+    for pair in &args.orchestrator_env {
+        let (k, v) = pair
+            .split_once('=')
+            .context("--orchestrator-env takes NAME=VALUE")?;
+        env.push((k.to_owned(), v.to_owned()));
+    }
+    let mut orchestrator = Service::new(
+        &bin_dir,
+        "orchestrator",
+        "orchestrator".into(),
+        orchestrator_url.clone(),
+        env,
+        &logs,
+    );
+    orchestrator.start()?;
+    orchestrator
+        .wait_ready(&client, Duration::from_secs(30))
+        .await?;
+    services.push(orchestrator);
+
+    let pool = PgPool::connect(&db_url).await?;
+    let load = Load {
+        args: &args,
+        client: &client,
+        orchestrator: &orchestrator_url,
+        participants: &urls,
+    };
+    load.run("warmup", args.warmup, Kind::Orchestrated).await;
+    let mut phases = vec![measure(&load, &services, &pool, &name, Kind::Orchestrated).await?];
+    if !args.no_floor {
+        load.run("warmup-floor", args.warmup, Kind::Floor).await;
+        phases.push(measure(&load, &services, &pool, &name, Kind::Floor).await?);
+    }
+
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let memory_gib = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .next()
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb / 1024.0 / 1024.0);
+    let loop_kind = if args.rate > 0 {
+        format!("open loop at {}/s", args.rate)
+    } else {
+        format!("closed loop, concurrency {}", args.concurrency)
+    };
+    println!(
+        "bench: {} {} sagas per phase, {loop_kind}; {cores} cores, {memory_gib:.0} GiB; {}",
+        args.sagas,
+        args.mix,
+        chrono::Utc::now().format("%Y-%m-%d %H:%M UTC")
+    );
+    println!(
+        "{:<14} {:>9} {:>8} {:>8} {:>8} {:>8} {:>7} {:>11}",
+        "phase", "sagas/s", "p50 ms", "p95 ms", "p99 ms", "max ms", "errors", "PG xacts/saga"
+    );
+    for p in &phases {
+        println!(
+            "{:<14} {:>9.0} {:>8.1} {:>8.1} {:>8.1} {:>8.1} {:>7} {:>11.2}",
+            p.name,
+            p.sagas_per_sec,
+            p.latency_ms.p50,
+            p.latency_ms.p95,
+            p.latency_ms.p99,
+            p.latency_ms.max,
+            p.errors,
+            p.pg_xacts_per_saga
+        );
+    }
+    for p in &phases {
+        let usage: Vec<String> = p
+            .processes
+            .iter()
+            .map(|(name, cpu, rss)| format!("{name} {cpu:.1} s / {rss:.0} MB"))
+            .collect();
+        println!(
+            "{} CPU and peak RSS: {}; machine {:.1} CPU s",
+            p.name,
+            usage.join(", "),
+            p.machine_cpu_secs
+        );
+    }
+    if let [orchestrated, floor] = &phases[..] {
+        println!(
+            "orchestrated/floor: throughput {:.2}, p50 latency {:.2}, p99 latency {:.2}",
+            orchestrated.sagas_per_sec / floor.sagas_per_sec,
+            orchestrated.latency_ms.p50 / floor.latency_ms.p50,
+            orchestrated.latency_ms.p99 / floor.latency_ms.p99
+        );
+    }
+    if let Some(path) = &args.json {
+        let raw = json!({
+            "date": chrono::Utc::now().to_rfc3339(),
+            "cores": cores,
+            "memory_gib": memory_gib,
+            "sagas": args.sagas,
+            "concurrency": args.concurrency,
+            "rate": args.rate,
+            "mix": args.mix,
+            "phases": phases,
+        });
+        std::fs::write(path, serde_json::to_string_pretty(&raw)?)?;
+    }
+
+    for service in &mut services {
+        service.kill().await;
+    }
+    pool.close().await;
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+    )))
+    .execute(&admin)
+    .await?;
+    admin.close().await;
+    if let Some(pg) = private {
+        tokio::task::spawn_blocking(move || pg.stop()).await?;
+    }
+    let _ = std::fs::remove_dir_all(&logs);
+    Ok(())
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// Through the orchestrator.
+    Orchestrated,
+    /// The same five participant calls made directly.
+    Floor,
+}
+
+struct Load<'a> {
+    args: &'a Args,
+    client: &'a reqwest::Client,
+    orchestrator: &'a str,
+    participants: &'a [String],
+}
+
+/// Latencies of the sagas that completed, and the number that did not.
+struct Outcome {
+    latencies: Vec<Duration>,
+    errors: usize,
+    elapsed: Duration,
+}
+
+impl Load<'_> {
+    async fn run(&self, tag: &str, n: usize, kind: Kind) -> Outcome {
+        let errors = AtomicUsize::new(0);
+        let started = Instant::now();
+        let one = |i: usize| {
+            let errors = &errors;
+            async move {
+                let trip_id = format!("{tag}-{i}");
+                let run_type = if self.args.mix == "all" {
+                    common::wire::RunType::ALL[i % 6].as_str()
+                } else {
+                    "success"
+                };
+                let start = Instant::now();
+                let ok = match kind {
+                    Kind::Orchestrated => self.orchestrated(&trip_id, run_type).await,
+                    Kind::Floor => self.floor(&trip_id, run_type).await,
+                };
+                if ok {
+                    Some(start.elapsed())
+                } else {
+                    errors.fetch_add(1, Ordering::Relaxed);
+                    None
+                }
+            }
+        };
+        let latencies: Vec<Duration> = if self.args.rate > 0 {
+            let gap = Duration::from_secs_f64(1.0 / self.args.rate as f64);
+            let ticks = futures::stream::iter(0..n).then(|i| async move {
+                tokio::time::sleep_until(started + gap * u32::try_from(i).unwrap_or(u32::MAX))
+                    .await;
+                i
+            });
+            ticks
+                .map(one)
+                .buffer_unordered(usize::MAX)
+                .filter_map(|l| async move { l })
+                .collect()
+                .await
+        } else {
+            futures::stream::iter(0..n)
+                .map(one)
+                .buffer_unordered(self.args.concurrency.max(1))
+                .filter_map(|l| async move { l })
+                .collect()
+                .await
+        };
+        Outcome {
+            latencies,
+            errors: errors.into_inner(),
+            elapsed: started.elapsed(),
+        }
+    }
+
+    async fn orchestrated(&self, trip_id: &str, run_type: &str) -> bool {
+        let answer = self
+            .client
+            .post(format!("{}/trips?wait=60", self.orchestrator))
+            .json(&json!({ "trip_id": trip_id, "run_type": run_type }))
+            .send()
+            .await;
+        match answer {
+            Ok(r) if r.status() == 200 => r
+                .json::<Value>()
+                .await
+                .is_ok_and(|saga| matches!(saga["status"].as_str(), Some("succeeded" | "failed"))),
+            _ => false,
+        }
+    }
+
+    async fn call(&self, url: String, key: String, body: Value) -> Option<Value> {
+        let answer = self
+            .client
+            .post(url)
+            .header(common::wire::IDEMPOTENCY_KEY, key)
+            .json(&body)
+            .send()
+            .await
+            .ok()?;
+        if !answer.status().is_success() {
+            return None;
+        }
+        answer.json().await.ok()
+    }
+
+    /// The five forward calls of a saga, made directly, as the orchestrator
+    /// makes them (with idempotency keys). A business failure ends the trip.
+    async fn floor(&self, trip_id: &str, run_type: &str) -> bool {
+        let [flights, cars, payments] = [
+            &self.participants[0],
+            &self.participants[1],
+            &self.participants[2],
+        ];
+        let key = |step: &str| format!("{trip_id}:{step}");
+        let Some(flight) = self
+            .call(
+                format!("{flights}/reservations"),
+                key("ReserveFlight"),
+                json!({ "trip_id": trip_id, "depart_city": "Detroit", "depart_time": "2021-07-07T06:00:00Z",
+                        "arrive_city": "Frankfurt", "arrive_time": "2021-07-09T08:00:00Z", "run_type": run_type }),
+            )
+            .await
+        else {
+            return run_type != "success";
+        };
+        let Some(car) = self
+            .call(
+                format!("{cars}/rentals"),
+                key("ReserveCarRental"),
+                json!({ "trip_id": trip_id, "rental": "BMW", "rental_from": "2021-07-09T00:00:00Z",
+                        "rental_to": "2021-07-17T00:00:00Z", "run_type": run_type }),
+            )
+            .await
+        else {
+            return run_type != "success";
+        };
+        let charged = self
+            .call(
+                format!("{payments}/payments"),
+                key("ProcessPayment"),
+                json!({ "trip_id": trip_id, "amount": "750.00", "currency": "USD",
+                        "flight_booking_id": flight["booking_id"], "car_booking_id": car["booking_id"], "run_type": run_type }),
+            )
+            .await;
+        if charged.is_none() {
+            return run_type != "success";
+        }
+        let confirmed = self
+            .call(
+                format!("{flights}/reservations/{trip_id}/confirm"),
+                key("ConfirmFlight"),
+                json!({ "booking_id": flight["booking_id"], "run_type": run_type }),
+            )
+            .await;
+        if confirmed.is_none() {
+            return run_type != "success";
+        }
+        self.call(
+            format!("{cars}/rentals/{trip_id}/confirm"),
+            key("ConfirmCarRental"),
+            json!({ "booking_id": car["booking_id"], "run_type": run_type }),
+        )
+        .await
+        .is_some()
+            || run_type != "success"
+    }
+}
+
+/// Machine CPU seconds so far, all cores (from /proc/stat).
+fn machine_cpu() -> f64 {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let busy: u64 = stat
+        .lines()
+        .next()
+        .map(|cpu| {
+            cpu.split_whitespace()
+                .skip(1)
+                .enumerate()
+                .filter(|(i, _)| *i != 3 && *i != 4) // idle, iowait
+                .filter_map(|(_, v)| v.parse::<u64>().ok())
+                .sum()
+        })
+        .unwrap_or(0);
+    busy as f64 / 100.0
+}
+
+async fn xacts(pool: &PgPool, db: &str) -> anyhow::Result<i64> {
+    Ok(sqlx::query_scalar(
+        "SELECT (xact_commit + xact_rollback)::int8 FROM pg_stat_database WHERE datname = $1",
+    )
+    .bind(db)
+    .fetch_one(pool)
+    .await?)
+}
+
+async fn measure(
+    load: &Load<'_>,
+    services: &[Service],
+    pool: &PgPool,
+    db: &str,
+    kind: Kind,
+) -> anyhow::Result<Phase> {
+    let name = match kind {
+        Kind::Orchestrated => "orchestrated",
+        Kind::Floor => "floor",
+    };
+    let before: Vec<_> = services
+        .iter()
+        .map(|s| s.usage().unwrap_or_default())
+        .collect();
+    // pg_stat_database is updated when a backend reports; give it a moment.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let xacts_before = xacts(pool, db).await?;
+    let cpu_before = machine_cpu();
+    let outcome = load.run(name, load.args.sagas, kind).await;
+    let cpu_after = machine_cpu();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let xacts_after = xacts(pool, db).await?;
+    let processes = services
+        .iter()
+        .zip(before)
+        .map(|(s, (cpu0, _))| {
+            let (cpu1, rss) = s.usage().unwrap_or_default();
+            (s.name.clone(), cpu1 - cpu0, rss as f64 / 1e6)
+        })
+        .collect();
+    let mut latencies = outcome.latencies;
+    latencies.sort();
+    let pct = |p: f64| {
+        latencies
+            .get(((latencies.len() as f64 * p).ceil() as usize).saturating_sub(1))
+            .map_or(0.0, |d| d.as_secs_f64() * 1e3)
+    };
+    let done = latencies.len();
+    Ok(Phase {
+        name: name.into(),
+        sagas: done,
+        errors: outcome.errors,
+        seconds: outcome.elapsed.as_secs_f64(),
+        sagas_per_sec: done as f64 / outcome.elapsed.as_secs_f64(),
+        latency_ms: Latency {
+            p50: pct(0.50),
+            p95: pct(0.95),
+            p99: pct(0.99),
+            max: pct(1.0),
+        },
+        // The two stats reads are transactions too.
+        pg_xacts_per_saga: (xacts_after - xacts_before - 1) as f64 / load.args.sagas.max(1) as f64,
+        processes,
+        machine_cpu_secs: cpu_after - cpu_before,
+    })
+}
