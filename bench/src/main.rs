@@ -454,6 +454,30 @@ impl Load<'_> {
     }
 }
 
+/// CPU seconds used so far by every process named `comm` (the PostgreSQL
+/// server processes), and by this process (the load generator).
+fn cpu_of(comm: &str) -> f64 {
+    let hz = 100.0;
+    let ticks = |stat: &str| -> Option<u64> {
+        let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+        Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+    };
+    if comm == "self" {
+        let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+        return ticks(&stat).unwrap_or(0) as f64 / hz;
+    }
+    let mut total = 0;
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        if stat.contains(&format!("({comm})")) {
+            total += ticks(&stat).unwrap_or(0);
+        }
+    }
+    total as f64 / hz
+}
+
 /// Machine CPU seconds so far, all cores (from /proc/stat).
 fn machine_cpu() -> f64 {
     let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
@@ -500,11 +524,13 @@ async fn measure(
     tokio::time::sleep(Duration::from_millis(600)).await;
     let xacts_before = xacts(pool, db).await?;
     let cpu_before = machine_cpu();
+    let extra_before = [cpu_of("postgres"), cpu_of("self")];
     let outcome = load.run(name, load.args.sagas, kind).await;
     let cpu_after = machine_cpu();
+    let extra_after = [cpu_of("postgres"), cpu_of("self")];
     tokio::time::sleep(Duration::from_millis(600)).await;
     let xacts_after = xacts(pool, db).await?;
-    let processes = services
+    let mut processes: Vec<(String, f64, f64)> = services
         .iter()
         .zip(before)
         .map(|(s, (cpu0, _))| {
@@ -512,6 +538,12 @@ async fn measure(
             (s.name.clone(), cpu1 - cpu0, rss as f64 / 1e6)
         })
         .collect();
+    processes.push(("postgres".into(), extra_after[0] - extra_before[0], 0.0));
+    processes.push((
+        "load generator".into(),
+        extra_after[1] - extra_before[1],
+        0.0,
+    ));
     let mut latencies = outcome.latencies;
     latencies.sort();
     let pct = |p: f64| {

@@ -5,6 +5,8 @@
 //! the step events of that move to the log. Recording a step's outcome and
 //! the start of the next step is one such write.
 
+use std::collections::HashSet;
+
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sqlx::PgPool;
@@ -51,17 +53,15 @@ pub struct LogEntry {
 }
 
 /// One move of one saga.
-#[derive(Debug)]
-pub struct Transition<'a> {
-    pub trip_id: &'a str,
+#[derive(Debug, Clone)]
+pub struct Transition {
+    pub trip_id: String,
     /// The version the mover read; the write succeeds only if it still holds.
     pub version: i64,
     pub position: Position,
     /// A forward step's answer, kept for later steps.
-    pub output: Option<(Step, &'a Value)>,
-    pub log: &'a [LogEntry],
-    /// How long the mover's lease lasts from now.
-    pub lease_secs: f64,
+    pub output: Option<(Step, Value)>,
+    pub log: Vec<LogEntry>,
 }
 
 /// Inserts a new saga for `trip`, owned by `owner`, with its first step
@@ -105,51 +105,93 @@ pub async fn create(
 /// Applies `t` if the saga's version is still `t.version`. Returns `false`
 /// when it is not: another process owns the saga now, and the caller must
 /// stop driving it.
-#[tracing::instrument(skip_all, fields(trip_id = %t.trip_id, version = t.version), err)]
-pub async fn transition(pool: &PgPool, t: &Transition<'_>) -> sqlx::Result<bool> {
-    let (output_step, output) = match t.output {
-        Some((step, value)) => (Some(step.as_str()), Some(value)),
-        None => (None, None),
-    };
-    let seqs: Vec<i32> = t.log.iter().map(|e| e.seq).collect();
-    let steps: Vec<&str> = t.log.iter().map(|e| e.step.as_str()).collect();
-    let events: Vec<&str> = t.log.iter().map(|e| e.event.as_str()).collect();
-    let attempts: Vec<i32> = t.log.iter().map(|e| e.attempt).collect();
-    let details: Vec<Value> = t.log.iter().map(|e| e.detail.clone()).collect();
-    let done = sqlx::query!(
-        r#"WITH saga AS (
-               UPDATE orchestrator.sagas
-               SET status = $3::text::orchestrator.saga_status,
-                   cursor = $4,
-                   outputs = CASE WHEN $5::text IS NULL THEN outputs
-                                  ELSE outputs || jsonb_build_object($5::text, $6::jsonb) END,
-                   version = version + 1,
-                   lease_until = CASE WHEN $3::text IN ('succeeded', 'failed') THEN NULL
-                                      ELSE now() + make_interval(secs => $12) END,
-                   owner = CASE WHEN $3::text IN ('succeeded', 'failed') THEN NULL ELSE owner END,
+pub async fn transition(pool: &PgPool, t: &Transition, lease_secs: f64) -> sqlx::Result<bool> {
+    let applied = transitions(pool, std::slice::from_ref(t), lease_secs).await?;
+    Ok(applied.contains(&t.trip_id))
+}
+
+/// Applies a batch of transitions of different sagas in one statement (so
+/// one commit): each applies only if its saga's version is still the one it
+/// read. Returns the trip ids of those applied; the others were fenced.
+#[tracing::instrument(skip_all, fields(batch = batch.len()), err)]
+pub async fn transitions(
+    pool: &PgPool,
+    batch: &[Transition],
+    lease_secs: f64,
+) -> sqlx::Result<HashSet<String>> {
+    let trip_ids: Vec<&str> = batch.iter().map(|t| t.trip_id.as_str()).collect();
+    let versions: Vec<i64> = batch.iter().map(|t| t.version).collect();
+    let statuses: Vec<&str> = batch.iter().map(|t| t.position.status().as_str()).collect();
+    let cursors: Vec<i32> = batch.iter().map(|t| t.position.cursor()).collect();
+    let output_steps: Vec<Option<&str>> = batch
+        .iter()
+        .map(|t| t.output.as_ref().map(|(step, _)| step.as_str()))
+        .collect();
+    let outputs: Vec<Value> = batch
+        .iter()
+        .map(|t| t.output.as_ref().map_or(Value::Null, |(_, v)| v.clone()))
+        .collect();
+    let entries = batch
+        .iter()
+        .flat_map(|t| t.log.iter().map(move |e| (t.trip_id.as_str(), e)));
+    let (mut log_trips, mut seqs, mut steps, mut events, mut attempts, mut details) = (
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+    );
+    for (trip_id, e) in entries {
+        log_trips.push(trip_id);
+        seqs.push(e.seq);
+        steps.push(e.step.as_str());
+        events.push(e.event.as_str());
+        attempts.push(e.attempt);
+        details.push(e.detail.clone());
+    }
+    let applied = sqlx::query_scalar!(
+        r#"WITH moves AS (
+               SELECT * FROM unnest($1::text[], $2::int8[], $3::text[], $4::int4[], $5::text[], $6::jsonb[])
+                   AS m(trip_id, version, status, cursor, output_step, output)),
+           saga AS (
+               UPDATE orchestrator.sagas s
+               SET status = m.status::orchestrator.saga_status,
+                   cursor = m.cursor,
+                   outputs = CASE WHEN m.output_step IS NULL THEN s.outputs
+                                  ELSE s.outputs || jsonb_build_object(m.output_step, m.output) END,
+                   version = s.version + 1,
+                   lease_until = CASE WHEN m.status IN ('succeeded', 'failed') THEN NULL
+                                      ELSE now() + make_interval(secs => $13) END,
+                   owner = CASE WHEN m.status IN ('succeeded', 'failed') THEN NULL ELSE s.owner END,
                    updated_at = now()
-               WHERE trip_id = $1 AND version = $2
-               RETURNING trip_id)
-           INSERT INTO orchestrator.saga_log (trip_id, seq, step, status, attempt, detail)
-           SELECT saga.trip_id, l.seq, l.step, l.status::orchestrator.step_event, l.attempt, l.detail
-           FROM saga, unnest($7::int4[], $8::text[], $9::text[], $10::int4[], $11::jsonb[])
-                AS l(seq, step, status, attempt, detail)"#,
-        t.trip_id,
-        t.version,
-        t.position.status().as_str(),
-        t.position.cursor(),
-        output_step,
-        output,
+               FROM moves m
+               WHERE s.trip_id = m.trip_id AND s.version = m.version
+               RETURNING s.trip_id),
+           log AS (
+               INSERT INTO orchestrator.saga_log (trip_id, seq, step, status, attempt, detail)
+               SELECT l.trip_id, l.seq, l.step, l.status::orchestrator.step_event, l.attempt, l.detail
+               FROM unnest($7::text[], $8::int4[], $9::text[], $10::text[], $11::int4[], $12::jsonb[])
+                    AS l(trip_id, seq, step, status, attempt, detail)
+               WHERE l.trip_id IN (SELECT trip_id FROM saga))
+           SELECT trip_id AS "trip_id!" FROM saga"#,
+        &trip_ids as &[&str],
+        &versions,
+        &statuses as &[&str],
+        &cursors,
+        &output_steps as &[Option<&str>],
+        &outputs,
+        &log_trips as &[&str],
         &seqs,
         &steps as &[&str],
         &events as &[&str],
         &attempts,
         &details,
-        t.lease_secs,
+        lease_secs,
     )
-    .execute(pool)
+    .fetch_all(pool)
     .await?;
-    Ok(done.rows_affected() > 0)
+    Ok(applied.into_iter().collect())
 }
 
 /// The saga of `trip_id`, if any.

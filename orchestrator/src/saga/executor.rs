@@ -20,6 +20,7 @@ use tokio_util::task::TaskTracker;
 
 use super::definition::{Outputs, Position, StepDef, definition};
 use super::model::{SagaStatus, StepEvent, Trip};
+use super::writer::Writer;
 use crate::participants::Participants;
 use crate::retry::{RetryConfig, RetryPolicy};
 use crate::store::{self, LogEntry, Transition};
@@ -48,6 +49,8 @@ pub struct Engine {
     compensation: RetryPolicy,
     /// The status of every saga this process drives, for waiting requests.
     running: Mutex<HashMap<String, watch::Receiver<SagaStatus>>>,
+    /// Every transition goes through this one batching writer.
+    writer: Writer,
     tasks: TaskTracker,
     shutdown: CancellationToken,
 }
@@ -77,7 +80,7 @@ enum Stop {
     /// Another process owns the saga now.
     Fenced,
     /// The database refused the write for good (a bug, not an outage).
-    Failed(sqlx::Error),
+    Failed(String),
 }
 
 impl Engine {
@@ -87,7 +90,9 @@ impl Engine {
         config: &EngineConfig,
         shutdown: CancellationToken,
     ) -> Arc<Self> {
+        let writer = Writer::start(pool.clone(), config.lease.as_secs_f64());
         Arc::new(Self {
+            writer,
             pool,
             participants,
             owner: config.owner.clone(),
@@ -315,6 +320,10 @@ impl Engine {
         self.shutdown.cancel();
         self.tasks.close();
         self.tasks.wait().await;
+        if let Some(writer) = self.writer.take_task() {
+            writer.abort();
+            let _ = writer.await;
+        }
         if !hand_back {
             return;
         }
@@ -465,14 +474,13 @@ impl Engine {
         log: &[LogEntry],
     ) -> Result<(), Stop> {
         let transition = Transition {
-            trip_id: &run.trip.trip_id,
+            trip_id: run.trip.trip_id.clone(),
             version: run.version,
             position,
-            output,
-            log,
-            lease_secs: self.lease_secs,
+            output: output.map(|(step, value)| (step, value.clone())),
+            log: log.to_vec(),
         };
-        let write = (|| store::transition(&self.pool, &transition))
+        let write = (|| self.writer.write(transition.clone()))
             .retry(
                 ExponentialBuilder::new()
                     .with_min_delay(Duration::from_millis(50))
@@ -480,12 +488,12 @@ impl Engine {
                     .with_jitter()
                     .without_max_times(),
             )
-            .when(is_outage)
+            .when(|err| err.outage)
             .notify(
                 |err, delay| tracing::warn!(%err, ?delay, "cannot record a saga step, retrying"),
             );
         let applied = tokio::select! {
-            applied = write => applied.map_err(Stop::Failed)?,
+            applied = write => applied.map_err(|err| Stop::Failed(err.message))?,
             () = self.shutdown.cancelled() => return Err(Stop::Shutdown),
         };
         if applied { Ok(()) } else { Err(Stop::Fenced) }
@@ -515,7 +523,7 @@ async fn sleep_or_forever(duration: Option<Duration>) {
 
 /// Errors that pass when the database comes back: connection trouble, a
 /// server shutting down or overloaded, a serialization conflict.
-fn is_outage(err: &sqlx::Error) -> bool {
+pub(crate) fn is_outage(err: &sqlx::Error) -> bool {
     match err {
         sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::Protocol(_) => true,
         sqlx::Error::Database(db) => db.code().is_some_and(|code| {

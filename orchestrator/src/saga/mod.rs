@@ -4,6 +4,7 @@
 pub mod definition;
 pub mod executor;
 pub mod model;
+pub mod writer;
 
 pub use definition::{DEFINITION_VERSION, StepDef};
 pub use model::{SagaStatus, Step, StepEvent, Trip, TripInput};

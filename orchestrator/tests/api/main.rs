@@ -84,15 +84,15 @@ async fn a_process_that_lost_its_lease_cannot_write() {
 
     // a wakes up and records an outcome with the version it read: fenced.
     let log = succeeded_flight(2);
+
     let stale = Transition {
-        trip_id: "fenced",
+        trip_id: "fenced".into(),
         version: 0,
         position: Position::Forward(1),
         output: None,
-        log: &log,
-        lease_secs: 30.0,
+        log,
     };
-    assert!(!store::transition(pool, &stale).await.unwrap());
+    assert!(!store::transition(pool, &stale, 30.0).await.unwrap());
     assert_eq!(
         log_len(&db, "fenced").await,
         1,
@@ -103,7 +103,7 @@ async fn a_process_that_lost_its_lease_cannot_write() {
         version: 1,
         ..stale
     };
-    assert!(store::transition(pool, &current).await.unwrap());
+    assert!(store::transition(pool, &current, 30.0).await.unwrap());
     assert_eq!(log_len(&db, "fenced").await, 3);
     let saga = store::find(pool, "fenced").await.unwrap().unwrap();
     assert_eq!(
@@ -146,4 +146,34 @@ async fn a_restarted_process_reclaims_only_its_own_live_sagas() {
         .unwrap();
     let ids: Vec<_> = claimed.iter().map(|c| c.trip_id.as_str()).collect();
     assert_eq!(ids, ["theirs"], "a handed-back lease is free at once");
+}
+
+#[tokio::test]
+async fn a_batch_applies_each_live_transition_and_fences_the_stale_ones() {
+    let db = TestDb::new().await;
+    let pool = db.pool();
+    for id in ["one", "two", "three"] {
+        assert!(
+            store::create(pool, &trip(id), Step::ReserveFlight, "a", 30.0, None)
+                .await
+                .unwrap()
+        );
+    }
+    let mv = |id: &str, version| Transition {
+        trip_id: id.into(),
+        version,
+        position: Position::Forward(1),
+        output: Some((Step::ReserveFlight, json!({ "booking_id": id }))),
+        log: succeeded_flight(2),
+    };
+    let applied = store::transitions(pool, &[mv("one", 0), mv("two", 7), mv("three", 0)], 30.0)
+        .await
+        .unwrap();
+    let mut applied: Vec<_> = applied.into_iter().collect();
+    applied.sort();
+    assert_eq!(applied, ["one", "three"]);
+    assert_eq!(log_len(&db, "one").await, 3);
+    assert_eq!(log_len(&db, "two").await, 1, "a fenced move adds nothing");
+    let one = store::find(pool, "one").await.unwrap().unwrap();
+    assert_eq!(one.outputs["ReserveFlight"]["booking_id"], "one");
 }
