@@ -64,9 +64,16 @@ pub struct Transition {
     pub log: Vec<LogEntry>,
 }
 
+/// A saga to create.
+#[derive(Debug, Clone)]
+pub struct NewSaga {
+    pub trip: Trip,
+    pub first_step: Step,
+    pub deadline: Option<DateTime<Utc>>,
+}
+
 /// Inserts a new saga for `trip`, owned by `owner`, with its first step
 /// logged as started. Returns `false` if the trip has a saga already.
-#[tracing::instrument(skip_all, fields(trip_id = %trip.trip_id), err)]
 pub async fn create(
     pool: &PgPool,
     trip: &Trip,
@@ -75,31 +82,65 @@ pub async fn create(
     lease_secs: f64,
     deadline: Option<DateTime<Utc>>,
 ) -> sqlx::Result<bool> {
-    let input = serde_json::to_value(trip).map_err(|err| sqlx::Error::Encode(Box::new(err)))?;
-    let detail = serde_json::json!({ "idempotency_key": format!("{}:{first_step}", trip.trip_id) });
-    let inserted = sqlx::query!(
-        r#"WITH saga AS (
+    let new = NewSaga {
+        trip: trip.clone(),
+        first_step,
+        deadline,
+    };
+    let created = creates(pool, std::slice::from_ref(&new), owner, lease_secs).await?;
+    Ok(created.contains(&trip.trip_id))
+}
+
+/// Inserts a batch of new sagas (of distinct trips) in one statement, each
+/// with its first step logged as started. Returns the trip ids inserted; the
+/// others had a saga already.
+#[tracing::instrument(skip_all, fields(batch = batch.len()), err)]
+pub async fn creates(
+    db: impl sqlx::PgExecutor<'_>,
+    batch: &[NewSaga],
+    owner: &str,
+    lease_secs: f64,
+) -> sqlx::Result<HashSet<String>> {
+    let trip_ids: Vec<&str> = batch.iter().map(|n| n.trip.trip_id.as_str()).collect();
+    let run_types: Vec<&str> = batch.iter().map(|n| n.trip.run_type.as_str()).collect();
+    let inputs = batch
+        .iter()
+        .map(|n| serde_json::to_value(&n.trip))
+        .collect::<Result<Vec<Value>, _>>()
+        .map_err(|err| sqlx::Error::Encode(Box::new(err)))?;
+    let deadlines: Vec<Option<DateTime<Utc>>> = batch.iter().map(|n| n.deadline).collect();
+    let first_steps: Vec<&str> = batch.iter().map(|n| n.first_step.as_str()).collect();
+    let created = sqlx::query_scalar!(
+        r#"WITH new AS (
+               SELECT * FROM unnest($1::text[], $2::text[], $3::jsonb[], $4::timestamptz[], $5::text[])
+                   AS n(trip_id, run_type, input, deadline, first_step)),
+           saga AS (
                INSERT INTO orchestrator.sagas
                    (trip_id, run_type, status, definition_version, cursor, input, owner, lease_until,
                     deadline)
-               VALUES ($1, $2, 'running', $3, 0, $4, $5, now() + make_interval(secs => $6), $9)
+               SELECT trip_id, run_type, 'running', $6, 0, input, $7,
+                      now() + make_interval(secs => $8), deadline
+               FROM new
                ON CONFLICT (trip_id) DO NOTHING
-               RETURNING trip_id)
-           INSERT INTO orchestrator.saga_log (trip_id, seq, step, status, attempt, detail)
-           SELECT trip_id, 1, $7, 'started', 1, $8 FROM saga"#,
-        trip.trip_id,
-        trip.run_type.as_str(),
+               RETURNING trip_id),
+           log AS (
+               INSERT INTO orchestrator.saga_log (trip_id, seq, step, status, attempt, detail)
+               SELECT n.trip_id, 1, n.first_step, 'started', 1,
+                      jsonb_build_object('idempotency_key', n.trip_id || ':' || n.first_step)
+               FROM new n WHERE n.trip_id IN (SELECT trip_id FROM saga))
+           SELECT trip_id AS "trip_id!" FROM saga"#,
+        &trip_ids as &[&str],
+        &run_types as &[&str],
+        &inputs,
+        &deadlines as &[Option<DateTime<Utc>>],
+        &first_steps as &[&str],
         DEFINITION_VERSION,
-        input,
         owner,
         lease_secs,
-        first_step.as_str(),
-        detail,
-        deadline,
     )
-    .execute(pool)
+    .fetch_all(db)
     .await?;
-    Ok(inserted.rows_affected() == 1)
+    Ok(created.into_iter().collect())
 }
 
 /// Applies `t` if the saga's version is still `t.version`. Returns `false`
@@ -115,7 +156,7 @@ pub async fn transition(pool: &PgPool, t: &Transition, lease_secs: f64) -> sqlx:
 /// read. Returns the trip ids of those applied; the others were fenced.
 #[tracing::instrument(skip_all, fields(batch = batch.len()), err)]
 pub async fn transitions(
-    pool: &PgPool,
+    db: impl sqlx::PgExecutor<'_>,
     batch: &[Transition],
     lease_secs: f64,
 ) -> sqlx::Result<HashSet<String>> {
@@ -189,7 +230,7 @@ pub async fn transitions(
         &details,
         lease_secs,
     )
-    .fetch_all(pool)
+    .fetch_all(db)
     .await?;
     Ok(applied.into_iter().collect())
 }

@@ -32,6 +32,10 @@ pub enum Error {
     #[error(transparent)]
     Database(#[from] sqlx::Error),
 
+    /// 503 when the database is unreachable (retry later), else 500; logged.
+    #[error(transparent)]
+    Write(#[from] crate::saga::writer::WriteError),
+
     /// 500: a stored saga cannot be read back; logged, answered opaquely.
     #[error("stored saga is unreadable: {0}")]
     Corrupt(String),
@@ -64,6 +68,17 @@ impl IntoResponse for Error {
                 ),
             ),
             Error::Database(err) => return common::error::internal(err),
+            Error::Write(err) if err.outage => {
+                tracing::warn!(%err, "database unavailable");
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    ErrorBody::new(
+                        "unavailable",
+                        "the database is unreachable; retry the same request shortly",
+                    ),
+                )
+            }
+            Error::Write(err) => return common::error::internal(err),
             Error::Corrupt(_) => return common::error::internal(&self),
         };
         body.into_response_with(status)

@@ -20,7 +20,7 @@ use tokio_util::task::TaskTracker;
 
 use super::definition::{Outputs, Position, StepDef, definition};
 use super::model::{SagaStatus, StepEvent, Trip};
-use super::writer::Writer;
+use super::writer::{WriteError, Writer};
 use crate::participants::Participants;
 use crate::retry::{RetryConfig, RetryPolicy};
 use crate::store::{self, LogEntry, Transition};
@@ -90,7 +90,11 @@ impl Engine {
         config: &EngineConfig,
         shutdown: CancellationToken,
     ) -> Arc<Self> {
-        let writer = Writer::start(pool.clone(), config.lease.as_secs_f64());
+        let writer = Writer::start(
+            pool.clone(),
+            config.owner.clone(),
+            config.lease.as_secs_f64(),
+        );
         Arc::new(Self {
             writer,
             pool,
@@ -115,7 +119,7 @@ impl Engine {
 
     /// Records a new saga for `trip` and starts driving it at once.
     /// Returns `false` (and starts nothing) if the trip has a saga already.
-    pub async fn start(self: &Arc<Self>, trip: Trip) -> sqlx::Result<bool> {
+    pub async fn start(self: &Arc<Self>, trip: Trip) -> Result<bool, WriteError> {
         let steps = definition(super::DEFINITION_VERSION).unwrap_or_default();
         let Some(first) = steps.first() else {
             return Ok(false);
@@ -124,16 +128,12 @@ impl Engine {
             .deadline_secs
             .and_then(|secs| chrono::Duration::try_seconds(i64::try_from(secs).ok()?))
             .map(|secs| Utc::now() + secs);
-        if !store::create(
-            &self.pool,
-            &trip,
-            first.forward.step,
-            &self.owner,
-            self.lease_secs,
+        let new = store::NewSaga {
+            trip: trip.clone(),
+            first_step: first.forward.step,
             deadline,
-        )
-        .await?
-        {
+        };
+        if !self.writer.create(new).await? {
             return Ok(false);
         }
         let run = Run {

@@ -1,17 +1,19 @@
-//! The one writer of saga transitions: every driver hands its transition to
-//! this task, which drains whatever is queued from all sagas into a single
-//! statement, so one commit carries the steps of many sagas. It does not
-//! wait for a batch to fill: while one batch commits, the next gathers.
+//! The one writer of saga state: every request that starts a saga and every
+//! driver that moves one hands its write to this task, which drains whatever
+//! is queued, from all sagas, into one transaction, so one commit carries
+//! the steps of many sagas. It does not wait for a batch to fill: while one
+//! batch commits, the next gathers.
 
+use std::collections::HashSet;
 use std::sync::Mutex;
 
 use sqlx::PgPool;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-use crate::store::{self, Transition};
+use crate::store::{self, NewSaga, Transition};
 
-/// The most transitions written in one statement.
+/// The most writes in one transaction.
 const MAX_BATCH: usize = 512;
 
 /// Why a write failed.
@@ -25,34 +27,49 @@ pub struct WriteError {
 
 type Reply = oneshot::Sender<Result<bool, WriteError>>;
 
-/// The handle drivers write through.
+enum Job {
+    Create(NewSaga),
+    Move(Transition),
+}
+
+/// The handle requests and drivers write through.
 #[derive(Debug)]
 pub struct Writer {
-    jobs: mpsc::UnboundedSender<(Transition, Reply)>,
+    jobs: mpsc::UnboundedSender<(Job, Reply)>,
     task: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl Writer {
-    /// Starts the writer task; every lease it writes lasts `lease_secs`.
-    pub fn start(pool: PgPool, lease_secs: f64) -> Self {
+    /// Starts the writer task for sagas owned by `owner`, whose leases last
+    /// `lease_secs` from each write.
+    pub fn start(pool: PgPool, owner: String, lease_secs: f64) -> Self {
         let (jobs, queue) = mpsc::unbounded_channel();
-        let task = tokio::spawn(drain(pool, lease_secs, queue));
+        let task = tokio::spawn(drain(pool, owner, lease_secs, queue));
         Self {
             jobs,
             task: Mutex::new(Some(task)),
         }
     }
 
-    /// Writes `transition`; `Ok(false)` when it was fenced (another process
-    /// owns the saga now).
-    pub async fn write(&self, transition: Transition) -> Result<bool, WriteError> {
+    async fn submit(&self, job: Job) -> Result<bool, WriteError> {
         let (reply, answer) = oneshot::channel();
         let closed = || WriteError {
             outage: false,
             message: "the writer has stopped".into(),
         };
-        self.jobs.send((transition, reply)).map_err(|_| closed())?;
+        self.jobs.send((job, reply)).map_err(|_| closed())?;
         answer.await.map_err(|_| closed())?
+    }
+
+    /// Creates a saga; `Ok(false)` when the trip has one already.
+    pub async fn create(&self, new: NewSaga) -> Result<bool, WriteError> {
+        self.submit(Job::Create(new)).await
+    }
+
+    /// Writes `transition`; `Ok(false)` when it was fenced (another process
+    /// owns the saga now).
+    pub async fn write(&self, transition: Transition) -> Result<bool, WriteError> {
+        self.submit(Job::Move(transition)).await
     }
 
     /// The writer's task, to join once every driver has stopped.
@@ -63,39 +80,84 @@ impl Writer {
 
 async fn drain(
     pool: PgPool,
+    owner: String,
     lease_secs: f64,
-    mut queue: mpsc::UnboundedReceiver<(Transition, Reply)>,
+    mut queue: mpsc::UnboundedReceiver<(Job, Reply)>,
 ) {
-    let mut batch = Vec::with_capacity(MAX_BATCH);
-    let mut replies = Vec::with_capacity(MAX_BATCH);
-    while let Some((transition, reply)) = queue.recv().await {
-        batch.push(transition);
-        replies.push(reply);
-        while batch.len() < MAX_BATCH {
+    while let Some(first) = queue.recv().await {
+        let mut jobs = vec![first];
+        while jobs.len() < MAX_BATCH {
             match queue.try_recv() {
-                Ok((transition, reply)) => {
-                    batch.push(transition);
-                    replies.push(reply);
-                }
+                Ok(job) => jobs.push(job),
                 Err(_) => break,
             }
         }
-        match store::transitions(&pool, &batch, lease_secs).await {
-            Ok(applied) => {
-                for (transition, reply) in batch.drain(..).zip(replies.drain(..)) {
-                    let _ = reply.send(Ok(applied.contains(&transition.trip_id)));
+        // Requests for the same new trip may meet in one batch: the first
+        // creates it, the others find it exists.
+        let mut seen = HashSet::new();
+        let (mut creates, mut moves, mut replies) = (Vec::new(), Vec::new(), Vec::new());
+        for (job, reply) in jobs {
+            match job {
+                Job::Create(new) => {
+                    let first = seen.insert(new.trip.trip_id.clone());
+                    replies.push((Some(new.trip.trip_id.clone()), first, reply));
+                    if first {
+                        creates.push(new);
+                    }
                 }
-            }
-            Err(err) => {
-                let error = WriteError {
-                    outage: crate::saga::executor::is_outage(&err),
-                    message: err.to_string(),
-                };
-                batch.clear();
-                for reply in replies.drain(..) {
-                    let _ = reply.send(Err(error.clone()));
+                Job::Move(transition) => {
+                    replies.push((None, true, reply));
+                    moves.push(transition);
                 }
             }
         }
+        let written = write(&pool, &owner, lease_secs, &creates, &moves).await;
+        let mut moved = moves.iter();
+        for (created, first, reply) in replies {
+            let answer = match (&written, created) {
+                (Err(err), _) => Err(err.clone()),
+                (Ok((made, _)), Some(trip_id)) => Ok(first && made.contains(&trip_id)),
+                (Ok((_, applied)), None) => Ok(moved
+                    .next()
+                    .is_some_and(|transition| applied.contains(&transition.trip_id))),
+            };
+            let _ = reply.send(answer);
+        }
     }
+}
+
+/// Writes the batch: one statement if it holds one kind of write, one
+/// transaction of two statements if both.
+async fn write(
+    pool: &PgPool,
+    owner: &str,
+    lease_secs: f64,
+    creates: &[NewSaga],
+    moves: &[Transition],
+) -> Result<(HashSet<String>, HashSet<String>), WriteError> {
+    let result = async {
+        match (creates.is_empty(), moves.is_empty()) {
+            (false, true) => Ok((
+                store::creates(pool, creates, owner, lease_secs).await?,
+                HashSet::new(),
+            )),
+            (true, false) => Ok((
+                HashSet::new(),
+                store::transitions(pool, moves, lease_secs).await?,
+            )),
+            (true, true) => Ok((HashSet::new(), HashSet::new())),
+            (false, false) => {
+                let mut tx = pool.begin().await?;
+                let made = store::creates(&mut *tx, creates, owner, lease_secs).await?;
+                let applied = store::transitions(&mut *tx, moves, lease_secs).await?;
+                tx.commit().await?;
+                Ok((made, applied))
+            }
+        }
+    }
+    .await;
+    result.map_err(|err: sqlx::Error| WriteError {
+        outage: crate::saga::executor::is_outage(&err),
+        message: err.to_string(),
+    })
 }
