@@ -64,6 +64,13 @@ pub type Effect<'c, E> = Pin<Box<dyn Future<Output = Result<Answer, E>> + Send +
 /// Runs `effect` at most once per `key`, in one transaction with the stored
 /// answer. `table` is the participant's schema-qualified key table, a
 /// constant, never caller input. Without a key the effect simply runs.
+///
+/// The effect runs first and the key is stored after it, in the same
+/// transaction: if the key turns out to be taken (a resent call), the
+/// transaction rolls back, undoing whatever the effect did, and the stored
+/// first answer is returned. Two copies sent at once meet on the trip's row
+/// lock; the second then finds the first's key. This costs one statement
+/// less than claiming the key first.
 pub async fn once<E>(
     pool: &PgPool,
     table: &'static str,
@@ -74,46 +81,37 @@ where
     E: From<sqlx::Error>,
 {
     let mut tx = pool.begin().await?;
+    let answer = effect(&mut tx).await?;
     let Some(key) = key.0 else {
-        let answer = effect(&mut tx).await?;
         tx.commit().await?;
         return Ok(answer);
     };
-    // Claiming the key first serializes concurrent duplicates: the second
-    // waits here until the first commits, then finds its answer.
-    let claimed = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "INSERT INTO {table} (key) VALUES ($1) ON CONFLICT (key) DO NOTHING"
-    )))
-    .bind(&key)
-    .execute(&mut *tx)
-    .await?
-    .rows_affected()
-        == 1;
-    if !claimed {
-        let (status, body): (i16, Value) = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "SELECT status, body FROM {table} WHERE key = $1"
-        )))
-        .bind(&key)
-        .fetch_one(&mut *tx)
-        .await?;
-        tx.rollback().await?;
-        let status = u16::try_from(status)
-            .ok()
-            .and_then(|s| StatusCode::from_u16(s).ok())
-            .unwrap_or(StatusCode::OK);
-        return Ok(Answer { status, body });
-    }
-    let answer = effect(&mut tx).await?;
-    sqlx::query(sqlx::AssertSqlSafe(format!(
-        "UPDATE {table} SET status = $2, body = $3 WHERE key = $1"
+    let stored = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO {table} (key, status, body) VALUES ($1, $2, $3) ON CONFLICT (key) DO NOTHING"
     )))
     .bind(&key)
     .bind(i16::try_from(answer.status.as_u16()).unwrap_or(500))
     .bind(&answer.body)
     .execute(&mut *tx)
+    .await?
+    .rows_affected()
+        == 1;
+    if stored {
+        tx.commit().await?;
+        return Ok(answer);
+    }
+    tx.rollback().await?;
+    let (status, body): (i16, Value) = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT status, body FROM {table} WHERE key = $1"
+    )))
+    .bind(&key)
+    .fetch_one(pool)
     .await?;
-    tx.commit().await?;
-    Ok(answer)
+    let status = u16::try_from(status)
+        .ok()
+        .and_then(|s| StatusCode::from_u16(s).ok())
+        .unwrap_or(StatusCode::OK);
+    Ok(Answer { status, body })
 }
 
 /// A service error that may be a business answer worth storing (a 409, a
