@@ -37,6 +37,11 @@ struct Args {
     /// Run types: `success`, or `all` (the six in equal parts).
     #[arg(long, default_value = "success")]
     mix: String,
+    /// Start each saga with `wait=0` (the request returns at once) and
+    /// measure until every saga has ended: sagas in flight are then not
+    /// held by open requests. Latencies are those of the start requests.
+    #[arg(long)]
+    no_wait: bool,
     /// Sagas run first and not measured.
     #[arg(long, default_value_t = 500)]
     warmup: usize,
@@ -72,6 +77,8 @@ struct Phase {
     processes: Vec<(String, f64, f64)>,
     /// CPU seconds of the whole machine in the phase, all cores.
     machine_cpu_secs: f64,
+    /// With `--no-wait`: the most sagas seen in flight at once.
+    peak_in_flight: i64,
 }
 
 #[derive(Debug, Serialize)]
@@ -244,6 +251,12 @@ async fn main() -> anyhow::Result<()> {
             usage.join(", "),
             p.machine_cpu_secs
         );
+        if p.peak_in_flight > 0 {
+            println!(
+                "{}: at most {} sagas in flight at once",
+                p.name, p.peak_in_flight
+            );
+        }
     }
     if let [orchestrated, floor] = &phases[..] {
         println!(
@@ -361,13 +374,15 @@ impl Load<'_> {
     }
 
     async fn orchestrated(&self, trip_id: &str, run_type: &str) -> bool {
+        let wait = if self.args.no_wait { 0 } else { 60 };
         let answer = self
             .client
-            .post(format!("{}/trips?wait=60", self.orchestrator))
+            .post(format!("{}/trips?wait={wait}", self.orchestrator))
             .json(&json!({ "trip_id": trip_id, "run_type": run_type }))
             .send()
             .await;
         match answer {
+            Ok(r) if r.status() == 202 && self.args.no_wait => true,
             Ok(r) if r.status() == 200 => r
                 .json::<Value>()
                 .await
@@ -525,7 +540,37 @@ async fn measure(
     let xacts_before = xacts(pool, db).await?;
     let cpu_before = machine_cpu();
     let extra_before = [cpu_of("postgres"), cpu_of("self")];
-    let outcome = load.run(name, load.args.sagas, kind).await;
+    let sampling = load.args.no_wait && kind == Kind::Orchestrated;
+    let in_flight = || async {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM orchestrator.sagas WHERE status IN ('running', 'compensating')",
+        )
+        .fetch_one(pool)
+        .await
+    };
+    let mut peak_in_flight = 0;
+    let run = load.run(name, load.args.sagas, kind);
+    tokio::pin!(run);
+    let mut outcome = loop {
+        tokio::select! {
+            outcome = &mut run => break outcome,
+            () = tokio::time::sleep(Duration::from_millis(100)), if sampling => {
+                peak_in_flight = peak_in_flight.max(in_flight().await?);
+            }
+        }
+    };
+    if sampling {
+        let started = Instant::now() - outcome.elapsed;
+        loop {
+            let unfinished = in_flight().await?;
+            peak_in_flight = peak_in_flight.max(unfinished);
+            if unfinished == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        outcome.elapsed = started.elapsed();
+    }
     let cpu_after = machine_cpu();
     let extra_after = [cpu_of("postgres"), cpu_of("self")];
     tokio::time::sleep(Duration::from_millis(600)).await;
@@ -568,5 +613,6 @@ async fn measure(
         pg_xacts_per_saga: (xacts_after - xacts_before - 1) as f64 / load.args.sagas.max(1) as f64,
         processes,
         machine_cpu_secs: cpu_after - cpu_before,
+        peak_in_flight,
     })
 }

@@ -79,6 +79,11 @@ pub struct Config {
     #[arg(long, env = "LEASE_SECS", default_value_t = 30)]
     pub lease_secs: u64,
 
+    /// Most calls in flight to each participant at once; more sagas wait
+    /// their turn (and share these connections).
+    #[arg(long, env = "PARTICIPANT_MAX_IN_FLIGHT", default_value_t = 64)]
+    pub participant_max_in_flight: usize,
+
     /// How often to look for sagas whose lease ran out, in milliseconds.
     #[arg(long, env = "RECOVERY_INTERVAL_MS", default_value_t = 1_000)]
     pub recovery_interval_ms: u64,
@@ -104,6 +109,7 @@ impl Config {
             orchestrator_id: None,
             lease_secs: 30,
             recovery_interval_ms: 1_000,
+            participant_max_in_flight: 64,
             retry: retry::RetryConfig::default(),
             common: common::config::CommonConfig::new(database_url),
         }
@@ -175,6 +181,7 @@ pub async fn run(
         &config.cars_url,
         &config.payments_url,
         config.retry.attempt_timeout(),
+        config.participant_max_in_flight,
     )?;
     let token = CancellationToken::new();
     let engine = Engine::new(

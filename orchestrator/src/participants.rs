@@ -2,11 +2,13 @@
 //! definition, sends it with its idempotency key, and sorts the answer into
 //! success, transient failure (retry) or business failure (final).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::wire::IDEMPOTENCY_KEY;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
+use tokio::sync::Semaphore;
 
 use crate::saga::Trip;
 use crate::saga::definition::{Action, Outputs, Participant};
@@ -20,13 +22,16 @@ pub struct CallFailure {
     pub detail: Value,
 }
 
-/// The participants' base URLs and one shared, pooled HTTP client.
+/// The participants' base URLs, one shared, pooled HTTP client, and a bound
+/// on the calls in flight to each participant, so that thousands of sagas in
+/// flight share a few connections instead of opening one each.
 #[derive(Debug, Clone)]
 pub struct Participants {
     client: reqwest::Client,
     flights: String,
     cars: String,
     payments: String,
+    in_flight: [Arc<Semaphore>; 3],
 }
 
 impl Participants {
@@ -36,11 +41,14 @@ impl Participants {
         cars: &str,
         payments: &str,
         attempt_timeout: Duration,
+        max_in_flight: usize,
     ) -> anyhow::Result<Self> {
+        let max_in_flight = max_in_flight.max(1);
         let client = reqwest::Client::builder()
             .timeout(attempt_timeout)
             .connect_timeout(attempt_timeout.min(Duration::from_secs(2)))
             .pool_idle_timeout(Duration::from_secs(60))
+            .pool_max_idle_per_host(max_in_flight)
             .tcp_nodelay(true)
             .no_proxy()
             .build()?;
@@ -50,6 +58,7 @@ impl Participants {
             flights: base(flights),
             cars: base(cars),
             payments: base(payments),
+            in_flight: std::array::from_fn(|_| Arc::new(Semaphore::new(max_in_flight))),
         })
     }
 
@@ -78,6 +87,13 @@ impl Participants {
             action.path.replace("{trip_id}", &trip.trip_id)
         );
         let key = format!("{}:{}", trip.trip_id, action.step);
+        let slot = match action.participant {
+            Participant::Flights => 0,
+            Participant::Cars => 1,
+            Participant::Payments => 2,
+        };
+        // The semaphore is never closed, so acquiring cannot fail.
+        let _permit = self.in_flight[slot].acquire().await;
         let response = self
             .client
             .post(&url)
