@@ -7,6 +7,7 @@
 //! - [`server`], [`db`], [`telemetry`], [`shutdown`]: start-up and shutdown
 //!   plumbing, so that every `main.rs` stays thin.
 
+pub mod booking;
 pub mod config;
 pub mod db;
 pub mod error;

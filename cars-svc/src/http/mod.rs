@@ -1,16 +1,16 @@
-//! The HTTP API of cars-svc: [`rentals`] and the health probes.
+//! The HTTP API of cars-svc: [`rentals`] under `/rentals`, and
+//! the health probes.
 
 use axum::Router;
 
 use crate::AppState;
 
-mod error;
 pub mod rentals;
 
-pub use error::{Error, Result};
+pub use common::booking::{Error, Result};
 
 pub(crate) fn router() -> Router<AppState> {
     Router::new()
-        .merge(rentals::router())
+        .merge(common::booking::router::<rentals::Cars, _>("/rentals"))
         .merge(common::health::router())
 }

@@ -1,16 +1,18 @@
-//! The HTTP API of flights-svc: [`reservations`] and the health probes.
+//! The HTTP API of flights-svc: [`reservations`] under `/reservations`, and
+//! the health probes.
 
 use axum::Router;
 
 use crate::AppState;
 
-mod error;
 pub mod reservations;
 
-pub use error::{Error, Result};
+pub use common::booking::{Error, Result};
 
 pub(crate) fn router() -> Router<AppState> {
     Router::new()
-        .merge(reservations::router())
+        .merge(common::booking::router::<reservations::Flights, _>(
+            "/reservations",
+        ))
         .merge(common::health::router())
 }

@@ -1,0 +1,349 @@
+//! A booking participant (flights-svc, cars-svc): reserve, confirm and
+//! cancel, with the state rules and their answers written once. Each service
+//! gives its table's SQL through [`Bookings`]; this module does the rest.
+//!
+//! The rules: reserve returns the trip's pending or confirmed row and refuses
+//! a cancelled one (409); confirm moves pending to confirmed, keeps
+//! confirmed, refuses cancelled (409); cancel succeeds from every state, and
+//! for a trip never seen writes a tombstone. Each call's first answer is kept
+//! under its `Idempotency-Key`, in the same transaction as its effect.
+
+use std::future::Future;
+
+use axum::Router;
+use axum::extract::{FromRef, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use sqlx::{PgConnection, PgPool};
+use uuid::Uuid;
+
+use crate::error::ErrorBody;
+use crate::extract::{Json, Path};
+use crate::idempotency::{self, Answer, BusinessError, Key, to_answer};
+use crate::wire::{ActionRequest, BookingStatus, CarRental, FlightReservation, RunType};
+
+/// A booking row as the API answers it.
+pub trait Booking: Serialize + Send + Sync + 'static {
+    fn status(&self) -> BookingStatus;
+    fn booking_id(&self) -> Uuid;
+}
+
+impl Booking for FlightReservation {
+    fn status(&self) -> BookingStatus {
+        self.status
+    }
+    fn booking_id(&self) -> Uuid {
+        self.booking_id
+    }
+}
+
+impl Booking for CarRental {
+    fn status(&self) -> BookingStatus {
+        self.status
+    }
+    fn booking_id(&self) -> Uuid {
+        self.booking_id
+    }
+}
+
+/// What a booking service supplies: its names, its request, and the four
+/// statements on its table.
+pub trait Bookings: Send + Sync + 'static {
+    /// The reserve body.
+    type Request: DeserializeOwned + Send + Sync + 'static;
+    type Row: Booking;
+
+    /// The service's name, for messages: `flights-svc`.
+    const SERVICE: &'static str;
+    /// What one row is, for messages: `flight reservation`.
+    const NOUN: &'static str;
+    /// The error code of a refused transition: `reservation_cancelled`.
+    const CANCELLED: &'static str;
+    /// The schema-qualified idempotency key table.
+    const KEYS: &'static str;
+    /// The run types that fail reserve and confirm here.
+    const FAIL_RESERVE: RunType;
+    const FAIL_CONFIRM: RunType;
+
+    fn trip_id(req: &Self::Request) -> &str;
+    fn run_type(req: &Self::Request) -> RunType;
+
+    /// Inserts a pending row, unless the trip has one: `None` then.
+    fn insert_pending(
+        conn: &mut PgConnection,
+        req: &Self::Request,
+    ) -> impl Future<Output = sqlx::Result<Option<Self::Row>>> + Send;
+    /// Confirms the trip's pending row (of `booking_id`, if given): `None`
+    /// when there is no such pending row.
+    fn confirm_pending(
+        conn: &mut PgConnection,
+        trip_id: &str,
+        booking_id: Option<Uuid>,
+    ) -> impl Future<Output = sqlx::Result<Option<Self::Row>>> + Send;
+    /// Cancels the trip's row or writes a cancelled tombstone: `None` when it
+    /// was cancelled already.
+    fn cancel(
+        conn: &mut PgConnection,
+        trip_id: &str,
+    ) -> impl Future<Output = sqlx::Result<Option<Self::Row>>> + Send;
+    fn find(
+        conn: &mut PgConnection,
+        trip_id: &str,
+    ) -> impl Future<Output = sqlx::Result<Option<Self::Row>>> + Send;
+}
+
+/// The routes of a booking service under `collection` (e.g. `/reservations`).
+pub fn router<B: Bookings, S>(collection: &str) -> Router<S>
+where
+    S: Clone + Send + Sync + 'static,
+    PgPool: FromRef<S>,
+{
+    Router::new()
+        .route(collection, post(reserve::<B>))
+        .route(&format!("{collection}/{{trip_id}}"), get(show::<B>))
+        .route(
+            &format!("{collection}/{{trip_id}}/confirm"),
+            post(confirm::<B>),
+        )
+        .route(
+            &format!("{collection}/{{trip_id}}/cancel"),
+            post(cancel::<B>),
+        )
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// A booking service's errors.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// 400: the trip id in the path or body is not acceptable.
+    #[error("{0}")]
+    InvalidTripId(String),
+
+    /// 422: the run type asks this action to fail, as the sample's functions do.
+    #[error("runType {run_type} makes {service} fail {action}")]
+    Injected {
+        service: &'static str,
+        run_type: RunType,
+        action: &'static str,
+    },
+
+    /// 404: no booking for this trip.
+    #[error("no {noun} for trip {trip_id}")]
+    NotFound { noun: &'static str, trip_id: String },
+
+    /// 409: the trip's booking was cancelled; it cannot be reserved or
+    /// confirmed again.
+    #[error("the {noun} of trip {trip_id} is cancelled")]
+    Cancelled {
+        noun: &'static str,
+        code: &'static str,
+        trip_id: String,
+    },
+
+    /// 409: confirm named a booking that is not this trip's.
+    #[error("booking {given} is not trip {trip_id}'s booking ({actual})")]
+    BookingMismatch {
+        trip_id: String,
+        given: Uuid,
+        actual: Uuid,
+    },
+
+    /// 500: the database failed; logged, answered opaquely.
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+}
+
+impl BusinessError for Error {
+    fn answer(&self) -> Option<Answer> {
+        let message = self.to_string();
+        let (status, body) = match self {
+            Error::InvalidTripId(_) => (
+                StatusCode::BAD_REQUEST,
+                ErrorBody::new("invalid_trip_id", message),
+            ),
+            Error::Injected { .. } => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                ErrorBody::new(
+                    "injected_failure",
+                    format!("{message}, as asked (injected failure); send runType success to book"),
+                ),
+            ),
+            Error::NotFound { .. } => (
+                StatusCode::NOT_FOUND,
+                ErrorBody::new("not_found", format!("{message}; reserve it first")),
+            ),
+            Error::Cancelled { code, .. } => (
+                StatusCode::CONFLICT,
+                ErrorBody::new(
+                    *code,
+                    format!("{message}; book the trip under a new trip id"),
+                ),
+            ),
+            Error::BookingMismatch { .. } => (
+                StatusCode::CONFLICT,
+                ErrorBody::new(
+                    "booking_mismatch",
+                    format!("{message}; send the trip's own booking id"),
+                ),
+            ),
+            Error::Database(_) => return None,
+        };
+        Some(Answer {
+            status,
+            body: serde_json::to_value(body).unwrap_or_default(),
+        })
+    }
+}
+
+impl IntoResponse for Error {
+    fn into_response(self) -> Response {
+        match (&self, self.answer()) {
+            (_, Some(answer)) => answer.into_response(),
+            (Error::Database(err), None) => crate::error::internal(err),
+            (_, None) => crate::error::internal(&self),
+        }
+    }
+}
+
+fn check_trip_id(trip_id: &str) -> Result<()> {
+    crate::wire::validate_trip_id(trip_id).map_err(Error::InvalidTripId)
+}
+
+fn not_found<B: Bookings>(trip_id: &str) -> Error {
+    Error::NotFound {
+        noun: B::NOUN,
+        trip_id: trip_id.to_owned(),
+    }
+}
+
+fn cancelled<B: Bookings>(trip_id: &str) -> Error {
+    Error::Cancelled {
+        noun: B::NOUN,
+        code: B::CANCELLED,
+        trip_id: trip_id.to_owned(),
+    }
+}
+
+#[tracing::instrument(skip_all, fields(service = B::SERVICE, trip_id = B::trip_id(&req)), err(level = "info"))]
+async fn reserve<B: Bookings>(
+    State(pool): State<PgPool>,
+    key: Key,
+    Json(req): Json<B::Request>,
+) -> Result<Answer> {
+    check_trip_id(B::trip_id(&req))?;
+    if B::run_type(&req) == B::FAIL_RESERVE {
+        return Err(Error::Injected {
+            service: B::SERVICE,
+            run_type: B::run_type(&req),
+            action: "the reservation",
+        });
+    }
+    idempotency::once(&pool, B::KEYS, key, move |conn| {
+        Box::pin(async move { to_answer(reserve_row::<B>(conn, &req).await) })
+    })
+    .await
+}
+
+async fn reserve_row<B: Bookings>(conn: &mut PgConnection, req: &B::Request) -> Result<B::Row> {
+    if let Some(row) = B::insert_pending(conn, req).await? {
+        return Ok(row);
+    }
+    // The trip has a row already: a replay, or a reserve after a cancel.
+    let trip_id = B::trip_id(req);
+    let existing = B::find(conn, trip_id)
+        .await?
+        .ok_or_else(|| not_found::<B>(trip_id))?;
+    match existing.status() {
+        BookingStatus::Cancelled => Err(cancelled::<B>(trip_id)),
+        BookingStatus::Pending | BookingStatus::Confirmed => Ok(existing),
+    }
+}
+
+#[tracing::instrument(skip_all, fields(service = B::SERVICE, %trip_id), err(level = "info"))]
+async fn show<B: Bookings>(
+    State(pool): State<PgPool>,
+    Path(trip_id): Path<String>,
+) -> Result<Json<B::Row>> {
+    check_trip_id(&trip_id)?;
+    let mut conn = pool.acquire().await?;
+    B::find(&mut conn, &trip_id)
+        .await?
+        .map(Json)
+        .ok_or_else(|| not_found::<B>(&trip_id))
+}
+
+#[tracing::instrument(skip_all, fields(service = B::SERVICE, %trip_id), err(level = "info"))]
+async fn confirm<B: Bookings>(
+    State(pool): State<PgPool>,
+    Path(trip_id): Path<String>,
+    key: Key,
+    Json(req): Json<ActionRequest>,
+) -> Result<Answer> {
+    check_trip_id(&trip_id)?;
+    if req.run_type == B::FAIL_CONFIRM {
+        return Err(Error::Injected {
+            service: B::SERVICE,
+            run_type: req.run_type,
+            action: "the confirmation",
+        });
+    }
+    idempotency::once(&pool, B::KEYS, key, move |conn| {
+        Box::pin(async move { to_answer(confirm_row::<B>(conn, &trip_id, req.booking_id).await) })
+    })
+    .await
+}
+
+async fn confirm_row<B: Bookings>(
+    conn: &mut PgConnection,
+    trip_id: &str,
+    booking_id: Option<Uuid>,
+) -> Result<B::Row> {
+    if let Some(row) = B::confirm_pending(conn, trip_id, booking_id).await? {
+        return Ok(row);
+    }
+    // Not pending, or not this booking: a replay, a confirm after a cancel,
+    // a wrong booking id, or a trip never reserved.
+    let existing = B::find(conn, trip_id)
+        .await?
+        .ok_or_else(|| not_found::<B>(trip_id))?;
+    if let Some(given) = booking_id.filter(|id| *id != existing.booking_id()) {
+        return Err(Error::BookingMismatch {
+            trip_id: trip_id.to_owned(),
+            given,
+            actual: existing.booking_id(),
+        });
+    }
+    match existing.status() {
+        BookingStatus::Cancelled => Err(cancelled::<B>(trip_id)),
+        BookingStatus::Pending | BookingStatus::Confirmed => Ok(existing),
+    }
+}
+
+#[tracing::instrument(skip_all, fields(service = B::SERVICE, %trip_id), err(level = "info"))]
+async fn cancel<B: Bookings>(
+    State(pool): State<PgPool>,
+    Path(trip_id): Path<String>,
+    key: Key,
+    Json(_req): Json<ActionRequest>,
+) -> Result<Answer> {
+    check_trip_id(&trip_id)?;
+    idempotency::once(&pool, B::KEYS, key, move |conn| {
+        Box::pin(async move { to_answer(cancel_row::<B>(conn, &trip_id).await) })
+    })
+    .await
+}
+
+/// Cancel never fails for business reasons: it cancels whatever is there,
+/// or leaves a tombstone for a trip never seen.
+async fn cancel_row<B: Bookings>(conn: &mut PgConnection, trip_id: &str) -> Result<B::Row> {
+    match B::cancel(conn, trip_id).await? {
+        Some(row) => Ok(row),
+        None => B::find(conn, trip_id)
+            .await?
+            .ok_or_else(|| not_found::<B>(trip_id)),
+    }
+}
