@@ -6,7 +6,6 @@
 //! charged leaves a tombstone that refuses a late charge.
 
 use std::future::Future;
-use std::time::Duration;
 
 use axum::Router;
 use axum::extract::FromRef;
@@ -53,14 +52,13 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let pool = common::db::connect_and_migrate(
-        &config.common.database_url,
+    common::server::run_participant(
+        &config.common,
         SCHEMA,
         migrator(),
-        config.common.pool(),
+        |pool| app(AppState { pool }),
+        listener,
+        shutdown,
     )
-    .await?;
-    let router = common::server::with_middleware(app(AppState { pool }), Duration::from_secs(30));
-    common::server::serve(listener, router, shutdown).await?;
-    Ok(())
+    .await
 }
