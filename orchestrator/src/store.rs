@@ -298,10 +298,16 @@ pub async fn log(pool: &PgPool, trip_id: &str) -> sqlx::Result<Vec<LogRecord>> {
 pub async fn logs(pool: &PgPool, trip_ids: &[String]) -> sqlx::Result<Vec<LogRecord>> {
     sqlx::query_as!(
         LogRecord,
-        r#"SELECT trip_id, seq, step, status AS "status: StepEvent", attempt, detail, at
-           FROM orchestrator.saga_log
-           WHERE trip_id = ANY($1)
-           ORDER BY trip_id, seq"#,
+        // One key lookup per trip (a lateral join on equality): `= ANY($1)`
+        // can be planned as a scan of the whole log.
+        r#"SELECT l.trip_id AS "trip_id!", l.seq AS "seq!", l.step AS "step!",
+                  l.status AS "status!: StepEvent", l.attempt AS "attempt!", l.detail AS "detail!",
+                  l.at AS "at!"
+           FROM unnest($1::text[]) AS t(trip_id)
+           CROSS JOIN LATERAL (
+               SELECT trip_id, seq, step, status, attempt, detail, at
+               FROM orchestrator.saga_log WHERE trip_id = t.trip_id ORDER BY seq) l
+           ORDER BY l.trip_id, l.seq"#,
         trip_ids,
     )
     .fetch_all(pool)
