@@ -175,7 +175,7 @@ async fn run(args: &Args) -> anyhow::Result<bool> {
                 ("PAYMENTS_URL".into(), proxies[2].url.clone()),
                 ("ORCHESTRATOR_ID".into(), format!("orchestrator-{i}")),
                 ("LEASE_SECS".into(), "3".into()),
-                ("ATTEMPT_TIMEOUT_MS".into(), "1000".into()),
+                ("ATTEMPT_TIMEOUT_MS".into(), "800".into()),
                 ("RETRY_MAX_DELAY_MS".into(), "500".into()),
                 ("COMPENSATION_MAX_DELAY_MS".into(), "1000".into()),
                 ("RECOVERY_INTERVAL_MS".into(), "250".into()),

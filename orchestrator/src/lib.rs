@@ -74,8 +74,9 @@ pub struct Config {
 
     /// How long a saga's lease lasts without progress, in seconds. Another
     /// process takes an unfinished saga over once its lease has run out. It
-    /// must exceed one attempt plus the longest retry delay, since every
-    /// attempt's record renews it.
+    /// must exceed twice the attempt timeout (a wait for a turn, then the
+    /// attempt) plus the longest retry delay, since every attempt's record
+    /// renews it.
     #[arg(long, env = "LEASE_SECS", default_value_t = 30)]
     pub lease_secs: u64,
 
@@ -158,15 +159,17 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = StopMode> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let max_gap = config.retry.attempt_timeout_ms
+    // The longest time between two writes of a driven saga: a wait for a
+    // turn and an attempt (each at most ATTEMPT_TIMEOUT_MS), then a delay.
+    let max_gap = 2 * config.retry.attempt_timeout_ms
         + config
             .retry
             .retry_max_delay_ms
             .max(config.retry.compensation_max_delay_ms);
     anyhow::ensure!(
         config.lease_secs * 1_000 > max_gap,
-        "LEASE_SECS={} must exceed ATTEMPT_TIMEOUT_MS plus the longest retry delay ({max_gap} ms), \
-         or live sagas would be taken over",
+        "LEASE_SECS={} must exceed twice ATTEMPT_TIMEOUT_MS plus the longest retry delay \
+         ({max_gap} ms), or live sagas would be taken over",
         config.lease_secs
     );
     let pool = common::db::connect_and_migrate(

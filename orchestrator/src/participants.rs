@@ -32,6 +32,8 @@ pub struct Participants {
     cars: String,
     payments: String,
     in_flight: [Arc<Semaphore>; 3],
+    /// The longest wait for a turn, as long as one attempt.
+    queue_timeout: Duration,
 }
 
 impl Participants {
@@ -59,6 +61,7 @@ impl Participants {
             cars: base(cars),
             payments: base(payments),
             in_flight: std::array::from_fn(|_| Arc::new(Semaphore::new(max_in_flight))),
+            queue_timeout: attempt_timeout,
         })
     }
 
@@ -92,8 +95,19 @@ impl Participants {
             Participant::Cars => 1,
             Participant::Payments => 2,
         };
-        // The semaphore is never closed, so acquiring cannot fail.
-        let _permit = self.in_flight[slot].acquire().await;
+        // Waiting for a turn is bounded like an attempt, and a wait that
+        // runs out fails the attempt (transient), so that the saga's next
+        // write, which renews its lease, is never more than two attempts and
+        // one delay away.
+        let _permit = tokio::time::timeout(self.queue_timeout, self.in_flight[slot].acquire())
+            .await
+            .map_err(|_| CallFailure {
+                transient: true,
+                detail: json!({
+                    "error": "queue timeout",
+                    "message": "too many calls in flight to this participant (PARTICIPANT_MAX_IN_FLIGHT)",
+                }),
+            })?;
         let response = self
             .client
             .post(&url)
