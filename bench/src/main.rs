@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use clap::Parser;
 use futures::StreamExt;
 use serde::Serialize;
@@ -97,21 +97,7 @@ struct Latency {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let bin_dir = match &args.bin_dir {
-        Some(dir) => dir.clone(),
-        None => std::env::current_exe()?
-            .parent()
-            .context("no folder beside this binary")?
-            .to_owned(),
-    };
-    for bin in ["orchestrator", "flights-svc", "cars-svc", "payments-svc"] {
-        if !bin_dir.join(bin).is_file() {
-            bail!(
-                "{} is missing; build the binaries first: cargo build --release --bins",
-                bin_dir.join(bin).display()
-            );
-        }
-    }
+    let bin_dir = testkit::procs::service_bin_dir(args.bin_dir.as_deref())?;
     let logs = std::env::temp_dir().join(format!("bench-{}", std::process::id()));
     std::fs::create_dir_all(&logs)?;
 

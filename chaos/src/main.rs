@@ -14,7 +14,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use anyhow::{Context, bail};
 use clap::Parser;
 use faultproxy::{FaultProxy, Faults};
 use futures::StreamExt;
@@ -91,21 +90,7 @@ async fn main() -> anyhow::Result<()> {
 }
 
 async fn run(args: &Args) -> anyhow::Result<bool> {
-    let bin_dir = match &args.bin_dir {
-        Some(dir) => dir.clone(),
-        None => std::env::current_exe()?
-            .parent()
-            .context("no folder beside this binary")?
-            .to_owned(),
-    };
-    for bin in ["orchestrator", "flights-svc", "cars-svc", "payments-svc"] {
-        if !bin_dir.join(bin).is_file() {
-            bail!(
-                "{} is missing; build the binaries first: cargo build --release --bins",
-                bin_dir.join(bin).display()
-            );
-        }
-    }
+    let bin_dir = testkit::procs::service_bin_dir(args.bin_dir.as_deref())?;
     let logs = std::env::temp_dir().join(format!("chaos-{}-{}", args.seed, std::process::id()));
     std::fs::create_dir_all(&logs)?;
 

@@ -110,6 +110,7 @@ impl Cluster {
             held: Vec::new(),
             orchestrators: Vec::new(),
         };
+        let mut started = Vec::new();
         for (participant, listener) in [
             (Participant::Flights, listeners.flights),
             (Participant::Cars, listeners.cars),
@@ -118,17 +119,14 @@ impl Cluster {
             if hold.contains(&participant) {
                 cluster.held.push((participant, listener));
             } else {
-                cluster.spawn_participant(participant, listener);
+                started.push((
+                    cluster.spawn_participant(participant, listener),
+                    participant,
+                ));
             }
         }
-        for participant in [
-            Participant::Flights,
-            Participant::Cars,
-            Participant::Payments,
-        ] {
-            if !hold.contains(&participant) {
-                cluster.wait_ready(participant.name()).await?;
-            }
+        for (task, participant) in started {
+            cluster.wait_ready(task, participant.name()).await?;
         }
         cluster
             .spawn_orchestrator(listeners.orchestrator, configure)
@@ -165,7 +163,8 @@ impl Cluster {
             tokio::spawn(orchestrator::run(config, listener, stopped)),
         ));
         self.orchestrators.push((url.clone(), crash));
-        self.wait_ready_at("orchestrator", &url).await?;
+        self.wait_ready_at(self.tasks.len() - 1, "orchestrator", &url)
+            .await?;
         Ok(url)
     }
 
@@ -179,7 +178,8 @@ impl Cluster {
         }
     }
 
-    fn spawn_participant(&mut self, participant: Participant, listener: TcpListener) {
+    /// Spawns `participant`; returns the index of its task.
+    fn spawn_participant(&mut self, participant: Participant, listener: TcpListener) -> usize {
         let common = common::config::CommonConfig::new(&self.database_url);
         let stop = self.stop.clone();
         let stopped = async move { stop.cancelled().await };
@@ -210,6 +210,7 @@ impl Cluster {
             )),
         };
         self.tasks.push((participant.name(), task));
+        self.tasks.len() - 1
     }
 
     /// Starts serving a participant held back at start, and waits until it
@@ -221,8 +222,8 @@ impl Cluster {
             .position(|(p, _)| *p == participant)
             .with_context(|| format!("{} is not held", participant.name()))?;
         let (_, listener) = self.held.remove(index);
-        self.spawn_participant(participant, listener);
-        self.wait_ready(participant.name()).await
+        let task = self.spawn_participant(participant, listener);
+        self.wait_ready(task, participant.name()).await
     }
 
     fn url(&self, service: &str) -> &str {
@@ -234,14 +235,19 @@ impl Cluster {
         }
     }
 
-    async fn wait_ready(&mut self, service: &'static str) -> anyhow::Result<()> {
+    async fn wait_ready(&mut self, task: usize, service: &'static str) -> anyhow::Result<()> {
         let url = self.url(service).to_owned();
-        self.wait_ready_at(service, &url).await
+        self.wait_ready_at(task, service, &url).await
     }
 
-    /// Waits until `service` at `base` answers `/readyz`, failing fast if it
-    /// exited.
-    async fn wait_ready_at(&mut self, service: &'static str, base: &str) -> anyhow::Result<()> {
+    /// Waits until `service` (the task at index `task`) at `base` answers
+    /// `/readyz`, failing fast if that task exited.
+    async fn wait_ready_at(
+        &mut self,
+        task: usize,
+        service: &'static str,
+        base: &str,
+    ) -> anyhow::Result<()> {
         let client = reqwest::Client::builder()
             .timeout(Duration::from_secs(2))
             .no_proxy()
@@ -249,12 +255,8 @@ impl Cluster {
         let url = format!("{base}/readyz");
         let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
         loop {
-            if let Some(index) = self
-                .tasks
-                .iter()
-                .position(|(name, task)| *name == service && task.is_finished())
-            {
-                let (_, task) = self.tasks.remove(index);
+            if self.tasks[task].1.is_finished() {
+                let (_, task) = self.tasks.remove(task);
                 let result = task.await.context("service task panicked")?;
                 result.with_context(|| format!("{service} stopped at start-up"))?;
                 bail!("{service} stopped at start-up");

@@ -50,6 +50,16 @@ pub struct Answer {
     pub body: Value,
 }
 
+impl Answer {
+    /// An error answer with the standard body.
+    pub fn error(status: StatusCode, body: ErrorBody) -> Self {
+        Self {
+            status,
+            body: serde_json::to_value(body).unwrap_or_default(),
+        }
+    }
+}
+
 impl IntoResponse for Answer {
     fn into_response(self) -> Response {
         (self.status, axum::Json(self.body)).into_response()
@@ -116,9 +126,18 @@ where
 
 /// A service error that may be a business answer worth storing (a 409, a
 /// 404) rather than an unexpected failure.
-pub trait BusinessError {
+pub trait BusinessError: std::error::Error + Sized + 'static {
     /// The answer to store and replay, or `None` for an unexpected failure.
     fn answer(&self) -> Option<Answer>;
+
+    /// The HTTP answer: the business answer, or an opaque 500 with the
+    /// cause chain logged.
+    fn respond(self) -> Response {
+        match self.answer() {
+            Some(answer) => answer.into_response(),
+            None => crate::error::internal(&self),
+        }
+    }
 }
 
 /// Turns an effect's typed result into the answer to store: success as 200

@@ -277,22 +277,6 @@ pub async fn list(
     .await
 }
 
-/// The log of one saga, in order. (An equality on the key, so that the plan
-/// is an index scan whatever the table's statistics say.)
-#[tracing::instrument(skip_all, fields(%trip_id), err)]
-pub async fn log(pool: &PgPool, trip_id: &str) -> sqlx::Result<Vec<LogRecord>> {
-    sqlx::query_as!(
-        LogRecord,
-        r#"SELECT trip_id, seq, step, status AS "status: StepEvent", attempt, detail, at
-           FROM orchestrator.saga_log
-           WHERE trip_id = $1
-           ORDER BY seq"#,
-        trip_id,
-    )
-    .fetch_all(pool)
-    .await
-}
-
 /// The log of every saga in `trip_ids`, in order within each saga.
 #[tracing::instrument(skip_all, err)]
 pub async fn logs(pool: &PgPool, trip_ids: &[String]) -> sqlx::Result<Vec<LogRecord>> {

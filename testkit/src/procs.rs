@@ -149,3 +149,24 @@ pub fn free_port() -> anyhow::Result<u16> {
         .local_addr()?
         .port())
 }
+
+/// Where the four service binaries are: `given`, or the folder of the
+/// running binary (`target/<profile>/`); an error says how to build them.
+pub fn service_bin_dir(given: Option<&Path>) -> anyhow::Result<PathBuf> {
+    let dir = match given {
+        Some(dir) => dir.to_owned(),
+        None => std::env::current_exe()?
+            .parent()
+            .context("no folder beside this binary")?
+            .to_owned(),
+    };
+    for bin in ["orchestrator", "flights-svc", "cars-svc", "payments-svc"] {
+        if !dir.join(bin).is_file() {
+            bail!(
+                "{} is missing; build the binaries first: cargo build --release --bins",
+                dir.join(bin).display()
+            );
+        }
+    }
+    Ok(dir)
+}

@@ -5,11 +5,11 @@
 
 use std::time::Duration;
 
-use faultproxy::{Hold, HoldAt};
+use faultproxy::{FaultProxy, Hold, HoldAt};
 use reqwest::StatusCode;
 use serde_json::Value;
 
-use crate::support::{Env, Proxies, step};
+use crate::support::{Env, step};
 
 /// Awaits the proxy holding `n` requests.
 async fn holding(proxy: &faultproxy::FaultProxy, n: usize) {
@@ -35,43 +35,79 @@ fn interrupted(saga: &Value, name: &str) -> bool {
     step(saga, name).is_some_and(|s| s["last_error"]["error"] == "interrupted")
 }
 
-async fn start_held(env: &Env, proxies: &Proxies, trip: &str, run_type: &str) {
+async fn start_held(env: &Env, trip: &str, run_type: &str) {
     let answer = env
         .get(&format!("/trip?tripID={trip}&runType={run_type}&wait=0"))
         .await;
     assert_eq!(answer.status, StatusCode::ACCEPTED, "{}", answer.body);
-    let _ = proxies;
+}
+
+/// Starts `trip` with `proxy` holding the call `hold` names, waits until
+/// the call is held, then crashes the orchestrator driving the saga.
+async fn crash_while_held(env: &Env, proxy: &FaultProxy, hold: Hold, trip: &str, run_type: &str) {
+    proxy.hold(hold);
+    start_held(env, trip, run_type).await;
+    holding(proxy, 1).await;
+    env.cluster
+        .crash_orchestrator(&env.cluster.orchestrator_url);
+}
+
+/// Starts another orchestrator set up by `configure` and waits on it for
+/// the saga of `trip` to end; it must end with `status`.
+async fn resumed_by(
+    env: &mut Env,
+    configure: impl FnOnce(&mut orchestrator::Config),
+    trip: &str,
+    run_type: &str,
+    status: &str,
+) -> Value {
+    let b = env.spawn_orchestrator(configure).await;
+    let answer = env
+        .get_at(
+            &b,
+            &format!("/trip?tripID={trip}&runType={run_type}&wait=30"),
+        )
+        .await;
+    assert_eq!(
+        (answer.status, &answer.body["status"]),
+        (StatusCode::OK, &Value::from(status)),
+        "{}",
+        answer.body
+    );
+    answer.body
+}
+
+/// Lets the held calls go, waits for them, and checks the invariant.
+async fn release_and_check(env: Env, proxy: &FaultProxy) {
+    proxy.release();
+    holding(proxy, 0).await;
+    testkit::invariant::check(env.db.pool())
+        .await
+        .unwrap()
+        .assert_clean();
+    env.finish().await;
 }
 
 #[tokio::test]
 async fn a_crash_before_a_call_is_resumed_by_the_restarted_process() {
     let (mut env, proxies) = Env::start_proxied(|c| c.orchestrator_id = Some("a".into())).await;
-    proxies.cars.hold(Hold {
+    let hold = Hold {
         path: "/rentals".into(),
         at: HoldAt::Request,
         count: 1,
-    });
-    start_held(&env, &proxies, "crash-1", "success").await;
-    holding(&proxies.cars, 1).await;
-    let a = env.cluster.orchestrator_url.clone();
-    env.cluster.crash_orchestrator(&a);
+    };
+    crash_while_held(&env, &proxies.cars, hold, "crash-1", "success").await;
 
     // Restarted with the same identity: it reclaims its saga at once.
-    let b = env
-        .spawn_orchestrator(|c| c.orchestrator_id = Some("a".into()))
-        .await;
-    let answer = env
-        .get_at(&b, "/trip?tripID=crash-1&runType=success&wait=30")
-        .await;
-    assert_eq!(
-        (answer.status, &answer.body["status"]),
-        (StatusCode::OK, &Value::from("succeeded"))
-    );
-    assert!(
-        interrupted(&answer.body, "ReserveCarRental"),
-        "{}",
-        answer.body
-    );
+    let saga = resumed_by(
+        &mut env,
+        |c| c.orchestrator_id = Some("a".into()),
+        "crash-1",
+        "success",
+        "succeeded",
+    )
+    .await;
+    assert!(interrupted(&saga, "ReserveCarRental"), "{saga}");
     assert_eq!(
         events(&env, "crash-1", "ReserveCarRental").await,
         ["started", "retrying", "succeeded"]
@@ -81,41 +117,32 @@ async fn a_crash_before_a_call_is_resumed_by_the_restarted_process() {
     proxies.cars.release();
     holding(&proxies.cars, 0).await;
     assert_eq!(env.count("SELECT count(*) FROM cars.rentals").await, 1);
-    testkit::invariant::check(env.db.pool())
-        .await
-        .unwrap()
-        .assert_clean();
-    env.finish().await;
+    release_and_check(env, &proxies.cars).await;
 }
 
 #[tokio::test]
 async fn a_crash_after_the_participant_committed_gets_the_first_answer_again() {
     let (mut env, proxies) = Env::start_proxied(|c| c.orchestrator_id = Some("a".into())).await;
-    proxies.payments.hold(Hold {
+    let hold = Hold {
         path: "/payments".into(),
         at: HoldAt::Response,
         count: 1,
-    });
-    start_held(&env, &proxies, "crash-2", "success").await;
-    holding(&proxies.payments, 1).await;
+    };
+    crash_while_held(&env, &proxies.payments, hold, "crash-2", "success").await;
     assert_eq!(
         env.rows("crash-2").await[2].as_deref(),
         Some("charged"),
         "the charge is done"
     );
-    let a = env.cluster.orchestrator_url.clone();
-    env.cluster.crash_orchestrator(&a);
 
-    let b = env
-        .spawn_orchestrator(|c| c.orchestrator_id = Some("a".into()))
-        .await;
-    let answer = env
-        .get_at(&b, "/trip?tripID=crash-2&runType=success&wait=30")
-        .await;
-    assert_eq!(
-        (answer.status, &answer.body["status"]),
-        (StatusCode::OK, &Value::from("succeeded"))
-    );
+    let saga = resumed_by(
+        &mut env,
+        |c| c.orchestrator_id = Some("a".into()),
+        "crash-2",
+        "success",
+        "succeeded",
+    )
+    .await;
     let charged: String = sqlx::query_scalar(
         "SELECT payment_id::text FROM payments.payments WHERE trip_id = 'crash-2'",
     )
@@ -123,17 +150,13 @@ async fn a_crash_after_the_participant_committed_gets_the_first_answer_again() {
     .await
     .unwrap();
     assert_eq!(
-        answer.body["outputs"]["ProcessPayment"]["payment_id"], charged,
+        saga["outputs"]["ProcessPayment"]["payment_id"], charged,
         "the resent charge answered the first payment"
     );
     proxies.payments.release();
     holding(&proxies.payments, 0).await;
     assert_eq!(env.count("SELECT count(*) FROM payments.payments").await, 1);
-    testkit::invariant::check(env.db.pool())
-        .await
-        .unwrap()
-        .assert_clean();
-    env.finish().await;
+    release_and_check(env, &proxies.payments).await;
 }
 
 #[tokio::test]
@@ -143,47 +166,26 @@ async fn a_crash_while_compensating_is_taken_over_by_another_process_after_the_l
         c.lease_secs = 1;
     })
     .await;
-    proxies.cars.hold(Hold {
+    let hold = Hold {
         path: "/rentals/crash-3/cancel".into(),
         at: HoldAt::Request,
         count: 1,
-    });
-    start_held(&env, &proxies, "crash-3", "failPayment").await;
-    holding(&proxies.cars, 1).await;
-    let a = env.cluster.orchestrator_url.clone();
-    env.cluster.crash_orchestrator(&a);
+    };
+    crash_while_held(&env, &proxies.cars, hold, "crash-3", "failPayment").await;
 
-    let b = env
-        .spawn_orchestrator(|c| {
-            c.orchestrator_id = Some("b".into());
-            c.lease_secs = 1;
-        })
-        .await;
-    let answer = env
-        .get_at(&b, "/trip?tripID=crash-3&runType=failPayment&wait=30")
-        .await;
-    assert_eq!(
-        (answer.status, &answer.body["status"]),
-        (StatusCode::OK, &Value::from("failed"))
-    );
-    assert!(
-        interrupted(&answer.body, "CancelRentalReservation"),
-        "{}",
-        answer.body
-    );
+    let other = |c: &mut orchestrator::Config| {
+        c.orchestrator_id = Some("b".into());
+        c.lease_secs = 1;
+    };
+    let saga = resumed_by(&mut env, other, "crash-3", "failPayment", "failed").await;
+    assert!(interrupted(&saga, "CancelRentalReservation"), "{saga}");
     let owner: Option<String> =
         sqlx::query_scalar("SELECT owner FROM orchestrator.sagas WHERE trip_id = 'crash-3'")
             .fetch_one(env.db.pool())
             .await
             .unwrap();
     assert_eq!(owner, None, "an ended saga holds no lease");
-    proxies.cars.release();
-    holding(&proxies.cars, 0).await;
-    testkit::invariant::check(env.db.pool())
-        .await
-        .unwrap()
-        .assert_clean();
-    env.finish().await;
+    release_and_check(env, &proxies.cars).await;
 }
 
 #[tokio::test]
@@ -235,13 +237,8 @@ async fn a_reserve_held_past_its_budget_arrives_after_the_cancel_and_is_refused(
         },
     )
     .await;
-    holding(&proxies.flights, 0).await;
     assert_eq!(env.rows("late-1").await[0].as_deref(), Some("cancelled"));
-    testkit::invariant::check(env.db.pool())
-        .await
-        .unwrap()
-        .assert_clean();
-    env.finish().await;
+    release_and_check(env, &proxies.flights).await;
 }
 
 #[tokio::test]
@@ -252,7 +249,7 @@ async fn a_clean_stop_hands_the_leases_back() {
         at: HoldAt::Request,
         count: 1,
     });
-    start_held(&env, &proxies, "stop-1", "success").await;
+    start_held(&env, "stop-1", "success").await;
     holding(&proxies.flights, 1).await;
     let Env { db, cluster, .. } = env;
     cluster.stop().await.unwrap();

@@ -119,7 +119,7 @@ async fn load(state: &AppState, trip_id: &str) -> Result<SagaView> {
     let saga = store::find(state.engine.pool(), trip_id)
         .await?
         .ok_or_else(|| Error::NotFound(trip_id.to_owned()))?;
-    let logs = store::log(state.engine.pool(), trip_id).await?;
+    let logs = store::logs(state.engine.pool(), &[trip_id.to_owned()]).await?;
     Ok(SagaView::new(saga, &logs))
 }
 

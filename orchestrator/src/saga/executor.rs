@@ -113,10 +113,6 @@ impl Engine {
         &self.pool
     }
 
-    pub fn shutdown_token(&self) -> &CancellationToken {
-        &self.shutdown
-    }
-
     /// Records a new saga for `trip` and starts driving it at once.
     /// Returns `false` (and starts nothing) if the trip has a saga already.
     pub async fn start(self: &Arc<Self>, trip: Trip) -> Result<bool, WriteError> {

@@ -71,19 +71,12 @@ impl BusinessError for Error {
             ),
             Error::Database(_) => return None,
         };
-        Some(Answer {
-            status,
-            body: serde_json::to_value(body).unwrap_or_default(),
-        })
+        Some(Answer::error(status, body))
     }
 }
 
 impl IntoResponse for Error {
     fn into_response(self) -> Response {
-        match (&self, self.answer()) {
-            (_, Some(answer)) => answer.into_response(),
-            (Error::Database(err), None) => common::error::internal(err),
-            (_, None) => common::error::internal(&self),
-        }
+        self.respond()
     }
 }
