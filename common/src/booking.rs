@@ -15,46 +15,35 @@ use axum::extract::{FromRef, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use serde::Serialize;
 use serde::de::DeserializeOwned;
+use serde_json::Value;
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 use crate::error::ErrorBody;
 use crate::extract::{Json, Path};
-use crate::idempotency::{self, Answer, BusinessError, Key, to_answer};
-use crate::wire::{ActionRequest, BookingStatus, CarRental, FlightReservation, RunType};
+use crate::idempotency::{self, Answer, BusinessError, Key, first_time, to_answer};
+use crate::wire::{ActionRequest, BookingStatus, RunType};
 
-/// A booking row as the API answers it.
-pub trait Booking: Serialize + Send + Sync + 'static {
-    fn status(&self) -> BookingStatus;
-    fn booking_id(&self) -> Uuid;
-}
-
-impl Booking for FlightReservation {
-    fn status(&self) -> BookingStatus {
-        self.status
-    }
-    fn booking_id(&self) -> Uuid {
-        self.booking_id
-    }
-}
-
-impl Booking for CarRental {
-    fn status(&self) -> BookingStatus {
-        self.status
-    }
-    fn booking_id(&self) -> Uuid {
-        self.booking_id
-    }
+/// The trip's booking as the rules need it, and as the API answers it.
+#[derive(Debug)]
+pub struct Found {
+    pub status: BookingStatus,
+    pub booking_id: Uuid,
+    /// Built by the service's SQL function, as every answer carrying a
+    /// booking is.
+    pub body: Value,
 }
 
 /// What a booking service supplies: its names, its request, and the four
-/// statements on its table.
+/// statements on its table. Each write answers the booking as the API
+/// shows it (built by the service's SQL function), and stores that answer
+/// under `key`, when there is one, in the same statement: a first call is
+/// one round trip and one commit. The key's insert fails with a unique
+/// violation when the key is taken, which undoes the statement.
 pub trait Bookings: Send + Sync + 'static {
     /// The reserve body.
     type Request: DeserializeOwned + Send + Sync + 'static;
-    type Row: Booking;
 
     /// The service's name, for messages: `flights-svc`.
     const SERVICE: &'static str;
@@ -72,27 +61,30 @@ pub trait Bookings: Send + Sync + 'static {
     fn run_type(req: &Self::Request) -> RunType;
 
     /// Inserts a pending row, unless the trip has one: `None` then.
-    fn insert_pending(
+    fn reserve(
         conn: &mut PgConnection,
         req: &Self::Request,
-    ) -> impl Future<Output = sqlx::Result<Option<Self::Row>>> + Send;
+        key: Option<&str>,
+    ) -> impl Future<Output = sqlx::Result<Option<Value>>> + Send;
     /// Confirms the trip's pending row (of `booking_id`, if given): `None`
     /// when there is no such pending row.
-    fn confirm_pending(
+    fn confirm(
         conn: &mut PgConnection,
         trip_id: &str,
         booking_id: Option<Uuid>,
-    ) -> impl Future<Output = sqlx::Result<Option<Self::Row>>> + Send;
+        key: Option<&str>,
+    ) -> impl Future<Output = sqlx::Result<Option<Value>>> + Send;
     /// Cancels the trip's row or writes a cancelled tombstone: `None` when it
     /// was cancelled already.
     fn cancel(
         conn: &mut PgConnection,
         trip_id: &str,
-    ) -> impl Future<Output = sqlx::Result<Option<Self::Row>>> + Send;
+        key: Option<&str>,
+    ) -> impl Future<Output = sqlx::Result<Option<Value>>> + Send;
     fn find(
         conn: &mut PgConnection,
         trip_id: &str,
-    ) -> impl Future<Output = sqlx::Result<Option<Self::Row>>> + Send;
+    ) -> impl Future<Output = sqlx::Result<Option<Found>>> + Send;
 }
 
 /// The routes of a booking service under `collection` (e.g. `/reservations`).
@@ -235,24 +227,29 @@ async fn reserve<B: Bookings>(
             action: "the reservation",
         });
     }
+    let mut conn = pool.acquire().await?;
+    if let Some(answer) = first_time(B::reserve(&mut conn, &req, key.0.as_deref())).await? {
+        return Ok(answer);
+    }
+    drop(conn);
     idempotency::once(&pool, B::KEYS, key, move |conn| {
         Box::pin(async move { to_answer(reserve_row::<B>(conn, &req).await) })
     })
     .await
 }
 
-async fn reserve_row<B: Bookings>(conn: &mut PgConnection, req: &B::Request) -> Result<B::Row> {
-    if let Some(row) = B::insert_pending(conn, req).await? {
-        return Ok(row);
+async fn reserve_row<B: Bookings>(conn: &mut PgConnection, req: &B::Request) -> Result<Value> {
+    if let Some(body) = B::reserve(conn, req, None).await? {
+        return Ok(body);
     }
     // The trip has a row already: a replay, or a reserve after a cancel.
     let trip_id = B::trip_id(req);
     let existing = B::find(conn, trip_id)
         .await?
         .ok_or_else(|| not_found::<B>(trip_id))?;
-    match existing.status() {
+    match existing.status {
         BookingStatus::Cancelled => Err(cancelled::<B>(trip_id)),
-        BookingStatus::Pending | BookingStatus::Confirmed => Ok(existing),
+        BookingStatus::Pending | BookingStatus::Confirmed => Ok(existing.body),
     }
 }
 
@@ -260,12 +257,12 @@ async fn reserve_row<B: Bookings>(conn: &mut PgConnection, req: &B::Request) -> 
 async fn show<B: Bookings>(
     State(pool): State<PgPool>,
     Path(trip_id): Path<String>,
-) -> Result<Json<B::Row>> {
+) -> Result<Json<Value>> {
     check_trip_id(&trip_id)?;
     let mut conn = pool.acquire().await?;
     B::find(&mut conn, &trip_id)
         .await?
-        .map(Json)
+        .map(|found| Json(found.body))
         .ok_or_else(|| not_found::<B>(&trip_id))
 }
 
@@ -284,6 +281,12 @@ async fn confirm<B: Bookings>(
             action: "the confirmation",
         });
     }
+    let mut conn = pool.acquire().await?;
+    let first = B::confirm(&mut conn, &trip_id, req.booking_id, key.0.as_deref());
+    if let Some(answer) = first_time(first).await? {
+        return Ok(answer);
+    }
+    drop(conn);
     idempotency::once(&pool, B::KEYS, key, move |conn| {
         Box::pin(async move { to_answer(confirm_row::<B>(conn, &trip_id, req.booking_id).await) })
     })
@@ -294,25 +297,25 @@ async fn confirm_row<B: Bookings>(
     conn: &mut PgConnection,
     trip_id: &str,
     booking_id: Option<Uuid>,
-) -> Result<B::Row> {
-    if let Some(row) = B::confirm_pending(conn, trip_id, booking_id).await? {
-        return Ok(row);
+) -> Result<Value> {
+    if let Some(body) = B::confirm(conn, trip_id, booking_id, None).await? {
+        return Ok(body);
     }
     // Not pending, or not this booking: a replay, a confirm after a cancel,
     // a wrong booking id, or a trip never reserved.
     let existing = B::find(conn, trip_id)
         .await?
         .ok_or_else(|| not_found::<B>(trip_id))?;
-    if let Some(given) = booking_id.filter(|id| *id != existing.booking_id()) {
+    if let Some(given) = booking_id.filter(|id| *id != existing.booking_id) {
         return Err(Error::BookingMismatch {
             trip_id: trip_id.to_owned(),
             given,
-            actual: existing.booking_id(),
+            actual: existing.booking_id,
         });
     }
-    match existing.status() {
+    match existing.status {
         BookingStatus::Cancelled => Err(cancelled::<B>(trip_id)),
-        BookingStatus::Pending | BookingStatus::Confirmed => Ok(existing),
+        BookingStatus::Pending | BookingStatus::Confirmed => Ok(existing.body),
     }
 }
 
@@ -324,6 +327,11 @@ async fn cancel<B: Bookings>(
     Json(_req): Json<ActionRequest>,
 ) -> Result<Answer> {
     check_trip_id(&trip_id)?;
+    let mut conn = pool.acquire().await?;
+    if let Some(answer) = first_time(B::cancel(&mut conn, &trip_id, key.0.as_deref())).await? {
+        return Ok(answer);
+    }
+    drop(conn);
     idempotency::once(&pool, B::KEYS, key, move |conn| {
         Box::pin(async move { to_answer(cancel_row::<B>(conn, &trip_id).await) })
     })
@@ -332,11 +340,12 @@ async fn cancel<B: Bookings>(
 
 /// Cancel never fails for business reasons: it cancels whatever is there,
 /// or leaves a tombstone for a trip never seen.
-async fn cancel_row<B: Bookings>(conn: &mut PgConnection, trip_id: &str) -> Result<B::Row> {
-    match B::cancel(conn, trip_id).await? {
-        Some(row) => Ok(row),
+async fn cancel_row<B: Bookings>(conn: &mut PgConnection, trip_id: &str) -> Result<Value> {
+    match B::cancel(conn, trip_id, None).await? {
+        Some(body) => Ok(body),
         None => B::find(conn, trip_id)
             .await?
+            .map(|found| found.body)
             .ok_or_else(|| not_found::<B>(trip_id)),
     }
 }

@@ -51,6 +51,14 @@ pub struct Answer {
 }
 
 impl Answer {
+    /// A success answer.
+    pub fn ok(body: Value) -> Self {
+        Self {
+            status: StatusCode::OK,
+            body,
+        }
+    }
+
     /// An error answer with the standard body.
     pub fn error(status: StatusCode, body: ErrorBody) -> Self {
         Self {
@@ -124,6 +132,27 @@ where
     Ok(Answer { status, body })
 }
 
+/// The usual case in one round trip: a call whose effect applies. `statement`
+/// applies the effect and stores its answer under the key (if any) in one
+/// statement, committed on its own. It yields the answer's body, or `None`
+/// when the effect does not apply (the row's state needs the rules); it
+/// fails with a unique violation on the key table when the key is taken,
+/// which undoes the whole statement. In both cases this answers `None`, and
+/// the caller goes the general way, [`once`], which replays a taken key.
+pub async fn first_time(
+    statement: impl Future<Output = sqlx::Result<Option<Value>>>,
+) -> sqlx::Result<Option<Answer>> {
+    match statement.await {
+        Ok(body) => Ok(body.map(Answer::ok)),
+        Err(sqlx::Error::Database(err))
+            if err.is_unique_violation() && err.constraint() == Some("idempotency_keys_pkey") =>
+        {
+            Ok(None)
+        }
+        Err(err) => Err(err),
+    }
+}
+
 /// A service error that may be a business answer worth storing (a 409, a
 /// 404) rather than an unexpected failure.
 pub trait BusinessError: std::error::Error + Sized + 'static {
@@ -140,15 +169,12 @@ pub trait BusinessError: std::error::Error + Sized + 'static {
     }
 }
 
-/// Turns an effect's typed result into the answer to store: success as 200
-/// with the value, a business error as its own answer; an unexpected failure
+/// Turns an effect's result into the answer to store: success as 200 with
+/// the body, a business error as its own answer; an unexpected failure
 /// stays an error.
-pub fn to_answer<T: serde::Serialize, E: BusinessError>(result: Result<T, E>) -> Result<Answer, E> {
+pub fn to_answer<E: BusinessError>(result: Result<Value, E>) -> Result<Answer, E> {
     match result {
-        Ok(value) => Ok(Answer {
-            status: StatusCode::OK,
-            body: serde_json::to_value(value).unwrap_or(Value::Null),
-        }),
+        Ok(body) => Ok(Answer::ok(body)),
         Err(err) => err.answer().ok_or(err),
     }
 }

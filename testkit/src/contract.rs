@@ -162,6 +162,16 @@ impl Booking<'_> {
         );
         assert_eq!(self.rows(pool, "k1").await, ["cancelled"]);
 
+        // Keys taken by k1's calls, sent for a trip never seen: each first
+        // answer comes back, and what the new call did is undone.
+        let other = (self.reserve_body)("k3", "success");
+        let (status, replay) = post_keyed(&self.at(""), Some("k1:Reserve"), &other).await;
+        assert_eq!((status, &replay), (StatusCode::OK, &first));
+        let (status, replay) =
+            post_keyed(&self.at("/k3/cancel"), Some("k1:Cancel"), &json!({})).await;
+        assert_eq!((status, &replay["trip_id"]), (StatusCode::OK, &json!("k1")));
+        assert!(self.rows(pool, "k3").await.is_empty(), "no row for k3");
+
         let (status, refused) = post_keyed(&self.at(""), Some("k1:Late"), &body).await;
         assert_eq!(status, StatusCode::CONFLICT);
         let (status, again) = post_keyed(&self.at(""), Some("k1:Late"), &body).await;

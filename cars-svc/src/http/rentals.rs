@@ -1,8 +1,10 @@
 //! Car rentals: the `cars.rentals` table behind the booking
-//! rules of [`common::booking`] (reserve, confirm, cancel, read one).
+//! rules of [`common::booking`] (reserve, confirm, cancel, read one). Every
+//! answer is built by `cars.answer` (migration 0003).
 
-use common::booking::Bookings;
-use common::wire::{BookingStatus, CarRental, CarRequest, RunType};
+use common::booking::{Bookings, Found};
+use common::wire::{BookingStatus, CarRequest, RunType};
+use serde_json::Value;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
@@ -12,7 +14,6 @@ pub struct Cars;
 
 impl Bookings for Cars {
     type Request = CarRequest;
-    type Row = CarRental;
 
     const SERVICE: &'static str = "cars-svc";
     const NOUN: &'static str = "car rental";
@@ -29,67 +30,85 @@ impl Bookings for Cars {
         req.run_type
     }
 
-    async fn insert_pending(
+    async fn reserve(
         conn: &mut PgConnection,
         req: &CarRequest,
-    ) -> sqlx::Result<Option<CarRental>> {
-        sqlx::query_as!(
-            CarRental,
-            r#"INSERT INTO cars.rentals
-                   (trip_id, booking_id, status, rental, rental_from, rental_to)
-               VALUES ($1, $2, 'pending', $3, $4, $5)
-               ON CONFLICT (trip_id) DO NOTHING
-               RETURNING trip_id, booking_id, status AS "status: BookingStatus",
-                         rental, rental_from, rental_to"#,
+        key: Option<&str>,
+    ) -> sqlx::Result<Option<Value>> {
+        sqlx::query_scalar!(
+            r#"WITH done AS (
+                   INSERT INTO cars.rentals
+                       (trip_id, booking_id, status, rental, rental_from, rental_to)
+                   VALUES ($1, $2, 'pending', $3, $4, $5)
+                   ON CONFLICT (trip_id) DO NOTHING
+                   RETURNING cars.answer(rentals) AS body),
+               kept AS (
+                   INSERT INTO cars.idempotency_keys (key, status, body)
+                   SELECT $6, 200, body FROM done WHERE $6::text IS NOT NULL)
+               SELECT body AS "body!" FROM done"#,
             req.trip_id,
             Uuid::new_v4(),
             req.rental,
             req.rental_from,
             req.rental_to,
+            key,
         )
         .fetch_optional(conn)
         .await
     }
 
-    async fn confirm_pending(
+    async fn confirm(
         conn: &mut PgConnection,
         trip_id: &str,
         booking_id: Option<Uuid>,
-    ) -> sqlx::Result<Option<CarRental>> {
-        sqlx::query_as!(
-            CarRental,
-            r#"UPDATE cars.rentals SET status = 'confirmed', updated_at = now()
-               WHERE trip_id = $1 AND status = 'pending' AND ($2::uuid IS NULL OR booking_id = $2)
-               RETURNING trip_id, booking_id, status AS "status: BookingStatus",
-                         rental, rental_from, rental_to"#,
+        key: Option<&str>,
+    ) -> sqlx::Result<Option<Value>> {
+        sqlx::query_scalar!(
+            r#"WITH done AS (
+                   UPDATE cars.rentals SET status = 'confirmed', updated_at = now()
+                   WHERE trip_id = $1 AND status = 'pending' AND ($2::uuid IS NULL OR booking_id = $2)
+                   RETURNING cars.answer(rentals) AS body),
+               kept AS (
+                   INSERT INTO cars.idempotency_keys (key, status, body)
+                   SELECT $3, 200, body FROM done WHERE $3::text IS NOT NULL)
+               SELECT body AS "body!" FROM done"#,
             trip_id,
             booking_id,
+            key,
         )
         .fetch_optional(conn)
         .await
     }
 
-    async fn cancel(conn: &mut PgConnection, trip_id: &str) -> sqlx::Result<Option<CarRental>> {
-        sqlx::query_as!(
-            CarRental,
-            r#"INSERT INTO cars.rentals (trip_id, booking_id, status)
-               VALUES ($1, $2, 'cancelled')
-               ON CONFLICT (trip_id) DO UPDATE SET status = 'cancelled', updated_at = now()
-                   WHERE rentals.status <> 'cancelled'
-               RETURNING trip_id, booking_id, status AS "status: BookingStatus",
-                         rental, rental_from, rental_to"#,
+    async fn cancel(
+        conn: &mut PgConnection,
+        trip_id: &str,
+        key: Option<&str>,
+    ) -> sqlx::Result<Option<Value>> {
+        sqlx::query_scalar!(
+            r#"WITH done AS (
+                   INSERT INTO cars.rentals (trip_id, booking_id, status)
+                   VALUES ($1, $2, 'cancelled')
+                   ON CONFLICT (trip_id) DO UPDATE SET status = 'cancelled', updated_at = now()
+                       WHERE rentals.status <> 'cancelled'
+                   RETURNING cars.answer(rentals) AS body),
+               kept AS (
+                   INSERT INTO cars.idempotency_keys (key, status, body)
+                   SELECT $3, 200, body FROM done WHERE $3::text IS NOT NULL)
+               SELECT body AS "body!" FROM done"#,
             trip_id,
             Uuid::new_v4(),
+            key,
         )
         .fetch_optional(conn)
         .await
     }
 
-    async fn find(conn: &mut PgConnection, trip_id: &str) -> sqlx::Result<Option<CarRental>> {
+    async fn find(conn: &mut PgConnection, trip_id: &str) -> sqlx::Result<Option<Found>> {
         sqlx::query_as!(
-            CarRental,
-            r#"SELECT trip_id, booking_id, status AS "status: BookingStatus",
-                      rental, rental_from, rental_to
+            Found,
+            r#"SELECT status AS "status: BookingStatus", booking_id,
+                      cars.answer(rentals) AS "body!"
                FROM cars.rentals WHERE trip_id = $1"#,
             trip_id,
         )

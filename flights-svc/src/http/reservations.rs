@@ -1,8 +1,10 @@
 //! Flight reservations: the `flights.reservations` table behind the booking
-//! rules of [`common::booking`] (reserve, confirm, cancel, read one).
+//! rules of [`common::booking`] (reserve, confirm, cancel, read one). Every
+//! answer is built by `flights.answer` (migration 0003).
 
-use common::booking::Bookings;
-use common::wire::{BookingStatus, FlightRequest, FlightReservation, RunType};
+use common::booking::{Bookings, Found};
+use common::wire::{BookingStatus, FlightRequest, RunType};
+use serde_json::Value;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
@@ -12,7 +14,6 @@ pub struct Flights;
 
 impl Bookings for Flights {
     type Request = FlightRequest;
-    type Row = FlightReservation;
 
     const SERVICE: &'static str = "flights-svc";
     const NOUN: &'static str = "flight reservation";
@@ -29,42 +30,52 @@ impl Bookings for Flights {
         req.run_type
     }
 
-    async fn insert_pending(
+    async fn reserve(
         conn: &mut PgConnection,
         req: &FlightRequest,
-    ) -> sqlx::Result<Option<FlightReservation>> {
-        sqlx::query_as!(
-            FlightReservation,
-            r#"INSERT INTO flights.reservations
-                   (trip_id, booking_id, status, depart_city, depart_time, arrive_city, arrive_time)
-               VALUES ($1, $2, 'pending', $3, $4, $5, $6)
-               ON CONFLICT (trip_id) DO NOTHING
-               RETURNING trip_id, booking_id, status AS "status: BookingStatus",
-                         depart_city, depart_time, arrive_city, arrive_time"#,
+        key: Option<&str>,
+    ) -> sqlx::Result<Option<Value>> {
+        sqlx::query_scalar!(
+            r#"WITH done AS (
+                   INSERT INTO flights.reservations
+                       (trip_id, booking_id, status, depart_city, depart_time, arrive_city, arrive_time)
+                   VALUES ($1, $2, 'pending', $3, $4, $5, $6)
+                   ON CONFLICT (trip_id) DO NOTHING
+                   RETURNING flights.answer(reservations) AS body),
+               kept AS (
+                   INSERT INTO flights.idempotency_keys (key, status, body)
+                   SELECT $7, 200, body FROM done WHERE $7::text IS NOT NULL)
+               SELECT body AS "body!" FROM done"#,
             req.trip_id,
             Uuid::new_v4(),
             req.depart_city,
             req.depart_time,
             req.arrive_city,
             req.arrive_time,
+            key,
         )
         .fetch_optional(conn)
         .await
     }
 
-    async fn confirm_pending(
+    async fn confirm(
         conn: &mut PgConnection,
         trip_id: &str,
         booking_id: Option<Uuid>,
-    ) -> sqlx::Result<Option<FlightReservation>> {
-        sqlx::query_as!(
-            FlightReservation,
-            r#"UPDATE flights.reservations SET status = 'confirmed', updated_at = now()
-               WHERE trip_id = $1 AND status = 'pending' AND ($2::uuid IS NULL OR booking_id = $2)
-               RETURNING trip_id, booking_id, status AS "status: BookingStatus",
-                         depart_city, depart_time, arrive_city, arrive_time"#,
+        key: Option<&str>,
+    ) -> sqlx::Result<Option<Value>> {
+        sqlx::query_scalar!(
+            r#"WITH done AS (
+                   UPDATE flights.reservations SET status = 'confirmed', updated_at = now()
+                   WHERE trip_id = $1 AND status = 'pending' AND ($2::uuid IS NULL OR booking_id = $2)
+                   RETURNING flights.answer(reservations) AS body),
+               kept AS (
+                   INSERT INTO flights.idempotency_keys (key, status, body)
+                   SELECT $3, 200, body FROM done WHERE $3::text IS NOT NULL)
+               SELECT body AS "body!" FROM done"#,
             trip_id,
             booking_id,
+            key,
         )
         .fetch_optional(conn)
         .await
@@ -73,30 +84,32 @@ impl Bookings for Flights {
     async fn cancel(
         conn: &mut PgConnection,
         trip_id: &str,
-    ) -> sqlx::Result<Option<FlightReservation>> {
-        sqlx::query_as!(
-            FlightReservation,
-            r#"INSERT INTO flights.reservations (trip_id, booking_id, status)
-               VALUES ($1, $2, 'cancelled')
-               ON CONFLICT (trip_id) DO UPDATE SET status = 'cancelled', updated_at = now()
-                   WHERE reservations.status <> 'cancelled'
-               RETURNING trip_id, booking_id, status AS "status: BookingStatus",
-                         depart_city, depart_time, arrive_city, arrive_time"#,
+        key: Option<&str>,
+    ) -> sqlx::Result<Option<Value>> {
+        sqlx::query_scalar!(
+            r#"WITH done AS (
+                   INSERT INTO flights.reservations (trip_id, booking_id, status)
+                   VALUES ($1, $2, 'cancelled')
+                   ON CONFLICT (trip_id) DO UPDATE SET status = 'cancelled', updated_at = now()
+                       WHERE reservations.status <> 'cancelled'
+                   RETURNING flights.answer(reservations) AS body),
+               kept AS (
+                   INSERT INTO flights.idempotency_keys (key, status, body)
+                   SELECT $3, 200, body FROM done WHERE $3::text IS NOT NULL)
+               SELECT body AS "body!" FROM done"#,
             trip_id,
             Uuid::new_v4(),
+            key,
         )
         .fetch_optional(conn)
         .await
     }
 
-    async fn find(
-        conn: &mut PgConnection,
-        trip_id: &str,
-    ) -> sqlx::Result<Option<FlightReservation>> {
+    async fn find(conn: &mut PgConnection, trip_id: &str) -> sqlx::Result<Option<Found>> {
         sqlx::query_as!(
-            FlightReservation,
-            r#"SELECT trip_id, booking_id, status AS "status: BookingStatus",
-                      depart_city, depart_time, arrive_city, arrive_time
+            Found,
+            r#"SELECT status AS "status: BookingStatus", booking_id,
+                      flights.answer(reservations) AS "body!"
                FROM flights.reservations WHERE trip_id = $1"#,
             trip_id,
         )

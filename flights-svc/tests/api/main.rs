@@ -63,3 +63,35 @@ async fn stores_the_sample_fields() {
         )
     );
 }
+
+/// The answer is built in SQL; it reads as the wire type writes it, whether
+/// it is a first answer, a replay or a read.
+#[tokio::test]
+async fn answers_as_the_wire_type_writes_them() {
+    let db = TestDb::new().await;
+    let server = TestServer::start(app(AppState {
+        pool: db.pool().clone(),
+    }))
+    .await;
+    let mut body = reserve_body("t", "success");
+    body["depart_time"] = json!("2021-07-07T06:00:00.5Z");
+    body["arrive_time"] = json!("2021-07-09T08:00:00.123456Z");
+    let url = format!("{}/reservations", server.url);
+    let (status, first) = testkit::contract::post_keyed(&url, Some("t:R"), &body).await;
+    assert_eq!(status, 200, "{first}");
+    assert_eq!(first["depart_time"], "2021-07-07T06:00:00.500Z");
+    assert_eq!(first["arrive_time"], "2021-07-09T08:00:00.123456Z");
+    let typed: common::wire::FlightReservation = serde_json::from_value(first.clone()).unwrap();
+    assert_eq!(serde_json::to_value(typed).unwrap(), first);
+    let (_, replay) = testkit::contract::post_keyed(&url, Some("t:R"), &body).await;
+    assert_eq!(replay, first);
+    let (_, unkeyed) = testkit::contract::post(&url, &body).await;
+    assert_eq!(unkeyed, first);
+    let read: Value = reqwest::get(format!("{url}/t"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(read, first);
+}

@@ -8,8 +8,9 @@ use axum::Router;
 use axum::extract::State;
 use axum::routing::{get, post};
 use common::extract::{Json, Path};
-use common::idempotency::{self, Answer, Key, to_answer};
-use common::wire::{ActionRequest, Payment, PaymentRequest, PaymentStatus, RunType};
+use common::idempotency::{self, Answer, Key, first_time, to_answer};
+use common::wire::{ActionRequest, PaymentRequest, PaymentStatus, RunType};
+use serde_json::Value;
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
@@ -44,32 +45,50 @@ async fn charge(
             action: "the payment",
         });
     }
+    let mut conn = pool.acquire().await?;
+    if let Some(answer) = first_time(insert_charged(&mut conn, &req, key.0.as_deref())).await? {
+        return Ok(answer);
+    }
+    drop(conn);
     idempotency::once(&pool, KEYS, key, move |conn| {
         Box::pin(async move { to_answer(charge_row(conn, &req).await) })
     })
     .await
 }
 
-async fn charge_row(conn: &mut PgConnection, req: &PaymentRequest) -> Result<Payment> {
-    let inserted = sqlx::query_as!(
-        Payment,
-        r#"INSERT INTO payments.payments
-               (trip_id, payment_id, status, amount, currency, flight_booking_id, car_booking_id)
-           VALUES ($1, $2, 'charged', $3, $4, $5, $6)
-           ON CONFLICT (trip_id) DO NOTHING
-           RETURNING trip_id, payment_id, status AS "status: PaymentStatus",
-                     amount, currency, flight_booking_id, car_booking_id"#,
+/// Inserts the charged row unless the trip has one (`None` then), and stores
+/// its answer under `key`, in one statement.
+async fn insert_charged(
+    conn: &mut PgConnection,
+    req: &PaymentRequest,
+    key: Option<&str>,
+) -> sqlx::Result<Option<Value>> {
+    sqlx::query_scalar!(
+        r#"WITH done AS (
+               INSERT INTO payments.payments
+                   (trip_id, payment_id, status, amount, currency, flight_booking_id, car_booking_id)
+               VALUES ($1, $2, 'charged', $3, $4, $5, $6)
+               ON CONFLICT (trip_id) DO NOTHING
+               RETURNING payments.answer(payments) AS body),
+           kept AS (
+               INSERT INTO payments.idempotency_keys (key, status, body)
+               SELECT $7, 200, body FROM done WHERE $7::text IS NOT NULL)
+           SELECT body AS "body!" FROM done"#,
         req.trip_id,
         Uuid::new_v4(),
         req.amount,
         req.currency,
         req.flight_booking_id,
         req.car_booking_id,
+        key,
     )
-    .fetch_optional(&mut *conn)
-    .await?;
-    if let Some(payment) = inserted {
-        return Ok(payment);
+    .fetch_optional(conn)
+    .await
+}
+
+async fn charge_row(conn: &mut PgConnection, req: &PaymentRequest) -> Result<Value> {
+    if let Some(body) = insert_charged(conn, req, None).await? {
+        return Ok(body);
     }
     // The trip has a row already: a replay, or a charge after a refund.
     let existing = find(conn, &req.trip_id)
@@ -77,17 +96,17 @@ async fn charge_row(conn: &mut PgConnection, req: &PaymentRequest) -> Result<Pay
         .ok_or_else(|| Error::NotFound(req.trip_id.clone()))?;
     match existing.status {
         PaymentStatus::Refunded => Err(Error::Refunded(req.trip_id.clone())),
-        PaymentStatus::Charged => Ok(existing),
+        PaymentStatus::Charged => Ok(existing.body),
     }
 }
 
 #[tracing::instrument(skip_all, fields(%trip_id), err(level = "info"))]
-async fn show(State(pool): State<PgPool>, Path(trip_id): Path<String>) -> Result<Json<Payment>> {
+async fn show(State(pool): State<PgPool>, Path(trip_id): Path<String>) -> Result<Json<Value>> {
     check_trip_id(&trip_id)?;
     let mut conn = pool.acquire().await?;
     find(&mut conn, &trip_id)
         .await?
-        .map(Json)
+        .map(|found| Json(found.body))
         .ok_or(Error::NotFound(trip_id))
 }
 
@@ -99,39 +118,65 @@ async fn refund(
     Json(_req): Json<ActionRequest>,
 ) -> Result<Answer> {
     check_trip_id(&trip_id)?;
+    let mut conn = pool.acquire().await?;
+    if let Some(answer) = first_time(refund_any(&mut conn, &trip_id, key.0.as_deref())).await? {
+        return Ok(answer);
+    }
+    drop(conn);
     idempotency::once(&pool, KEYS, key, move |conn| {
         Box::pin(async move { to_answer(refund_row(conn, trip_id).await) })
     })
     .await
 }
 
-/// Refund never fails for business reasons: it refunds whatever is there,
-/// or leaves a tombstone for a trip never charged.
-async fn refund_row(conn: &mut PgConnection, trip_id: String) -> Result<Payment> {
-    let refunded = sqlx::query_as!(
-        Payment,
-        r#"INSERT INTO payments.payments (trip_id, payment_id, status)
-           VALUES ($1, $2, 'refunded')
-           ON CONFLICT (trip_id) DO UPDATE SET status = 'refunded', updated_at = now()
-               WHERE payments.status <> 'refunded'
-           RETURNING trip_id, payment_id, status AS "status: PaymentStatus",
-                     amount, currency, flight_booking_id, car_booking_id"#,
+/// Refunds the trip's payment or writes a refunded tombstone, and stores its
+/// answer under `key`, in one statement: `None` when it was refunded already.
+async fn refund_any(
+    conn: &mut PgConnection,
+    trip_id: &str,
+    key: Option<&str>,
+) -> sqlx::Result<Option<Value>> {
+    sqlx::query_scalar!(
+        r#"WITH done AS (
+               INSERT INTO payments.payments (trip_id, payment_id, status)
+               VALUES ($1, $2, 'refunded')
+               ON CONFLICT (trip_id) DO UPDATE SET status = 'refunded', updated_at = now()
+                   WHERE payments.status <> 'refunded'
+               RETURNING payments.answer(payments) AS body),
+           kept AS (
+               INSERT INTO payments.idempotency_keys (key, status, body)
+               SELECT $3, 200, body FROM done WHERE $3::text IS NOT NULL)
+           SELECT body AS "body!" FROM done"#,
         trip_id,
         Uuid::new_v4(),
+        key,
     )
-    .fetch_optional(&mut *conn)
-    .await?;
-    match refunded {
-        Some(payment) => Ok(payment),
-        None => find(conn, &trip_id).await?.ok_or(Error::NotFound(trip_id)),
+    .fetch_optional(conn)
+    .await
+}
+
+/// Refund never fails for business reasons: it refunds whatever is there,
+/// or leaves a tombstone for a trip never charged.
+async fn refund_row(conn: &mut PgConnection, trip_id: String) -> Result<Value> {
+    match refund_any(conn, &trip_id, None).await? {
+        Some(body) => Ok(body),
+        None => find(conn, &trip_id)
+            .await?
+            .map(|found| found.body)
+            .ok_or(Error::NotFound(trip_id)),
     }
 }
 
-async fn find(conn: &mut PgConnection, trip_id: &str) -> Result<Option<Payment>, sqlx::Error> {
+/// The trip's payment as the rules need it, and as the API answers it.
+struct Found {
+    status: PaymentStatus,
+    body: Value,
+}
+
+async fn find(conn: &mut PgConnection, trip_id: &str) -> Result<Option<Found>, sqlx::Error> {
     sqlx::query_as!(
-        Payment,
-        r#"SELECT trip_id, payment_id, status AS "status: PaymentStatus",
-                  amount, currency, flight_booking_id, car_booking_id
+        Found,
+        r#"SELECT status AS "status: PaymentStatus", payments.answer(payments) AS "body!"
            FROM payments.payments WHERE trip_id = $1"#,
         trip_id,
     )

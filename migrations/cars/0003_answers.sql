@@ -1,0 +1,26 @@
+-- A rental as the API answers it, built here so that a call's effect
+-- and its stored answer are written by one statement (one round trip, one
+-- commit). Every answer that carries a rental is built by this
+-- function, so first answers, replays and reads are alike. Timestamps are
+-- written as chrono writes them (RFC 3339 in UTC, `Z`, fractional seconds
+-- only when there are some).
+CREATE FUNCTION cars.rfc3339(t timestamptz) RETURNS text
+LANGUAGE sql STABLE PARALLEL SAFE AS $$
+    SELECT to_char(t AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS')
+        || CASE WHEN extract(microseconds FROM t)::int8 % 1000000 = 0 THEN ''
+                WHEN extract(microseconds FROM t)::int8 % 1000 = 0
+                    THEN to_char(t AT TIME ZONE 'UTC', '.MS')
+                ELSE to_char(t AT TIME ZONE 'UTC', '.US') END
+        || 'Z'
+$$;
+
+CREATE FUNCTION cars.answer(r cars.rentals) RETURNS jsonb
+LANGUAGE sql STABLE PARALLEL SAFE AS $$
+    SELECT jsonb_build_object(
+        'trip_id', r.trip_id,
+        'booking_id', r.booking_id,
+        'status', r.status,
+        'rental', r.rental,
+        'rental_from', cars.rfc3339(r.rental_from),
+        'rental_to', cars.rfc3339(r.rental_to))
+$$;
