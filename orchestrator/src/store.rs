@@ -5,7 +5,7 @@
 //! the step events of that move to the log. Recording a step's outcome and
 //! the start of the next step is one such write.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
@@ -41,6 +41,10 @@ pub struct LogRecord {
     pub detail: Value,
     pub at: DateTime<Utc>,
 }
+
+/// The sagas a batch wrote, by trip id, with the time written (the
+/// transaction's, as in the rows).
+pub type WrittenAt = HashMap<String, DateTime<Utc>>;
 
 /// A step event to append.
 #[derive(Debug, Clone)]
@@ -88,19 +92,19 @@ pub async fn create(
         deadline,
     };
     let created = creates(pool, std::slice::from_ref(&new), owner, lease_secs).await?;
-    Ok(created.contains(&trip.trip_id))
+    Ok(created.contains_key(&trip.trip_id))
 }
 
 /// Inserts a batch of new sagas (of distinct trips) in one statement, each
-/// with its first step logged as started. Returns the trip ids inserted; the
-/// others had a saga already.
+/// with its first step logged as started. Returns the trip ids inserted,
+/// with the time written (the transaction's); the others had a saga already.
 #[tracing::instrument(skip_all, fields(batch = batch.len()), err)]
 pub async fn creates(
     db: impl sqlx::PgExecutor<'_>,
     batch: &[NewSaga],
     owner: &str,
     lease_secs: f64,
-) -> sqlx::Result<HashSet<String>> {
+) -> sqlx::Result<WrittenAt> {
     let trip_ids: Vec<&str> = batch.iter().map(|n| n.trip.trip_id.as_str()).collect();
     let run_types: Vec<&str> = batch.iter().map(|n| n.trip.run_type.as_str()).collect();
     let inputs = batch
@@ -110,7 +114,7 @@ pub async fn creates(
         .map_err(|err| sqlx::Error::Encode(Box::new(err)))?;
     let deadlines: Vec<Option<DateTime<Utc>>> = batch.iter().map(|n| n.deadline).collect();
     let first_steps: Vec<&str> = batch.iter().map(|n| n.first_step.as_str()).collect();
-    let created = sqlx::query_scalar!(
+    let created = sqlx::query!(
         r#"WITH new AS (
                SELECT * FROM unnest($1::text[], $2::text[], $3::jsonb[], $4::timestamptz[], $5::text[])
                    AS n(trip_id, run_type, input, deadline, first_step)),
@@ -128,7 +132,7 @@ pub async fn creates(
                SELECT n.trip_id, 1, n.first_step, 'started', 1,
                       jsonb_build_object('idempotency_key', n.trip_id || ':' || n.first_step)
                FROM new n WHERE n.trip_id IN (SELECT trip_id FROM saga))
-           SELECT trip_id AS "trip_id!" FROM saga"#,
+           SELECT trip_id AS "trip_id!", now() AS "at!" FROM saga"#,
         &trip_ids as &[&str],
         &run_types as &[&str],
         &inputs,
@@ -140,7 +144,10 @@ pub async fn creates(
     )
     .fetch_all(db)
     .await?;
-    Ok(created.into_iter().collect())
+    Ok(created
+        .into_iter()
+        .map(|row| (row.trip_id, row.at))
+        .collect())
 }
 
 /// Applies `t` if the saga's version is still `t.version`. Returns `false`
@@ -148,18 +155,19 @@ pub async fn creates(
 /// stop driving it.
 pub async fn transition(pool: &PgPool, t: &Transition, lease_secs: f64) -> sqlx::Result<bool> {
     let applied = transitions(pool, std::slice::from_ref(t), lease_secs).await?;
-    Ok(applied.contains(&t.trip_id))
+    Ok(applied.contains_key(&t.trip_id))
 }
 
 /// Applies a batch of transitions of different sagas in one statement (so
 /// one commit): each applies only if its saga's version is still the one it
-/// read. Returns the trip ids of those applied; the others were fenced.
+/// read. Returns the trip ids of those applied, with the time written (the
+/// transaction's); the others were fenced.
 #[tracing::instrument(skip_all, fields(batch = batch.len()), err)]
 pub async fn transitions(
     db: impl sqlx::PgExecutor<'_>,
     batch: &[Transition],
     lease_secs: f64,
-) -> sqlx::Result<HashSet<String>> {
+) -> sqlx::Result<WrittenAt> {
     let trip_ids: Vec<&str> = batch.iter().map(|t| t.trip_id.as_str()).collect();
     let versions: Vec<i64> = batch.iter().map(|t| t.version).collect();
     let statuses: Vec<&str> = batch.iter().map(|t| t.position.status().as_str()).collect();
@@ -191,7 +199,7 @@ pub async fn transitions(
         attempts.push(e.attempt);
         details.push(e.detail.clone());
     }
-    let applied = sqlx::query_scalar!(
+    let applied = sqlx::query!(
         r#"WITH moves AS (
                SELECT * FROM unnest($1::text[], $2::int8[], $3::text[], $4::int4[], $5::text[], $6::jsonb[])
                    AS m(trip_id, version, status, cursor, output_step, output)),
@@ -215,7 +223,7 @@ pub async fn transitions(
                FROM unnest($7::text[], $8::int4[], $9::text[], $10::text[], $11::int4[], $12::jsonb[])
                     AS l(trip_id, seq, step, status, attempt, detail)
                WHERE l.trip_id IN (SELECT trip_id FROM saga))
-           SELECT trip_id AS "trip_id!" FROM saga"#,
+           SELECT trip_id AS "trip_id!", now() AS "at!" FROM saga"#,
         &trip_ids as &[&str],
         &versions,
         &statuses as &[&str],
@@ -232,7 +240,10 @@ pub async fn transitions(
     )
     .fetch_all(db)
     .await?;
-    Ok(applied.into_iter().collect())
+    Ok(applied
+        .into_iter()
+        .map(|row| (row.trip_id, row.at))
+        .collect())
 }
 
 /// The saga of `trip_id`, if any.

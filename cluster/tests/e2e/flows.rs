@@ -116,6 +116,10 @@ async fn the_six_run_types_follow_the_sample() {
             pairs(&want_log),
             "{run_type}: saga_log"
         );
+        // The answer comes from the driver's memory; read back, the saga is
+        // the same to the microsecond.
+        let read = env.get(&format!("/trips/{trip_id}")).await;
+        assert_eq!(read.body, answer.body, "{run_type}: read back");
         let rows = rows.map(|r| r.map(str::to_owned));
         assert_eq!(
             env.rows(&trip_id).await,

@@ -7,7 +7,6 @@ use crate::AppState;
 
 mod error;
 pub mod trips;
-pub mod view;
 
 pub use error::{Error, Result};
 

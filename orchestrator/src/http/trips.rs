@@ -15,9 +15,9 @@ use chrono::{DateTime, Utc};
 use common::extract::{Json, Path, Query};
 use serde::{Deserialize, Serialize};
 
-use super::view::SagaView;
 use super::{Error, Result};
 use crate::AppState;
+use crate::saga::view::SagaView;
 use crate::saga::{SagaStatus, Trip, TripInput};
 use crate::store;
 
@@ -103,7 +103,9 @@ async fn start_or_join(state: &AppState, mut input: TripInput, wait: Duration) -
             return Err(Error::Conflict { trip_id, fields });
         }
     }
-    state.engine.wait_for_end(&trip_id, wait).await?;
+    if let Some(ended) = state.engine.wait_for_end(&trip_id, wait).await? {
+        return Ok(Json(&*ended).into_response());
+    }
     let saga = load(state, &trip_id).await?;
     if saga.status.is_terminal() {
         return Ok(Json(saga).into_response());

@@ -20,6 +20,7 @@ use tokio_util::task::TaskTracker;
 
 use super::definition::{Outputs, Position, StepDef, definition};
 use super::model::{SagaStatus, StepEvent, Trip};
+use super::view::{SagaView, StepView};
 use super::writer::{WriteError, Writer};
 use crate::participants::Participants;
 use crate::retry::{RetryConfig, RetryPolicy};
@@ -47,12 +48,29 @@ pub struct Engine {
     lease_secs: f64,
     forward: RetryPolicy,
     compensation: RetryPolicy,
-    /// The status of every saga this process drives, for waiting requests.
-    running: Mutex<HashMap<String, watch::Receiver<SagaStatus>>>,
+    /// The progress of every saga this process drives, for waiting requests.
+    running: Mutex<HashMap<String, watch::Receiver<Progress>>>,
     /// Every transition goes through this one batching writer.
     writer: Writer,
     tasks: TaskTracker,
     shutdown: CancellationToken,
+}
+
+/// What a request waiting for a saga driven here sees.
+#[derive(Debug, Clone)]
+struct Progress {
+    status: SagaStatus,
+    /// Once the saga has ended: the saga as the API shows it, when this
+    /// driver saw all of it (it started the saga), so that the waiting
+    /// request answers without reading it back.
+    ended: Option<Arc<SagaView>>,
+}
+
+/// The API's view of a saga this process started, kept up as it is written.
+struct Shown {
+    steps: Vec<StepView>,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
 }
 
 /// A saga being driven: where it is and what it needs for its next call.
@@ -71,6 +89,26 @@ struct Run {
     /// Set when the saga was taken over: what to log about the attempt the
     /// previous owner may have left in flight.
     interrupted: Option<Value>,
+    /// Kept for a saga started here; a saga taken over is read back instead.
+    shown: Option<Shown>,
+}
+
+impl Run {
+    /// The ended saga as the API shows it, if this driver saw all of it.
+    fn ended_view(&mut self) -> Option<Arc<SagaView>> {
+        let shown = self.shown.take()?;
+        Some(Arc::new(SagaView {
+            trip_id: self.trip.trip_id.clone(),
+            run_type: self.trip.run_type.as_str().to_owned(),
+            status: self.position.status(),
+            definition_version: super::DEFINITION_VERSION,
+            input: serde_json::to_value(&self.trip).ok()?,
+            outputs: Value::Object(std::mem::take(&mut self.outputs)),
+            steps: shown.steps,
+            created_at: shown.created_at,
+            updated_at: shown.updated_at,
+        }))
+    }
 }
 
 /// Why driving stopped before the saga ended.
@@ -129,9 +167,18 @@ impl Engine {
             first_step: first.forward.step,
             deadline,
         };
-        if !self.writer.create(new).await? {
+        let Some(at) = self.writer.create(new).await? else {
             return Ok(false);
-        }
+        };
+        let mut shown_steps = Vec::new();
+        StepView::fold(
+            &mut shown_steps,
+            first.forward.step.as_str(),
+            StepEvent::Started,
+            1,
+            &Value::Null,
+            at,
+        );
         let run = Run {
             trip,
             steps,
@@ -142,6 +189,11 @@ impl Engine {
             attempt: 1,
             deadline,
             interrupted: None,
+            shown: Some(Shown {
+                steps: shown_steps,
+                created_at: at,
+                updated_at: at,
+            }),
         };
         self.spawn(run);
         Ok(true)
@@ -237,11 +289,15 @@ impl Engine {
                     self.owner
                 ),
             })),
+            shown: None,
         })
     }
 
     fn spawn(self: &Arc<Self>, run: Run) {
-        let (tx, rx) = watch::channel(run.position.status());
+        let (tx, rx) = watch::channel(Progress {
+            status: run.position.status(),
+            ended: None,
+        });
         self.running
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -274,8 +330,13 @@ impl Engine {
     }
 
     /// Waits until the saga of `trip_id` has ended, `wait` has passed, or the
-    /// process is stopping, whichever comes first.
-    pub async fn wait_for_end(&self, trip_id: &str, wait: Duration) -> sqlx::Result<()> {
+    /// process is stopping, whichever comes first. Answers the ended saga
+    /// when its driver here saw all of it; read it back otherwise.
+    pub async fn wait_for_end(
+        &self,
+        trip_id: &str,
+        wait: Duration,
+    ) -> sqlx::Result<Option<Arc<SagaView>>> {
         let deadline = Instant::now() + wait;
         loop {
             let local = self
@@ -286,15 +347,15 @@ impl Engine {
                 .cloned();
             if let Some(mut rx) = local {
                 tokio::select! {
-                    ended = rx.wait_for(|status| status.is_terminal()) => {
+                    ended = rx.wait_for(|progress| progress.status.is_terminal()) => {
                         // The driver stopped without ending the saga (fenced
                         // or shutting down): look at the row instead.
-                        if ended.is_ok() {
-                            return Ok(());
+                        if let Ok(progress) = ended {
+                            return Ok(progress.ended.clone());
                         }
                     }
-                    () = tokio::time::sleep_until(deadline) => return Ok(()),
-                    () = self.shutdown.cancelled() => return Ok(()),
+                    () = tokio::time::sleep_until(deadline) => return Ok(None),
+                    () = self.shutdown.cancelled() => return Ok(None),
                 }
             }
             // Not driven here: read the row until it ends.
@@ -302,7 +363,7 @@ impl Engine {
                 .await?
                 .is_none_or(|saga| saga.status.is_terminal());
             if ended || Instant::now() >= deadline || self.shutdown.is_cancelled() {
-                return Ok(());
+                return Ok(None);
             }
             tokio::time::sleep_until(deadline.min(Instant::now() + Duration::from_millis(100)))
                 .await;
@@ -332,7 +393,7 @@ impl Engine {
     async fn drive(
         &self,
         mut run: Run,
-        status: &watch::Sender<SagaStatus>,
+        progress: &watch::Sender<Progress>,
     ) -> Result<SagaStatus, Stop> {
         if let Some(detail) = run.interrupted.take()
             && let Some(action) = run.position.action(run.steps)
@@ -344,7 +405,8 @@ impl Engine {
                 attempt: run.attempt,
                 detail,
             }];
-            self.record(&run, run.position, None, &log).await?;
+            let position = run.position;
+            self.record(&mut run, position, None, &log).await?;
             run.version += 1;
             run.next_seq += 1;
             run.attempt += 1;
@@ -385,7 +447,7 @@ impl Engine {
                 Ok(answer) if forward => Some((action.step, answer)),
                 _ => None,
             };
-            self.record(&run, next, output, &log).await?;
+            self.record(&mut run, next, output, &log).await?;
             if let Some((step, answer)) = output {
                 run.outputs.insert(step.as_str().to_owned(), answer.clone());
             }
@@ -393,7 +455,13 @@ impl Engine {
             run.next_seq += i32::try_from(log.len()).unwrap_or(i32::MAX);
             run.position = next;
             run.attempt = 1;
-            status.send_replace(next.status());
+            let status = next.status();
+            let ended = if status.is_terminal() {
+                run.ended_view()
+            } else {
+                None
+            };
+            progress.send_replace(Progress { status, ended });
         }
         Ok(run.position.status())
     }
@@ -450,7 +518,8 @@ impl Engine {
                 attempt: run.attempt,
                 detail: failure.detail,
             }];
-            self.record(run, run.position, None, &log).await?;
+            let position = run.position;
+            self.record(run, position, None, &log).await?;
             run.version += 1;
             run.next_seq += 1;
             run.attempt += 1;
@@ -461,10 +530,11 @@ impl Engine {
         }
     }
 
-    /// Writes one transition, retrying while the database is unreachable.
+    /// Writes one transition, retrying while the database is unreachable,
+    /// and adds it to the saga's view when one is kept.
     async fn record(
         &self,
-        run: &Run,
+        run: &mut Run,
         position: Position,
         output: Option<(super::Step, &Value)>,
         log: &[LogEntry],
@@ -488,11 +558,25 @@ impl Engine {
             .notify(
                 |err, delay| tracing::warn!(%err, ?delay, "cannot record a saga step, retrying"),
             );
-        let applied = tokio::select! {
-            applied = write => applied.map_err(|err| Stop::Failed(err.message))?,
+        let written = tokio::select! {
+            written = write => written.map_err(|err| Stop::Failed(err.message))?,
             () = self.shutdown.cancelled() => return Err(Stop::Shutdown),
         };
-        if applied { Ok(()) } else { Err(Stop::Fenced) }
+        let at = written.ok_or(Stop::Fenced)?;
+        if let Some(shown) = &mut run.shown {
+            for entry in log {
+                StepView::fold(
+                    &mut shown.steps,
+                    entry.step.as_str(),
+                    entry.event,
+                    entry.attempt,
+                    &entry.detail,
+                    at,
+                );
+            }
+            shown.updated_at = at;
+        }
+        Ok(())
     }
 }
 

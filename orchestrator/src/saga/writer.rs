@@ -7,11 +7,12 @@
 use std::collections::HashSet;
 use std::sync::Mutex;
 
+use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-use crate::store::{self, NewSaga, Transition};
+use crate::store::{self, NewSaga, Transition, WrittenAt};
 
 /// The most writes in one transaction.
 const MAX_BATCH: usize = 512;
@@ -25,7 +26,11 @@ pub struct WriteError {
     pub message: String,
 }
 
-type Reply = oneshot::Sender<Result<bool, WriteError>>;
+/// When the write was made (the transaction's time, as written in the rows),
+/// or `None` when it was not (the trip exists, or the saga was fenced).
+pub type Written = Option<DateTime<Utc>>;
+
+type Reply = oneshot::Sender<Result<Written, WriteError>>;
 
 enum Job {
     Create(NewSaga),
@@ -51,7 +56,7 @@ impl Writer {
         }
     }
 
-    async fn submit(&self, job: Job) -> Result<bool, WriteError> {
+    async fn submit(&self, job: Job) -> Result<Written, WriteError> {
         let (reply, answer) = oneshot::channel();
         let closed = || WriteError {
             outage: false,
@@ -61,14 +66,14 @@ impl Writer {
         answer.await.map_err(|_| closed())?
     }
 
-    /// Creates a saga; `Ok(false)` when the trip has one already.
-    pub async fn create(&self, new: NewSaga) -> Result<bool, WriteError> {
+    /// Creates a saga; `Ok(None)` when the trip has one already.
+    pub async fn create(&self, new: NewSaga) -> Result<Written, WriteError> {
         self.submit(Job::Create(new)).await
     }
 
-    /// Writes `transition`; `Ok(false)` when it was fenced (another process
+    /// Writes `transition`; `Ok(None)` when it was fenced (another process
     /// owns the saga now).
-    pub async fn write(&self, transition: Transition) -> Result<bool, WriteError> {
+    pub async fn write(&self, transition: Transition) -> Result<Written, WriteError> {
         self.submit(Job::Move(transition)).await
     }
 
@@ -116,10 +121,10 @@ async fn drain(
         for (created, first, reply) in replies {
             let answer = match (&written, created) {
                 (Err(err), _) => Err(err.clone()),
-                (Ok((made, _)), Some(trip_id)) => Ok(first && made.contains(&trip_id)),
+                (Ok((made, _)), Some(trip_id)) => Ok(made.get(&trip_id).copied().filter(|_| first)),
                 (Ok((_, applied)), None) => Ok(moved
                     .next()
-                    .is_some_and(|transition| applied.contains(&transition.trip_id))),
+                    .and_then(|transition| applied.get(&transition.trip_id).copied())),
             };
             let _ = reply.send(answer);
         }
@@ -134,18 +139,18 @@ async fn write(
     lease_secs: f64,
     creates: &[NewSaga],
     moves: &[Transition],
-) -> Result<(HashSet<String>, HashSet<String>), WriteError> {
+) -> Result<(WrittenAt, WrittenAt), WriteError> {
     let result = async {
         match (creates.is_empty(), moves.is_empty()) {
             (false, true) => Ok((
                 store::creates(pool, creates, owner, lease_secs).await?,
-                HashSet::new(),
+                WrittenAt::new(),
             )),
             (true, false) => Ok((
-                HashSet::new(),
+                WrittenAt::new(),
                 store::transitions(pool, moves, lease_secs).await?,
             )),
-            (true, true) => Ok((HashSet::new(), HashSet::new())),
+            (true, true) => Ok((WrittenAt::new(), WrittenAt::new())),
             (false, false) => {
                 let mut tx = pool.begin().await?;
                 let made = store::creates(&mut *tx, creates, owner, lease_secs).await?;

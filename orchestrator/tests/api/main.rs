@@ -169,7 +169,7 @@ async fn a_batch_applies_each_live_transition_and_fences_the_stale_ones() {
     let applied = store::transitions(pool, &[mv("one", 0), mv("two", 7), mv("three", 0)], 30.0)
         .await
         .unwrap();
-    let mut applied: Vec<_> = applied.into_iter().collect();
+    let mut applied: Vec<_> = applied.into_keys().collect();
     applied.sort();
     assert_eq!(applied, ["one", "three"]);
     assert_eq!(log_len(&db, "one").await, 3);
