@@ -3,7 +3,8 @@
 //! makes the same five participant calls per trip directly (the floor: no
 //! orchestrator), and reports for each: completed sagas per second, latency
 //! percentiles, errors, CPU seconds and peak memory of each process, and
-//! PostgreSQL transactions per saga.
+//! PostgreSQL transactions per saga. With `--restate`, the same saga on
+//! Restate (`peers/restate`) too, on the same participants, in the same run.
 //!
 //! `cargo build --release --bins && target/release/bench --sagas 5000 --concurrency 64`
 
@@ -19,6 +20,8 @@ use serde_json::{Value, json};
 use sqlx::PgPool;
 use testkit::procs::{Service, free_port};
 use tokio::time::Instant;
+
+mod restate;
 
 #[derive(Debug, Parser)]
 #[command(name = "bench", version, about)]
@@ -66,6 +69,13 @@ struct Args {
     /// Orchestrator settings passed on, as NAME=VALUE (repeatable).
     #[arg(long = "orchestrator-env")]
     orchestrator_env: Vec<String>,
+    /// Run the same saga on Restate too, as a third phase (install it first:
+    /// `peers/restate/install.sh`).
+    #[arg(long)]
+    restate: bool,
+    /// Where the Restate peer is installed.
+    #[arg(long, default_value = "peers/restate")]
+    restate_dir: PathBuf,
 }
 
 /// One measured phase.
@@ -182,17 +192,29 @@ async fn main() -> anyhow::Result<()> {
     if args.preload > 0 {
         preload(&pool, args.preload).await?;
     }
+    let mut peer = None;
+    if args.restate {
+        peer = Some(restate::Restate::start(&args.restate_dir, &urls, &logs, &client).await?);
+    }
     let load = Load {
         args: &args,
         client: &client,
         orchestrator: &orchestrator_url,
         participants: &urls,
+        restate: peer.as_ref(),
     };
+    let ours: Vec<&Service> = services.iter().collect();
     load.run("warmup", args.warmup, Kind::Orchestrated).await;
-    let mut phases = vec![measure(&load, &services, &pool, &name, Kind::Orchestrated).await?];
+    let mut phases = vec![measure(&load, &ours, &pool, &name, Kind::Orchestrated).await?];
     if !args.no_floor {
         load.run("warmup-floor", args.warmup, Kind::Floor).await;
-        phases.push(measure(&load, &services, &pool, &name, Kind::Floor).await?);
+        phases.push(measure(&load, &ours, &pool, &name, Kind::Floor).await?);
+    }
+    if let Some(peer) = &peer {
+        // The participants, then Restate's server and service.
+        let measured: Vec<&Service> = services[..3].iter().chain(peer.services()).collect();
+        load.run("warmup-restate", args.warmup, Kind::Restate).await;
+        phases.push(measure(&load, &measured, &pool, &name, Kind::Restate).await?);
     }
 
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
@@ -252,12 +274,14 @@ async fn main() -> anyhow::Result<()> {
             );
         }
     }
-    if let [orchestrated, floor] = &phases[..] {
+    let orchestrated = &phases[0];
+    for other in &phases[1..] {
         println!(
-            "orchestrated/floor: throughput {:.2}, p50 latency {:.2}, p99 latency {:.2}",
-            orchestrated.sagas_per_sec / floor.sagas_per_sec,
-            orchestrated.latency_ms.p50 / floor.latency_ms.p50,
-            orchestrated.latency_ms.p99 / floor.latency_ms.p99
+            "orchestrated/{}: throughput {:.2}, p50 latency {:.2}, p99 latency {:.2}",
+            other.name,
+            orchestrated.sagas_per_sec / other.sagas_per_sec,
+            orchestrated.latency_ms.p50 / other.latency_ms.p50,
+            orchestrated.latency_ms.p99 / other.latency_ms.p99
         );
     }
     if let Some(path) = &args.json {
@@ -274,6 +298,9 @@ async fn main() -> anyhow::Result<()> {
         std::fs::write(path, serde_json::to_string_pretty(&raw)?)?;
     }
 
+    if let Some(mut peer) = peer {
+        peer.kill().await;
+    }
     for service in &mut services {
         service.kill().await;
     }
@@ -297,6 +324,8 @@ enum Kind {
     Orchestrated,
     /// The same five participant calls made directly.
     Floor,
+    /// The same saga on Restate.
+    Restate,
 }
 
 struct Load<'a> {
@@ -304,6 +333,7 @@ struct Load<'a> {
     client: &'a reqwest::Client,
     orchestrator: &'a str,
     participants: &'a [String],
+    restate: Option<&'a restate::Restate>,
 }
 
 /// Latencies of the sagas that completed, and the number that did not.
@@ -330,6 +360,10 @@ impl Load<'_> {
                 let ok = match kind {
                     Kind::Orchestrated => self.orchestrated(&trip_id, run_type).await,
                     Kind::Floor => self.floor(&trip_id, run_type).await,
+                    Kind::Restate => match self.restate {
+                        Some(peer) => peer.saga(self.client, &trip_id, run_type).await,
+                        None => false,
+                    },
                 };
                 if ok {
                     Some(start.elapsed())
@@ -561,7 +595,7 @@ async fn xacts(pool: &PgPool, db: &str) -> anyhow::Result<i64> {
 
 async fn measure(
     load: &Load<'_>,
-    services: &[Service],
+    services: &[&Service],
     pool: &PgPool,
     db: &str,
     kind: Kind,
@@ -569,6 +603,7 @@ async fn measure(
     let name = match kind {
         Kind::Orchestrated => "orchestrated",
         Kind::Floor => "floor",
+        Kind::Restate => "restate",
     };
     let before: Vec<_> = services
         .iter()
