@@ -5,13 +5,14 @@
 //! the step events of that move to the log. Recording a step's outcome and
 //! the start of the next step is one such write.
 
+use std::borrow::Borrow;
 use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sqlx::PgPool;
 
-use crate::saga::definition::Position;
+use crate::saga::definition::{Position, forward_steps};
 use crate::saga::{DEFINITION_VERSION, SagaStatus, Step, StepEvent, Trip};
 
 /// A row of `orchestrator.sagas`.
@@ -23,7 +24,6 @@ pub struct SagaRecord {
     pub definition_version: i32,
     pub cursor: i32,
     pub input: Value,
-    pub outputs: Value,
     pub version: i64,
     pub owner: Option<String>,
     pub created_at: DateTime<Utc>,
@@ -63,8 +63,6 @@ pub struct Transition {
     /// The version the mover read; the write succeeds only if it still holds.
     pub version: i64,
     pub position: Position,
-    /// A forward step's answer, kept for later steps.
-    pub output: Option<(Step, Value)>,
     pub log: Vec<LogEntry>,
 }
 
@@ -163,23 +161,16 @@ pub async fn transition(pool: &PgPool, t: &Transition, lease_secs: f64) -> sqlx:
 /// read. Returns the trip ids of those applied, with the time written (the
 /// transaction's); the others were fenced.
 #[tracing::instrument(skip_all, fields(batch = batch.len()), err)]
-pub async fn transitions(
+pub async fn transitions<T: Borrow<Transition>>(
     db: impl sqlx::PgExecutor<'_>,
-    batch: &[Transition],
+    batch: &[T],
     lease_secs: f64,
 ) -> sqlx::Result<WrittenAt> {
+    let batch: Vec<&Transition> = batch.iter().map(Borrow::borrow).collect();
     let trip_ids: Vec<&str> = batch.iter().map(|t| t.trip_id.as_str()).collect();
     let versions: Vec<i64> = batch.iter().map(|t| t.version).collect();
     let statuses: Vec<&str> = batch.iter().map(|t| t.position.status().as_str()).collect();
     let cursors: Vec<i32> = batch.iter().map(|t| t.position.cursor()).collect();
-    let output_steps: Vec<Option<&str>> = batch
-        .iter()
-        .map(|t| t.output.as_ref().map(|(step, _)| step.as_str()))
-        .collect();
-    let outputs: Vec<Value> = batch
-        .iter()
-        .map(|t| t.output.as_ref().map_or(Value::Null, |(_, v)| v.clone()))
-        .collect();
     let entries = batch
         .iter()
         .flat_map(|t| t.log.iter().map(move |e| (t.trip_id.as_str(), e)));
@@ -197,21 +188,19 @@ pub async fn transitions(
         steps.push(e.step.as_str());
         events.push(e.event.as_str());
         attempts.push(e.attempt);
-        details.push(e.detail.clone());
+        details.push(&e.detail);
     }
     let applied = sqlx::query!(
         r#"WITH moves AS (
-               SELECT * FROM unnest($1::text[], $2::int8[], $3::text[], $4::int4[], $5::text[], $6::jsonb[])
-                   AS m(trip_id, version, status, cursor, output_step, output)),
+               SELECT * FROM unnest($1::text[], $2::int8[], $3::text[], $4::int4[])
+                   AS m(trip_id, version, status, cursor)),
            saga AS (
                UPDATE orchestrator.sagas s
                SET status = m.status::orchestrator.saga_status,
                    cursor = m.cursor,
-                   outputs = CASE WHEN m.output_step IS NULL THEN s.outputs
-                                  ELSE s.outputs || jsonb_build_object(m.output_step, m.output) END,
                    version = s.version + 1,
                    lease_until = CASE WHEN m.status IN ('succeeded', 'failed') THEN NULL
-                                      ELSE now() + make_interval(secs => $13) END,
+                                      ELSE now() + make_interval(secs => $11) END,
                    owner = CASE WHEN m.status IN ('succeeded', 'failed') THEN NULL ELSE s.owner END,
                    updated_at = now()
                FROM moves m
@@ -220,7 +209,7 @@ pub async fn transitions(
            log AS (
                INSERT INTO orchestrator.saga_log (trip_id, seq, step, status, attempt, detail)
                SELECT l.trip_id, l.seq, l.step, l.status::orchestrator.step_event, l.attempt, l.detail
-               FROM unnest($7::text[], $8::int4[], $9::text[], $10::text[], $11::int4[], $12::jsonb[])
+               FROM unnest($5::text[], $6::int4[], $7::text[], $8::text[], $9::int4[], $10::jsonb[])
                     AS l(trip_id, seq, step, status, attempt, detail)
                WHERE l.trip_id IN (SELECT trip_id FROM saga))
            SELECT trip_id AS "trip_id!", now() AS "at!" FROM saga"#,
@@ -228,14 +217,12 @@ pub async fn transitions(
         &versions,
         &statuses as &[&str],
         &cursors,
-        &output_steps as &[Option<&str>],
-        &outputs,
         &log_trips as &[&str],
         &seqs,
         &steps as &[&str],
         &events as &[&str],
         &attempts,
-        &details,
+        &details as &[&Value],
         lease_secs,
     )
     .fetch_all(db)
@@ -252,7 +239,7 @@ pub async fn find(pool: &PgPool, trip_id: &str) -> sqlx::Result<Option<SagaRecor
     sqlx::query_as!(
         SagaRecord,
         r#"SELECT trip_id, run_type, status AS "status: SagaStatus", definition_version, cursor,
-                  input, outputs, version, owner, created_at, updated_at
+                  input, version, owner, created_at, updated_at
            FROM orchestrator.sagas WHERE trip_id = $1"#,
         trip_id,
     )
@@ -273,7 +260,7 @@ pub async fn list(
     sqlx::query_as!(
         SagaRecord,
         r#"SELECT trip_id, run_type, status AS "status: SagaStatus", definition_version, cursor,
-                  input, outputs, version, owner, created_at, updated_at
+                  input, version, owner, created_at, updated_at
            FROM orchestrator.sagas
            WHERE ($1::text IS NULL OR status = $1::text::orchestrator.saga_status)
              AND ($2::timestamptz IS NULL OR (created_at, trip_id) < ($2, $3::text))
@@ -331,6 +318,7 @@ pub struct Claimed {
     pub definition_version: i32,
     pub cursor: i32,
     pub input: Value,
+    /// The answers of the forward steps that succeeded, by step name.
     pub outputs: Value,
     /// The version after the claim: the claimer's fence.
     pub version: i64,
@@ -373,21 +361,26 @@ pub async fn claim(
                FROM candidates c
                WHERE s.trip_id = c.trip_id
                RETURNING s.trip_id, s.status, s.definition_version, s.cursor, s.input,
-                         s.outputs, s.version, c.owner AS previous_owner, s.deadline)
+                         s.version, c.owner AS previous_owner, s.deadline)
            SELECT c.trip_id AS "trip_id!", c.status AS "status!: SagaStatus",
                   c.definition_version AS "definition_version!", c.cursor AS "cursor!",
-                  c.input AS "input!", c.outputs AS "outputs!", c.version AS "version!",
+                  c.input AS "input!", o.outputs AS "outputs!", c.version AS "version!",
                   c.previous_owner, c.deadline,
                   l.seq AS "last_seq!", l.status AS "last_event!: StepEvent", l.attempt AS "last_attempt!"
            FROM claimed c
            CROSS JOIN LATERAL (
                SELECT seq, status, attempt FROM orchestrator.saga_log
-               WHERE trip_id = c.trip_id ORDER BY seq DESC LIMIT 1) l"#,
+               WHERE trip_id = c.trip_id ORDER BY seq DESC LIMIT 1) l
+           CROSS JOIN LATERAL (
+               SELECT coalesce(jsonb_object_agg(step, detail), '{}') AS outputs
+               FROM orchestrator.saga_log
+               WHERE trip_id = c.trip_id AND status = 'succeeded' AND step = ANY($6)) o"#,
         owner,
         lease_secs,
         limit,
         versions,
         own,
+        &forward_steps(versions) as &[&str],
     )
     .fetch_all(pool)
     .await

@@ -52,6 +52,20 @@ pub fn definition(version: i32) -> Option<&'static [StepDef]> {
     }
 }
 
+/// The names of the forward steps of these definition versions: the steps
+/// whose `succeeded` log rows hold the saga's outputs.
+pub fn forward_steps(versions: &[i32]) -> Vec<&'static str> {
+    let mut names: Vec<&'static str> = versions
+        .iter()
+        .filter_map(|&version| definition(version))
+        .flatten()
+        .map(|def| def.forward.step.as_str())
+        .collect();
+    names.sort_unstable();
+    names.dedup();
+    names
+}
+
 static V1: [StepDef; 5] = [
     StepDef {
         forward: Action {

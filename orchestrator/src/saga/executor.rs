@@ -406,7 +406,7 @@ impl Engine {
                 detail,
             }];
             let position = run.position;
-            self.record(&mut run, position, None, &log).await?;
+            self.record(&mut run, position, log.into()).await?;
             run.version += 1;
             run.next_seq += 1;
             run.attempt += 1;
@@ -423,9 +423,11 @@ impl Engine {
                 .await?;
             let succeeded = outcome.is_ok();
             let next = run.position.next(run.steps, succeeded);
-            let (event, detail) = match &outcome {
-                Ok(answer) => (StepEvent::Succeeded, answer.clone()),
-                Err(detail) => (StepEvent::Failed, detail.clone()),
+            // A forward step's answer is logged and kept for later steps.
+            let (event, detail, output) = match outcome {
+                Ok(answer) if forward => (StepEvent::Succeeded, answer.clone(), Some(answer)),
+                Ok(answer) => (StepEvent::Succeeded, answer, None),
+                Err(detail) => (StepEvent::Failed, detail, None),
             };
             let mut log = vec![LogEntry {
                 seq: run.next_seq,
@@ -443,16 +445,13 @@ impl Engine {
                     detail: json!({ "idempotency_key": format!("{}:{}", run.trip.trip_id, next_action.step) }),
                 });
             }
-            let output = match &outcome {
-                Ok(answer) if forward => Some((action.step, answer)),
-                _ => None,
-            };
-            self.record(&mut run, next, output, &log).await?;
-            if let Some((step, answer)) = output {
-                run.outputs.insert(step.as_str().to_owned(), answer.clone());
+            let logged = i32::try_from(log.len()).unwrap_or(i32::MAX);
+            self.record(&mut run, next, log).await?;
+            if let Some(answer) = output {
+                run.outputs.insert(action.step.as_str().to_owned(), answer);
             }
             run.version += 1;
-            run.next_seq += i32::try_from(log.len()).unwrap_or(i32::MAX);
+            run.next_seq += logged;
             run.position = next;
             run.attempt = 1;
             let status = next.status();
@@ -519,7 +518,7 @@ impl Engine {
                 detail: failure.detail,
             }];
             let position = run.position;
-            self.record(run, position, None, &log).await?;
+            self.record(run, position, log.into()).await?;
             run.version += 1;
             run.next_seq += 1;
             run.attempt += 1;
@@ -536,17 +535,15 @@ impl Engine {
         &self,
         run: &mut Run,
         position: Position,
-        output: Option<(super::Step, &Value)>,
-        log: &[LogEntry],
+        log: Vec<LogEntry>,
     ) -> Result<(), Stop> {
-        let transition = Transition {
+        let transition = Arc::new(Transition {
             trip_id: run.trip.trip_id.clone(),
             version: run.version,
             position,
-            output: output.map(|(step, value)| (step, value.clone())),
-            log: log.to_vec(),
-        };
-        let write = (|| self.writer.write(transition.clone()))
+            log,
+        });
+        let write = (|| self.writer.write(Arc::clone(&transition)))
             .retry(
                 ExponentialBuilder::new()
                     .with_min_delay(Duration::from_millis(50))
@@ -564,7 +561,7 @@ impl Engine {
         };
         let at = written.ok_or(Stop::Fenced)?;
         if let Some(shown) = &mut run.shown {
-            for entry in log {
+            for entry in &transition.log {
                 StepView::fold(
                     &mut shown.steps,
                     entry.step.as_str(),

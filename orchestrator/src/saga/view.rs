@@ -2,8 +2,9 @@
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use serde_json::Value;
+use serde_json::{Map, Value};
 
+use crate::saga::definition::forward_steps;
 use crate::saga::{SagaStatus, StepEvent};
 use crate::store::{LogRecord, SagaRecord};
 
@@ -37,10 +38,16 @@ pub struct StepView {
 }
 
 impl SagaView {
-    /// `logs` are the saga's log rows in `seq` order.
+    /// `logs` are the saga's log rows in `seq` order. The outputs are the
+    /// answers in the `succeeded` rows of forward steps.
     pub fn new(saga: SagaRecord, logs: &[LogRecord]) -> Self {
+        let forward = forward_steps(&[saga.definition_version]);
+        let mut outputs = Map::new();
         let mut steps = Vec::new();
         for record in logs {
+            if record.status == StepEvent::Succeeded && forward.contains(&record.step.as_str()) {
+                outputs.insert(record.step.clone(), record.detail.clone());
+            }
             StepView::fold(
                 &mut steps,
                 &record.step,
@@ -56,7 +63,7 @@ impl SagaView {
             status: saga.status,
             definition_version: saga.definition_version,
             input: saga.input,
-            outputs: saga.outputs,
+            outputs: Value::Object(outputs),
             steps,
             created_at: saga.created_at,
             updated_at: saga.updated_at,

@@ -5,7 +5,7 @@
 //! batch commits, the next gathers.
 
 use std::collections::HashSet;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
@@ -33,8 +33,8 @@ pub type Written = Option<DateTime<Utc>>;
 type Reply = oneshot::Sender<Result<Written, WriteError>>;
 
 enum Job {
-    Create(NewSaga),
-    Move(Transition),
+    Create(Box<NewSaga>),
+    Move(Arc<Transition>),
 }
 
 /// The handle requests and drivers write through.
@@ -68,12 +68,12 @@ impl Writer {
 
     /// Creates a saga; `Ok(None)` when the trip has one already.
     pub async fn create(&self, new: NewSaga) -> Result<Written, WriteError> {
-        self.submit(Job::Create(new)).await
+        self.submit(Job::Create(Box::new(new))).await
     }
 
     /// Writes `transition`; `Ok(None)` when it was fenced (another process
     /// owns the saga now).
-    pub async fn write(&self, transition: Transition) -> Result<Written, WriteError> {
+    pub async fn write(&self, transition: Arc<Transition>) -> Result<Written, WriteError> {
         self.submit(Job::Move(transition)).await
     }
 
@@ -107,7 +107,7 @@ async fn drain(
                     let first = seen.insert(new.trip.trip_id.clone());
                     replies.push((Some(new.trip.trip_id.clone()), first, reply));
                     if first {
-                        creates.push(new);
+                        creates.push(*new);
                     }
                 }
                 Job::Move(transition) => {
@@ -138,7 +138,7 @@ async fn write(
     owner: &str,
     lease_secs: f64,
     creates: &[NewSaga],
-    moves: &[Transition],
+    moves: &[Arc<Transition>],
 ) -> Result<(WrittenAt, WrittenAt), WriteError> {
     let result = async {
         match (creates.is_empty(), moves.is_empty()) {

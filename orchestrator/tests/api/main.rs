@@ -89,7 +89,6 @@ async fn a_process_that_lost_its_lease_cannot_write() {
         trip_id: "fenced".into(),
         version: 0,
         position: Position::Forward(1),
-        output: None,
         log,
     };
     assert!(!store::transition(pool, &stale, 30.0).await.unwrap());
@@ -159,12 +158,15 @@ async fn a_batch_applies_each_live_transition_and_fences_the_stale_ones() {
                 .unwrap()
         );
     }
-    let mv = |id: &str, version| Transition {
-        trip_id: id.into(),
-        version,
-        position: Position::Forward(1),
-        output: Some((Step::ReserveFlight, json!({ "booking_id": id }))),
-        log: succeeded_flight(2),
+    let mv = |id: &str, version| {
+        let mut log = succeeded_flight(2);
+        log[0].detail = json!({ "booking_id": id });
+        Transition {
+            trip_id: id.into(),
+            version,
+            position: Position::Forward(1),
+            log,
+        }
     };
     let applied = store::transitions(pool, &[mv("one", 0), mv("two", 7), mv("three", 0)], 30.0)
         .await
@@ -174,6 +176,16 @@ async fn a_batch_applies_each_live_transition_and_fences_the_stale_ones() {
     assert_eq!(applied, ["one", "three"]);
     assert_eq!(log_len(&db, "one").await, 3);
     assert_eq!(log_len(&db, "two").await, 1, "a fenced move adds nothing");
-    let one = store::find(pool, "one").await.unwrap().unwrap();
-    assert_eq!(one.outputs["ReserveFlight"]["booking_id"], "one");
+    // A saga taken over gets its outputs back from the log.
+    assert_eq!(store::release_leases(pool, "a").await.unwrap(), 3);
+    let claimed = store::claim(pool, "b", false, 30.0, &[1], 10)
+        .await
+        .unwrap();
+    let one = claimed.iter().find(|c| c.trip_id == "one").unwrap();
+    assert_eq!(
+        one.outputs,
+        json!({ "ReserveFlight": { "booking_id": "one" } })
+    );
+    let two = claimed.iter().find(|c| c.trip_id == "two").unwrap();
+    assert_eq!(two.outputs, json!({}));
 }
