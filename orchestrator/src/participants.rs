@@ -80,6 +80,25 @@ impl Participants {
         trip: &Trip,
         outputs: &Outputs,
     ) -> Result<Value, CallFailure> {
+        let slot = match action.participant {
+            Participant::Flights => 0,
+            Participant::Cars => 1,
+            Participant::Payments => 2,
+        };
+        // Waiting for a turn is bounded like an attempt, and a wait that
+        // runs out fails the attempt (transient), so that the saga's next
+        // write, which renews its lease, is never more than two attempts and
+        // one delay away. The request is built once the turn comes, so that
+        // the sagas waiting for one hold nothing but their place.
+        let _permit = tokio::time::timeout(self.queue_timeout, self.in_flight[slot].acquire())
+            .await
+            .map_err(|_| CallFailure {
+                transient: true,
+                detail: json!({
+                    "error": "queue timeout",
+                    "message": "too many calls in flight to this participant (PARTICIPANT_MAX_IN_FLIGHT)",
+                }),
+            })?;
         let body = (action.body)(trip, outputs).map_err(|err| CallFailure {
             transient: false,
             detail: json!({ "error": "cannot build the request", "message": err }),
@@ -90,32 +109,17 @@ impl Participants {
             action.path.replace("{trip_id}", &trip.trip_id)
         );
         let key = format!("{}:{}", trip.trip_id, action.step);
-        let slot = match action.participant {
-            Participant::Flights => 0,
-            Participant::Cars => 1,
-            Participant::Payments => 2,
-        };
-        // Waiting for a turn is bounded like an attempt, and a wait that
-        // runs out fails the attempt (transient), so that the saga's next
-        // write, which renews its lease, is never more than two attempts and
-        // one delay away.
-        let _permit = tokio::time::timeout(self.queue_timeout, self.in_flight[slot].acquire())
-            .await
-            .map_err(|_| CallFailure {
-                transient: true,
-                detail: json!({
-                    "error": "queue timeout",
-                    "message": "too many calls in flight to this participant (PARTICIPANT_MAX_IN_FLIGHT)",
-                }),
-            })?;
-        let response = self
-            .client
-            .post(&url)
-            .header(IDEMPOTENCY_KEY, key)
-            .json(&body)
-            .send()
-            .await
-            .map_err(|err| transport_failure(&err))?;
+        // Boxed: the request's future is large, and only the calls in flight
+        // need one.
+        let response = Box::pin(
+            self.client
+                .post(&url)
+                .header(IDEMPOTENCY_KEY, key)
+                .json(&body)
+                .send(),
+        )
+        .await
+        .map_err(|err| transport_failure(&err))?;
         let status = response.status();
         let bytes = response
             .bytes()
