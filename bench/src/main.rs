@@ -21,6 +21,7 @@ use sqlx::PgPool;
 use testkit::procs::{Service, free_port};
 use tokio::time::Instant;
 
+mod recovery;
 mod restate;
 
 #[derive(Debug, Parser)]
@@ -76,6 +77,11 @@ struct Args {
     /// Where the Restate peer is installed.
     #[arg(long, default_value = "peers/restate")]
     restate_dir: PathBuf,
+    /// Instead of the phases: start N sagas, `kill -9` the orchestrator
+    /// while they are unfinished, restart it and time until all have ended
+    /// (`--recovery` alone: 10000).
+    #[arg(long, num_args = 0..=1, default_missing_value = "10000")]
+    recovery: Option<usize>,
 }
 
 /// One measured phase.
@@ -107,114 +113,51 @@ struct Latency {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let bin_dir = testkit::procs::service_bin_dir(args.bin_dir.as_deref())?;
-    let logs = std::env::temp_dir().join(format!("bench-{}", std::process::id()));
-    std::fs::create_dir_all(&logs)?;
-
-    let mut private = None;
-    let server = match &args.database_url {
-        Some(url) => url.clone(),
-        None => {
-            let pg = tokio::task::spawn_blocking(|| {
-                pglocal::PrivatePostgres::start(pglocal::Durability::Durable)
-            })
-            .await??;
-            let url = pg.url().to_owned();
-            private = Some(pg);
-            url
-        }
-    };
-    let name = format!("bench_{}", std::process::id());
-    let admin = PgPool::connect(&server).await?;
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-        .execute(&admin)
-        .await?;
-    let mut db_url = url::Url::parse(&server)?;
-    db_url.set_path(&name);
-    let db_url = db_url.to_string();
-
-    let client = reqwest::Client::builder()
-        .no_proxy()
-        .pool_max_idle_per_host(1024)
-        .build()?;
-    let mut services = Vec::new();
-    let mut urls = Vec::new();
-    for bin in ["flights-svc", "cars-svc", "payments-svc"] {
-        let port = free_port()?;
-        let url = format!("http://127.0.0.1:{port}");
-        let mut service = Service::new(
-            &bin_dir,
-            bin,
-            bin.to_owned(),
-            url.clone(),
-            vec![
-                ("DATABASE_URL".into(), db_url.clone()),
-                ("LISTEN_ADDR".into(), format!("127.0.0.1:{port}")),
-            ],
-            &logs,
-        );
-        service.start()?;
-        service.wait_ready(&client, Duration::from_secs(30)).await?;
-        urls.push(url);
-        services.push(service);
+    if let Some(n) = args.recovery {
+        return recovery::run(&args, n).await;
     }
+    let client = http_client()?;
+    let mut cluster = Cluster::start(&args, &client).await?;
     let port = free_port()?;
     let orchestrator_url = format!("http://127.0.0.1:{port}");
-    let mut env = vec![
-        ("DATABASE_URL".into(), db_url.clone()),
-        ("LISTEN_ADDR".into(), format!("127.0.0.1:{port}")),
-        ("FLIGHTS_URL".into(), urls[0].clone()),
-        ("CARS_URL".into(), urls[1].clone()),
-        ("PAYMENTS_URL".into(), urls[2].clone()),
-        ("TRIP_WAIT_SECS".into(), "60".into()),
-    ];
-    for pair in &args.orchestrator_env {
-        let (k, v) = pair
-            .split_once('=')
-            .context("--orchestrator-env takes NAME=VALUE")?;
-        env.push((k.to_owned(), v.to_owned()));
-    }
-    let mut orchestrator = Service::new(
-        &bin_dir,
-        "orchestrator",
-        "orchestrator".into(),
-        orchestrator_url.clone(),
-        env,
-        &logs,
-    );
+    let mut orchestrator = cluster.orchestrator(&args, port, &[])?;
     orchestrator.start()?;
     orchestrator
         .wait_ready(&client, Duration::from_secs(30))
         .await?;
+    let mut services = std::mem::take(&mut cluster.participants);
     services.push(orchestrator);
 
-    let pool = PgPool::connect(&db_url).await?;
+    let pool = PgPool::connect(&cluster.db_url).await?;
     if args.preload > 0 {
         preload(&pool, args.preload).await?;
     }
     let mut peer = None;
     if args.restate {
-        peer = Some(restate::Restate::start(&args.restate_dir, &urls, &logs, &client).await?);
+        peer = Some(
+            restate::Restate::start(&args.restate_dir, &cluster.urls, &cluster.logs, &client)
+                .await?,
+        );
     }
     let load = Load {
         args: &args,
         client: &client,
         orchestrator: &orchestrator_url,
-        participants: &urls,
+        participants: &cluster.urls,
         restate: peer.as_ref(),
     };
     let ours: Vec<&Service> = services.iter().collect();
     load.run("warmup", args.warmup, Kind::Orchestrated).await;
-    let mut phases = vec![measure(&load, &ours, &pool, &name, Kind::Orchestrated).await?];
+    let mut phases = vec![measure(&load, &ours, &pool, &cluster.name, Kind::Orchestrated).await?];
     if !args.no_floor {
         load.run("warmup-floor", args.warmup, Kind::Floor).await;
-        phases.push(measure(&load, &ours, &pool, &name, Kind::Floor).await?);
+        phases.push(measure(&load, &ours, &pool, &cluster.name, Kind::Floor).await?);
     }
     if let Some(peer) = &peer {
         // The participants, then Restate's server and service.
         let measured: Vec<&Service> = services[..3].iter().chain(peer.services()).collect();
         load.run("warmup-restate", args.warmup, Kind::Restate).await;
-        phases.push(measure(&load, &measured, &pool, &name, Kind::Restate).await?);
+        phases.push(measure(&load, &measured, &pool, &cluster.name, Kind::Restate).await?);
     }
 
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
@@ -305,17 +248,147 @@ async fn main() -> anyhow::Result<()> {
         service.kill().await;
     }
     pool.close().await;
-    sqlx::query(sqlx::AssertSqlSafe(format!(
-        "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
-    )))
-    .execute(&admin)
-    .await?;
-    admin.close().await;
-    if let Some(pg) = private {
-        tokio::task::spawn_blocking(move || pg.stop()).await?;
+    cluster.stop().await
+}
+
+fn http_client() -> anyhow::Result<reqwest::Client> {
+    Ok(reqwest::Client::builder()
+        .no_proxy()
+        .pool_max_idle_per_host(1024)
+        .build()?)
+}
+
+/// A fresh database (on a private PostgreSQL unless one is given) and the
+/// three participants, running; the orchestrator is started by the caller.
+struct Cluster {
+    bin_dir: PathBuf,
+    logs: PathBuf,
+    private: Option<pglocal::PrivatePostgres>,
+    admin: PgPool,
+    name: String,
+    db_url: String,
+    /// flights-svc, cars-svc, payments-svc.
+    urls: Vec<String>,
+    participants: Vec<Service>,
+}
+
+impl Cluster {
+    async fn start(args: &Args, client: &reqwest::Client) -> anyhow::Result<Self> {
+        let bin_dir = testkit::procs::service_bin_dir(args.bin_dir.as_deref())?;
+        let logs = std::env::temp_dir().join(format!("bench-{}", std::process::id()));
+        std::fs::create_dir_all(&logs)?;
+
+        let mut private = None;
+        let server = match &args.database_url {
+            Some(url) => url.clone(),
+            None => {
+                let pg = tokio::task::spawn_blocking(|| {
+                    pglocal::PrivatePostgres::start(pglocal::Durability::Durable)
+                })
+                .await??;
+                let url = pg.url().to_owned();
+                private = Some(pg);
+                url
+            }
+        };
+        let name = format!("bench_{}", std::process::id());
+        let admin = PgPool::connect(&server).await?;
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&admin)
+            .await?;
+        let mut db_url = url::Url::parse(&server)?;
+        db_url.set_path(&name);
+        let db_url = db_url.to_string();
+
+        let mut participants = Vec::new();
+        let mut urls = Vec::new();
+        for bin in ["flights-svc", "cars-svc", "payments-svc"] {
+            let port = free_port()?;
+            let url = format!("http://127.0.0.1:{port}");
+            let mut service = Service::new(
+                &bin_dir,
+                bin,
+                bin.to_owned(),
+                url.clone(),
+                vec![
+                    ("DATABASE_URL".into(), db_url.clone()),
+                    ("LISTEN_ADDR".into(), format!("127.0.0.1:{port}")),
+                ],
+                &logs,
+            );
+            service.start()?;
+            service.wait_ready(client, Duration::from_secs(30)).await?;
+            urls.push(url);
+            participants.push(service);
+        }
+        Ok(Self {
+            bin_dir,
+            logs,
+            private,
+            admin,
+            name,
+            db_url,
+            urls,
+            participants,
+        })
     }
-    let _ = std::fs::remove_dir_all(&logs);
-    Ok(())
+
+    /// The orchestrator on `port` (not started), with `--orchestrator-env`
+    /// and then `extra` (which wins) on top of the defaults.
+    fn orchestrator(
+        &self,
+        args: &Args,
+        port: u16,
+        extra: &[(&str, &str)],
+    ) -> anyhow::Result<Service> {
+        let mut env = vec![
+            ("DATABASE_URL".into(), self.db_url.clone()),
+            ("LISTEN_ADDR".into(), format!("127.0.0.1:{port}")),
+            ("FLIGHTS_URL".into(), self.urls[0].clone()),
+            ("CARS_URL".into(), self.urls[1].clone()),
+            ("PAYMENTS_URL".into(), self.urls[2].clone()),
+            ("TRIP_WAIT_SECS".into(), "60".into()),
+        ];
+        for pair in &args.orchestrator_env {
+            let (k, v) = pair
+                .split_once('=')
+                .context("--orchestrator-env takes NAME=VALUE")?;
+            env.push((k.to_owned(), v.to_owned()));
+        }
+        env.extend(
+            extra
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+        );
+        Ok(Service::new(
+            &self.bin_dir,
+            "orchestrator",
+            "orchestrator".into(),
+            format!("http://127.0.0.1:{port}"),
+            env,
+            &self.logs,
+        ))
+    }
+
+    /// Kills what is left of the participants, drops the database, stops the
+    /// private PostgreSQL and removes the logs.
+    async fn stop(mut self) -> anyhow::Result<()> {
+        for service in &mut self.participants {
+            service.kill().await;
+        }
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            self.name
+        )))
+        .execute(&self.admin)
+        .await?;
+        self.admin.close().await;
+        if let Some(pg) = self.private {
+            tokio::task::spawn_blocking(move || pg.stop()).await?;
+        }
+        let _ = std::fs::remove_dir_all(&self.logs);
+        Ok(())
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -532,9 +605,9 @@ async fn preload(pool: &PgPool, n: u64) -> anyhow::Result<()> {
         let to = (from + chunk).min(n);
         sqlx::query(
             "INSERT INTO orchestrator.sagas
-                 (trip_id, run_type, status, definition_version, cursor, input, outputs, version,
+                 (trip_id, run_type, status, definition_version, cursor, input, version,
                   created_at, updated_at)
-             SELECT 'preload-' || g, 'success', 'succeeded', 1, -1, '{}', '{}', 5,
+             SELECT 'preload-' || g, 'success', 'succeeded', 1, -1, '{}', 5,
                     now() - interval '1 day', now() - interval '1 day'
              FROM generate_series($1::int8, $2::int8 - 1) g",
         )
