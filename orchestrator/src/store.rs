@@ -42,9 +42,13 @@ pub struct LogRecord {
     pub at: DateTime<Utc>,
 }
 
-/// The sagas a batch wrote, by trip id, with the time written (the
+/// The sagas a batch created, by trip id, with the time written (the
 /// transaction's, as in the rows).
-pub type WrittenAt = HashMap<String, DateTime<Utc>>;
+pub type Created = HashMap<String, DateTime<Utc>>;
+
+/// The transitions a batch applied, by trip id and the version they moved
+/// from, with the time written.
+pub type Applied = HashMap<(String, i64), DateTime<Utc>>;
 
 /// A step event to append.
 #[derive(Debug, Clone)]
@@ -102,7 +106,7 @@ pub async fn creates(
     batch: &[NewSaga],
     owner: &str,
     lease_secs: f64,
-) -> sqlx::Result<WrittenAt> {
+) -> sqlx::Result<Created> {
     let trip_ids: Vec<&str> = batch.iter().map(|n| n.trip.trip_id.as_str()).collect();
     let run_types: Vec<&str> = batch.iter().map(|n| n.trip.run_type.as_str()).collect();
     let inputs = batch
@@ -153,7 +157,7 @@ pub async fn creates(
 /// stop driving it.
 pub async fn transition(pool: &PgPool, t: &Transition, lease_secs: f64) -> sqlx::Result<bool> {
     let applied = transitions(pool, std::slice::from_ref(t), lease_secs).await?;
-    Ok(applied.contains_key(&t.trip_id))
+    Ok(applied.contains_key(&(t.trip_id.clone(), t.version)))
 }
 
 /// Applies a batch of transitions of different sagas in one statement (so
@@ -165,16 +169,27 @@ pub async fn transitions<T: Borrow<Transition>>(
     db: impl sqlx::PgExecutor<'_>,
     batch: &[T],
     lease_secs: f64,
-) -> sqlx::Result<WrittenAt> {
+) -> sqlx::Result<Applied> {
     let batch: Vec<&Transition> = batch.iter().map(Borrow::borrow).collect();
     let trip_ids: Vec<&str> = batch.iter().map(|t| t.trip_id.as_str()).collect();
     let versions: Vec<i64> = batch.iter().map(|t| t.version).collect();
     let statuses: Vec<&str> = batch.iter().map(|t| t.position.status().as_str()).collect();
     let cursors: Vec<i32> = batch.iter().map(|t| t.position.cursor()).collect();
-    let entries = batch
-        .iter()
-        .flat_map(|t| t.log.iter().map(move |e| (t.trip_id.as_str(), e)));
-    let (mut log_trips, mut seqs, mut steps, mut events, mut attempts, mut details) = (
+    let entries = batch.iter().flat_map(|t| {
+        t.log
+            .iter()
+            .map(move |e| (t.trip_id.as_str(), t.version, e))
+    });
+    let (
+        mut log_trips,
+        mut log_versions,
+        mut seqs,
+        mut steps,
+        mut events,
+        mut attempts,
+        mut details,
+    ) = (
+        Vec::new(),
         Vec::new(),
         Vec::new(),
         Vec::new(),
@@ -182,8 +197,9 @@ pub async fn transitions<T: Borrow<Transition>>(
         Vec::new(),
         Vec::new(),
     );
-    for (trip_id, e) in entries {
+    for (trip_id, version, e) in entries {
         log_trips.push(trip_id);
+        log_versions.push(version);
         seqs.push(e.seq);
         steps.push(e.step.as_str());
         events.push(e.event.as_str());
@@ -205,14 +221,17 @@ pub async fn transitions<T: Borrow<Transition>>(
                    updated_at = now()
                FROM moves m
                WHERE s.trip_id = m.trip_id AND s.version = m.version
-               RETURNING s.trip_id),
+               RETURNING s.trip_id, m.version AS from_version),
            log AS (
                INSERT INTO orchestrator.saga_log (trip_id, seq, step, status, attempt, detail)
                SELECT l.trip_id, l.seq, l.step, l.status::orchestrator.step_event, l.attempt, l.detail
-               FROM unnest($5::text[], $6::int4[], $7::text[], $8::text[], $9::int4[], $10::jsonb[])
-                    AS l(trip_id, seq, step, status, attempt, detail)
-               WHERE l.trip_id IN (SELECT trip_id FROM saga))
-           SELECT trip_id AS "trip_id!", now() AS "at!" FROM saga"#,
+               FROM unnest($5::text[], $12::int8[], $6::int4[], $7::text[], $8::text[], $9::int4[],
+                           $10::jsonb[])
+                    AS l(trip_id, version, seq, step, status, attempt, detail)
+               -- Only the rows of the moves applied: a stale mover's rows
+               -- for the same saga may be in the same batch.
+               WHERE (l.trip_id, l.version) IN (SELECT trip_id, from_version FROM saga))
+           SELECT trip_id AS "trip_id!", from_version AS "from_version!", now() AS "at!" FROM saga"#,
         &trip_ids as &[&str],
         &versions,
         &statuses as &[&str],
@@ -224,13 +243,21 @@ pub async fn transitions<T: Borrow<Transition>>(
         &attempts,
         &details as &[&Value],
         lease_secs,
+        &log_versions,
     )
     .fetch_all(db)
     .await?;
     Ok(applied
         .into_iter()
-        .map(|row| (row.trip_id, row.at))
+        .map(|row| ((row.trip_id, row.from_version), row.at))
         .collect())
+}
+
+/// The database's clock.
+pub async fn now(pool: &PgPool) -> sqlx::Result<DateTime<Utc>> {
+    sqlx::query_scalar!(r#"SELECT now() AS "now!""#)
+        .fetch_one(pool)
+        .await
 }
 
 /// The saga of `trip_id`, if any.
@@ -331,15 +358,15 @@ pub struct Claimed {
 }
 
 /// Claims up to `limit` unfinished sagas for `owner`: those whose lease ran
-/// out or was handed back and, with `own`, those `owner` held before it
-/// restarted. The claim bumps each saga's version, fencing off the previous
+/// out or was handed back and, with `own_before`, those `owner` held before
+/// it restarted (last written before then: not those it claimed since). The claim bumps each saga's version, fencing off the previous
 /// owner, and is committed before any call is made; `SKIP LOCKED` lets
 /// several processes claim at once without waiting on each other.
-#[tracing::instrument(skip_all, fields(owner, own), err)]
+#[tracing::instrument(skip_all, fields(owner), err)]
 pub async fn claim(
     pool: &PgPool,
     owner: &str,
-    own: bool,
+    own_before: Option<DateTime<Utc>>,
     lease_secs: f64,
     versions: &[i32],
     limit: i64,
@@ -350,7 +377,8 @@ pub async fn claim(
                SELECT trip_id, owner FROM orchestrator.sagas
                WHERE status IN ('running', 'compensating')
                  AND definition_version = ANY($4)
-                 AND (lease_until IS NULL OR lease_until < now() OR ($5 AND owner = $1))
+                 AND (lease_until IS NULL OR lease_until < now()
+                      OR (owner = $1 AND updated_at < $5::timestamptz))
                ORDER BY lease_until NULLS FIRST
                LIMIT $3
                FOR UPDATE SKIP LOCKED),
@@ -379,7 +407,7 @@ pub async fn claim(
         lease_secs,
         limit,
         versions,
-        own,
+        own_before,
         &forward_steps(versions) as &[&str],
     )
     .fetch_all(pool)

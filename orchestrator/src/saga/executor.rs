@@ -203,7 +203,10 @@ impl Engine {
     /// run with the same identity, without waiting for their leases. Call it
     /// once at start-up, before any new saga is started.
     pub async fn reclaim_own(self: &Arc<Self>) -> sqlx::Result<()> {
-        while self.claim_batch(true).await? {}
+        // Only the sagas written before now: those this process has just
+        // claimed are its own too, and must not be claimed again.
+        let started = store::now(&self.pool).await?;
+        while self.claim_batch(Some(started)).await? {}
         Ok(())
     }
 
@@ -216,7 +219,7 @@ impl Engine {
                 () = self.shutdown.cancelled() => return,
             }
             loop {
-                match self.claim_batch(false).await {
+                match self.claim_batch(None).await {
                     // A full batch: there may be more, claim again at once.
                     Ok(true) => continue,
                     Ok(false) => break,
@@ -229,13 +232,18 @@ impl Engine {
         }
     }
 
-    /// Claims one batch and drives it; `true` if the batch was full.
-    async fn claim_batch(self: &Arc<Self>, own: bool) -> sqlx::Result<bool> {
+    /// Claims one batch and drives it; `true` if the batch was full. With
+    /// `own_before`, this process's own sagas last written before then are
+    /// claimed too, whatever their lease.
+    async fn claim_batch(
+        self: &Arc<Self>,
+        own_before: Option<DateTime<Utc>>,
+    ) -> sqlx::Result<bool> {
         const BATCH: usize = 500;
         let claimed = store::claim(
             &self.pool,
             &self.owner,
-            own,
+            own_before,
             self.lease_secs,
             KNOWN_VERSIONS,
             BATCH as i64,

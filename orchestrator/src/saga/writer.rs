@@ -12,7 +12,7 @@ use sqlx::PgPool;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-use crate::store::{self, NewSaga, Transition, WrittenAt};
+use crate::store::{self, Applied, Created, NewSaga, Transition};
 
 /// The most writes in one transaction.
 const MAX_BATCH: usize = 512;
@@ -104,31 +104,68 @@ async fn drain(
         for (job, reply) in jobs {
             match job {
                 Job::Create(new) => {
-                    let first = seen.insert(new.trip.trip_id.clone());
-                    replies.push((Some(new.trip.trip_id.clone()), first, reply));
-                    if first {
+                    let trip_id = new.trip.trip_id.clone();
+                    let index = seen.insert(trip_id.clone()).then_some(creates.len());
+                    if index.is_some() {
                         creates.push(*new);
                     }
+                    replies.push((Entry::Create { trip_id, index }, reply));
                 }
                 Job::Move(transition) => {
-                    replies.push((None, true, reply));
+                    replies.push((Entry::Move(moves.len()), reply));
                     moves.push(transition);
                 }
             }
         }
         let written = write(&pool, &owner, lease_secs, &creates, &moves).await;
-        let mut moved = moves.iter();
-        for (created, first, reply) in replies {
-            let answer = match (&written, created) {
-                (Err(err), _) => Err(err.clone()),
-                (Ok((made, _)), Some(trip_id)) => Ok(made.get(&trip_id).copied().filter(|_| first)),
-                (Ok((_, applied)), None) => Ok(moved
-                    .next()
-                    .and_then(|transition| applied.get(&transition.trip_id).copied())),
-            };
-            let _ = reply.send(answer);
+        match written {
+            // A write the database refuses (not an outage) fails alone: the
+            // batch is written again one saga at a time.
+            Err(err) if !err.outage && replies.len() > 1 => {
+                tracing::warn!(%err, batch = replies.len(), "a batch failed; writing it one saga at a time");
+                for (entry, reply) in replies {
+                    let (one_create, one_move) = match &entry {
+                        Entry::Create { index: Some(i), .. } => (&creates[*i..=*i], &moves[..0]),
+                        Entry::Create { index: None, .. } => (&creates[..0], &moves[..0]),
+                        Entry::Move(i) => (&creates[..0], &moves[*i..=*i]),
+                    };
+                    let alone = write(&pool, &owner, lease_secs, one_create, one_move).await;
+                    let _ = reply.send(answer(&alone, &entry, &moves));
+                }
+            }
+            written => {
+                for (entry, reply) in replies {
+                    let _ = reply.send(answer(&written, &entry, &moves));
+                }
+            }
         }
     }
+}
+
+/// A job of a batch: a create (`index` into the batch's creates, or none
+/// when an earlier job of the batch creates the same trip), or a move.
+enum Entry {
+    Create {
+        trip_id: String,
+        index: Option<usize>,
+    },
+    Move(usize),
+}
+
+/// What one job of a written batch answers.
+fn answer(
+    written: &Result<(Created, Applied), WriteError>,
+    entry: &Entry,
+    moves: &[Arc<Transition>],
+) -> Result<Written, WriteError> {
+    let (made, applied) = written.as_ref().map_err(Clone::clone)?;
+    Ok(match entry {
+        Entry::Create { trip_id, index } => made.get(trip_id).copied().filter(|_| index.is_some()),
+        Entry::Move(i) => {
+            let t = &moves[*i];
+            applied.get(&(t.trip_id.clone(), t.version)).copied()
+        }
+    })
 }
 
 /// Writes the batch: one statement if it holds one kind of write, one
@@ -139,18 +176,18 @@ async fn write(
     lease_secs: f64,
     creates: &[NewSaga],
     moves: &[Arc<Transition>],
-) -> Result<(WrittenAt, WrittenAt), WriteError> {
+) -> Result<(Created, Applied), WriteError> {
     let result = async {
         match (creates.is_empty(), moves.is_empty()) {
             (false, true) => Ok((
                 store::creates(pool, creates, owner, lease_secs).await?,
-                WrittenAt::new(),
+                Applied::new(),
             )),
             (true, false) => Ok((
-                WrittenAt::new(),
+                Created::new(),
                 store::transitions(pool, moves, lease_secs).await?,
             )),
-            (true, true) => Ok((WrittenAt::new(), WrittenAt::new())),
+            (true, true) => Ok((Created::new(), Applied::new())),
             (false, false) => {
                 let mut tx = pool.begin().await?;
                 let made = store::creates(&mut *tx, creates, owner, lease_secs).await?;

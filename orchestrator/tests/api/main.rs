@@ -61,9 +61,7 @@ async fn a_process_that_lost_its_lease_cannot_write() {
         "one saga per trip"
     );
 
-    let claimed = store::claim(pool, "b", false, 30.0, &[1], 10)
-        .await
-        .unwrap();
+    let claimed = store::claim(pool, "b", None, 30.0, &[1], 10).await.unwrap();
     assert_eq!(claimed.len(), 1);
     let saga = &claimed[0];
     assert_eq!(
@@ -75,7 +73,7 @@ async fn a_process_that_lost_its_lease_cannot_write() {
         (1, StepEvent::Started, 1)
     );
     assert!(
-        store::claim(pool, "c", false, 30.0, &[1], 10)
+        store::claim(pool, "c", None, 30.0, &[1], 10)
             .await
             .unwrap()
             .is_empty(),
@@ -123,26 +121,34 @@ async fn a_restarted_process_reclaims_only_its_own_live_sagas() {
         );
     }
     assert!(
-        store::claim(pool, "a", false, 30.0, &[1], 10)
+        store::claim(pool, "a", None, 30.0, &[1], 10)
             .await
             .unwrap()
             .is_empty(),
         "leases hold"
     );
-    let claimed = store::claim(pool, "a", true, 30.0, &[1], 10).await.unwrap();
+    let restarted = store::now(pool).await.unwrap();
+    let claimed = store::claim(pool, "a", Some(restarted), 30.0, &[1], 10)
+        .await
+        .unwrap();
     let ids: Vec<_> = claimed.iter().map(|c| c.trip_id.as_str()).collect();
     assert_eq!(ids, ["mine"]);
     assert!(
-        store::claim(pool, "a", false, 30.0, &[2], 10)
+        store::claim(pool, "a", Some(restarted), 30.0, &[1], 10)
+            .await
+            .unwrap()
+            .is_empty(),
+        "what it claimed since it restarted is not claimed again"
+    );
+    assert!(
+        store::claim(pool, "a", None, 30.0, &[2], 10)
             .await
             .unwrap()
             .is_empty()
     );
 
     assert_eq!(store::release_leases(pool, "b").await.unwrap(), 1);
-    let claimed = store::claim(pool, "c", false, 30.0, &[1], 10)
-        .await
-        .unwrap();
+    let claimed = store::claim(pool, "c", None, 30.0, &[1], 10).await.unwrap();
     let ids: Vec<_> = claimed.iter().map(|c| c.trip_id.as_str()).collect();
     assert_eq!(ids, ["theirs"], "a handed-back lease is free at once");
 }
@@ -173,14 +179,26 @@ async fn a_batch_applies_each_live_transition_and_fences_the_stale_ones() {
         .unwrap();
     let mut applied: Vec<_> = applied.into_keys().collect();
     applied.sort();
-    assert_eq!(applied, ["one", "three"]);
+    assert_eq!(applied, [("one".into(), 0), ("three".into(), 0)]);
     assert_eq!(log_len(&db, "one").await, 3);
     assert_eq!(log_len(&db, "two").await, 1, "a fenced move adds nothing");
-    // A saga taken over gets its outputs back from the log.
-    assert_eq!(store::release_leases(pool, "a").await.unwrap(), 3);
-    let claimed = store::claim(pool, "b", false, 30.0, &[1], 10)
+    // A stale move and the live move of one saga in one batch: the live one
+    // applies with its log rows, the stale one's rows are left out.
+    let mut stale = mv("one", 0);
+    stale.log[0].seq = 4;
+    stale.log[1].seq = 5;
+    let mut live = mv("one", 1);
+    live.log[0].seq = 4;
+    live.log[1].seq = 5;
+    let applied = store::transitions(pool, &[stale, live], 30.0)
         .await
         .unwrap();
+    assert_eq!(applied.into_keys().collect::<Vec<_>>(), [("one".into(), 1)]);
+    assert_eq!(log_len(&db, "one").await, 5);
+
+    // A saga taken over gets its outputs back from the log.
+    assert_eq!(store::release_leases(pool, "a").await.unwrap(), 3);
+    let claimed = store::claim(pool, "b", None, 30.0, &[1], 10).await.unwrap();
     let one = claimed.iter().find(|c| c.trip_id == "one").unwrap();
     assert_eq!(
         one.outputs,
