@@ -132,19 +132,12 @@ async fn main() -> anyhow::Result<()> {
     if args.preload > 0 {
         preload(&pool, args.preload).await?;
     }
-    let mut peer = None;
-    if args.restate {
-        peer = Some(
-            restate::Restate::start(&args.restate_dir, &cluster.urls, &cluster.logs, &client)
-                .await?,
-        );
-    }
     let load = Load {
         args: &args,
         client: &client,
         orchestrator: &orchestrator_url,
         participants: &cluster.urls,
-        restate: peer.as_ref(),
+        restate: None,
     };
     let ours: Vec<&Service> = services.iter().collect();
     load.run("warmup", args.warmup, Kind::Orchestrated).await;
@@ -153,7 +146,18 @@ async fn main() -> anyhow::Result<()> {
         load.run("warmup-floor", args.warmup, Kind::Floor).await;
         phases.push(measure(&load, &ours, &pool, &cluster.name, Kind::Floor).await?);
     }
-    if let Some(peer) = &peer {
+    // Restate starts only now: idle, its server still uses CPU, which would
+    // be taken from the phases above.
+    let mut peer = None;
+    if args.restate {
+        let started =
+            restate::Restate::start(&args.restate_dir, &cluster.urls, &cluster.logs, &client)
+                .await?;
+        let peer = peer.insert(started);
+        let load = Load {
+            restate: Some(peer),
+            ..load
+        };
         // The participants, then Restate's server and service.
         let measured: Vec<&Service> = services[..3].iter().chain(peer.services()).collect();
         load.run("warmup-restate", args.warmup, Kind::Restate).await;
