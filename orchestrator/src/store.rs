@@ -162,8 +162,8 @@ pub async fn transition(pool: &PgPool, t: &Transition, lease_secs: f64) -> sqlx:
 
 /// Applies a batch of transitions of different sagas in one statement (so
 /// one commit): each applies only if its saga's version is still the one it
-/// read. Returns the trip ids of those applied, with the time written (the
-/// transaction's); the others were fenced.
+/// read. Returns those applied, by trip id and the version they moved from,
+/// with the time written (the transaction's); the others were fenced.
 #[tracing::instrument(skip_all, fields(batch = batch.len()), err)]
 pub async fn transitions<T: Borrow<Transition>>(
     db: impl sqlx::PgExecutor<'_>,
@@ -359,9 +359,10 @@ pub struct Claimed {
 
 /// Claims up to `limit` unfinished sagas for `owner`: those whose lease ran
 /// out or was handed back and, with `own_before`, those `owner` held before
-/// it restarted (last written before then: not those it claimed since). The claim bumps each saga's version, fencing off the previous
-/// owner, and is committed before any call is made; `SKIP LOCKED` lets
-/// several processes claim at once without waiting on each other.
+/// it restarted (last written before then: not those it claimed since).
+/// The claim bumps each saga's version, fencing off the previous owner, and
+/// is committed before any call is made; `SKIP LOCKED` lets several
+/// processes claim at once without waiting on each other.
 #[tracing::instrument(skip_all, fields(owner), err)]
 pub async fn claim(
     pool: &PgPool,

@@ -58,3 +58,35 @@ async fn stores_the_sample_fields() {
         ("BMW".into(), "pending".into(), "2021-07-09 00:00".into())
     );
 }
+
+/// The answer is built in SQL; it reads as the wire type writes it, whether
+/// it is a first answer, a replay or a read.
+#[tokio::test]
+async fn answers_as_the_wire_type_writes_them() {
+    let db = TestDb::new().await;
+    let server = TestServer::start(app(AppState {
+        pool: db.pool().clone(),
+    }))
+    .await;
+    let mut body = reserve_body("t", "success");
+    body["rental_from"] = json!("2021-07-09T00:00:00.25Z");
+    body["rental_to"] = json!("2021-07-17T00:00:00.000001Z");
+    let url = format!("{}/rentals", server.url);
+    let (status, first) = testkit::contract::post_keyed(&url, Some("t:R"), &body).await;
+    assert_eq!(status, 200, "{first}");
+    assert_eq!(first["rental_from"], "2021-07-09T00:00:00.250Z");
+    assert_eq!(first["rental_to"], "2021-07-17T00:00:00.000001Z");
+    let typed: common::wire::CarRental = serde_json::from_value(first.clone()).unwrap();
+    assert_eq!(serde_json::to_value(typed).unwrap(), first);
+    let (_, replay) = testkit::contract::post_keyed(&url, Some("t:R"), &body).await;
+    assert_eq!(replay, first);
+    let (_, unkeyed) = testkit::contract::post(&url, &body).await;
+    assert_eq!(unkeyed, first);
+    let read: Value = reqwest::get(format!("{url}/t"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(read, first);
+}

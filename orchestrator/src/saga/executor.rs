@@ -76,6 +76,7 @@ struct Shown {
 /// A saga being driven: where it is and what it needs for its next call.
 struct Run {
     trip: Trip,
+    definition_version: i32,
     steps: &'static [StepDef],
     position: Position,
     version: i64,
@@ -101,7 +102,7 @@ impl Run {
             trip_id: self.trip.trip_id.clone(),
             run_type: self.trip.run_type.as_str().to_owned(),
             status: self.position.status(),
-            definition_version: super::DEFINITION_VERSION,
+            definition_version: self.definition_version,
             input: serde_json::to_value(&self.trip).ok()?,
             outputs: Value::Object(std::mem::take(&mut self.outputs)),
             steps: shown.steps,
@@ -176,11 +177,12 @@ impl Engine {
             first.forward.step.as_str(),
             StepEvent::Started,
             1,
-            &Value::Null,
+            &json!({ "idempotency_key": format!("{}:{}", trip.trip_id, first.forward.step) }),
             at,
         );
         let run = Run {
             trip,
+            definition_version: super::DEFINITION_VERSION,
             steps,
             position: Position::Forward(0),
             version: 0,
@@ -282,6 +284,7 @@ impl Engine {
         );
         Ok(Run {
             trip,
+            definition_version: saga.definition_version,
             steps,
             position: Position::from_row(saga.status, saga.cursor),
             version: saga.version,

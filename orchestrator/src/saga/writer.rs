@@ -4,7 +4,7 @@
 //! the steps of many sagas. It does not wait for a batch to fill: while one
 //! batch commits, the next gathers.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Utc};
@@ -121,16 +121,38 @@ async fn drain(
         match written {
             // A write the database refuses (not an outage) fails alone: the
             // batch is written again one saga at a time.
-            Err(err) if !err.outage && replies.len() > 1 => {
+            Err(err) if !err.outage && creates.len() + moves.len() > 1 => {
                 tracing::warn!(%err, batch = replies.len(), "a batch failed; writing it one saga at a time");
+                // A second request for a trip created in this batch shares
+                // the fate of the first.
+                let mut first_creates: HashMap<String, Result<Written, WriteError>> =
+                    HashMap::new();
                 for (entry, reply) in replies {
-                    let (one_create, one_move) = match &entry {
-                        Entry::Create { index: Some(i), .. } => (&creates[*i..=*i], &moves[..0]),
-                        Entry::Create { index: None, .. } => (&creates[..0], &moves[..0]),
-                        Entry::Move(i) => (&creates[..0], &moves[*i..=*i]),
+                    let result = match &entry {
+                        Entry::Create {
+                            trip_id,
+                            index: Some(i),
+                        } => {
+                            let alone =
+                                write(&pool, &owner, lease_secs, &creates[*i..=*i], &[]).await;
+                            let result = answer(&alone, &entry, &moves);
+                            first_creates.insert(trip_id.clone(), result.clone());
+                            result
+                        }
+                        Entry::Create {
+                            trip_id,
+                            index: None,
+                        } => match first_creates.get(trip_id) {
+                            Some(Err(err)) => Err(err.clone()),
+                            _ => Ok(None),
+                        },
+                        Entry::Move(i) => {
+                            let alone =
+                                write(&pool, &owner, lease_secs, &[], &moves[*i..=*i]).await;
+                            answer(&alone, &entry, &moves)
+                        }
                     };
-                    let alone = write(&pool, &owner, lease_secs, one_create, one_move).await;
-                    let _ = reply.send(answer(&alone, &entry, &moves));
+                    let _ = reply.send(result);
                 }
             }
             written => {

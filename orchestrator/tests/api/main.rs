@@ -207,3 +207,41 @@ async fn a_batch_applies_each_live_transition_and_fences_the_stale_ones() {
     let two = claimed.iter().find(|c| c.trip_id == "two").unwrap();
     assert_eq!(two.outputs, json!({}));
 }
+
+#[tokio::test]
+async fn a_write_the_database_refuses_fails_alone_in_its_batch() {
+    let db = TestDb::new().await;
+    let pool = db.pool();
+    for id in ["good", "bad"] {
+        assert!(
+            store::create(pool, &trip(id), Step::ReserveFlight, "a", 30.0, None)
+                .await
+                .unwrap()
+        );
+    }
+    let writer = orchestrator::saga::writer::Writer::start(pool.clone(), "a".into(), 30.0);
+    let good = Transition {
+        trip_id: "good".into(),
+        version: 0,
+        position: Position::Forward(1),
+        log: succeeded_flight(2),
+    };
+    // Two log rows with one seq: saga_log's key refuses the statement.
+    let mut log = succeeded_flight(2);
+    log[1].seq = 2;
+    let bad = Transition {
+        trip_id: "bad".into(),
+        version: 0,
+        position: Position::Forward(1),
+        log,
+    };
+    // Both are queued before the writer runs (one thread): one batch.
+    let (good, bad) = tokio::join!(
+        writer.write(std::sync::Arc::new(good)),
+        writer.write(std::sync::Arc::new(bad))
+    );
+    assert!(matches!(good, Ok(Some(_))), "{good:?}");
+    assert!(matches!(&bad, Err(err) if !err.outage), "{bad:?}");
+    assert_eq!(log_len(&db, "good").await, 3);
+    assert_eq!(log_len(&db, "bad").await, 1);
+}
