@@ -253,6 +253,28 @@ pub async fn transitions<T: Borrow<Transition>>(
         .collect())
 }
 
+/// When `t` was written, if it was: its first log row is there, as `t` wrote
+/// it. For a write whose answer was lost, whose retry then found the saga
+/// moved on.
+pub async fn was_written(pool: &PgPool, t: &Transition) -> sqlx::Result<Option<DateTime<Utc>>> {
+    let Some(first) = t.log.first() else {
+        return Ok(None);
+    };
+    sqlx::query_scalar!(
+        r#"SELECT at FROM orchestrator.saga_log
+           WHERE trip_id = $1 AND seq = $2 AND step = $3
+             AND status = $4::text::orchestrator.step_event AND attempt = $5 AND detail = $6"#,
+        t.trip_id,
+        first.seq,
+        first.step.as_str(),
+        first.event.as_str(),
+        first.attempt,
+        first.detail,
+    )
+    .fetch_optional(pool)
+    .await
+}
+
 /// The database's clock.
 pub async fn now(pool: &PgPool) -> sqlx::Result<DateTime<Utc>> {
     sqlx::query_scalar!(r#"SELECT now() AS "now!""#)

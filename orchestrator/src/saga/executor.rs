@@ -6,6 +6,7 @@
 //! in one fenced write, and move on. The fast path never polls the database.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -554,6 +555,7 @@ impl Engine {
             position,
             log,
         });
+        let retried = AtomicBool::new(false);
         let write = (|| self.writer.write(Arc::clone(&transition)))
             .retry(
                 ExponentialBuilder::new()
@@ -563,14 +565,31 @@ impl Engine {
                     .without_max_times(),
             )
             .when(|err| err.outage)
-            .notify(
-                |err, delay| tracing::warn!(%err, ?delay, "cannot record a saga step, retrying"),
-            );
+            .notify(|err, delay| {
+                retried.store(true, Ordering::Relaxed);
+                tracing::warn!(%err, ?delay, "cannot record a saga step, retrying");
+            });
         let written = tokio::select! {
             written = write => written.map_err(|err| Stop::Failed(err.message))?,
             () = self.shutdown.cancelled() => return Err(Stop::Shutdown),
         };
-        let at = written.ok_or(Stop::Fenced)?;
+        let at = match written {
+            Some(at) => at,
+            // A write that failed as an outage may have committed all the
+            // same (its answer was lost): then its retry is fenced by the
+            // write itself. Its first log row tells.
+            None if retried.load(Ordering::Relaxed) => {
+                match store::was_written(&self.pool, &transition).await {
+                    Ok(Some(at)) => at,
+                    Ok(None) => return Err(Stop::Fenced),
+                    Err(err) => {
+                        tracing::warn!(%err, "cannot check whether a retried write was made");
+                        return Err(Stop::Fenced);
+                    }
+                }
+            }
+            None => return Err(Stop::Fenced),
+        };
         if let Some(shown) = &mut run.shown {
             for entry in &transition.log {
                 StepView::fold(

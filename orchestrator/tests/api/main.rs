@@ -245,3 +245,31 @@ async fn a_write_the_database_refuses_fails_alone_in_its_batch() {
     assert_eq!(log_len(&db, "good").await, 3);
     assert_eq!(log_len(&db, "bad").await, 1);
 }
+
+#[tokio::test]
+async fn a_write_whose_answer_was_lost_is_found_by_its_first_log_row() {
+    let db = TestDb::new().await;
+    let pool = db.pool();
+    assert!(
+        store::create(pool, &trip("lost"), Step::ReserveFlight, "a", 30.0, None)
+            .await
+            .unwrap()
+    );
+    let mut log = succeeded_flight(2);
+    log[0].detail = json!({ "booking_id": "b1" });
+    let made = Transition {
+        trip_id: "lost".into(),
+        version: 0,
+        position: Position::Forward(1),
+        log,
+    };
+    assert_eq!(store::was_written(pool, &made).await.unwrap(), None);
+    assert!(store::transition(pool, &made, 30.0).await.unwrap());
+    // Its retry is fenced by the write itself, and the log row shows it.
+    assert!(!store::transition(pool, &made, 30.0).await.unwrap());
+    assert!(store::was_written(pool, &made).await.unwrap().is_some());
+    // Another mover's row at the same place is not this write.
+    let mut other = made.clone();
+    other.log[0].detail = json!({ "booking_id": "b2" });
+    assert_eq!(store::was_written(pool, &other).await.unwrap(), None);
+}
