@@ -39,6 +39,40 @@ pub async fn post_keyed(url: &str, key: Option<&str>, body: &Value) -> (StatusCo
     (status, response.json().await.unwrap_or(Value::Null))
 }
 
+/// Creates a trip at `collection_url` with a key: the first answer, after
+/// checking that a participant's answer, which its SQL builds, reads as the
+/// wire type `T` writes it, and that a replay, an unkeyed call and a read
+/// of `{collection_url}/{trip_id}` all answer the same.
+pub async fn answers_alike<T>(collection_url: &str, body: &Value) -> Value
+where
+    T: serde::Serialize + serde::de::DeserializeOwned,
+{
+    let key = format!("{}:first", body["trip_id"].as_str().unwrap_or_default());
+    let (status, first) = post_keyed(collection_url, Some(&key), body).await;
+    assert_eq!(status, StatusCode::OK, "{first}");
+    let typed: T = serde_json::from_value(first.clone()).expect("the wire type reads it");
+    assert_eq!(
+        serde_json::to_value(typed).unwrap(),
+        first,
+        "as the wire type writes it"
+    );
+    let (_, replay) = post_keyed(collection_url, Some(&key), body).await;
+    assert_eq!(replay, first, "a replay");
+    let (_, unkeyed) = post(collection_url, body).await;
+    assert_eq!(unkeyed, first, "an unkeyed call");
+    let read: Value = reqwest::get(format!(
+        "{collection_url}/{}",
+        body["trip_id"].as_str().unwrap_or_default()
+    ))
+    .await
+    .expect("request failed")
+    .json()
+    .await
+    .unwrap_or(Value::Null);
+    assert_eq!(read, first, "a read");
+    first
+}
+
 impl Booking<'_> {
     fn at(&self, path: &str) -> String {
         format!("{}{}{path}", self.url, self.collection)

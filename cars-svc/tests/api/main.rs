@@ -59,8 +59,7 @@ async fn stores_the_sample_fields() {
     );
 }
 
-/// The answer is built in SQL; it reads as the wire type writes it, whether
-/// it is a first answer, a replay or a read.
+/// Timestamps in answers, which SQL builds, read as chrono writes them.
 #[tokio::test]
 async fn answers_as_the_wire_type_writes_them() {
     let db = TestDb::new().await;
@@ -72,21 +71,7 @@ async fn answers_as_the_wire_type_writes_them() {
     body["rental_from"] = json!("2021-07-09T00:00:00.25Z");
     body["rental_to"] = json!("2021-07-17T00:00:00.000001Z");
     let url = format!("{}/rentals", server.url);
-    let (status, first) = testkit::contract::post_keyed(&url, Some("t:R"), &body).await;
-    assert_eq!(status, 200, "{first}");
+    let first = testkit::contract::answers_alike::<common::wire::CarRental>(&url, &body).await;
     assert_eq!(first["rental_from"], "2021-07-09T00:00:00.250Z");
     assert_eq!(first["rental_to"], "2021-07-17T00:00:00.000001Z");
-    let typed: common::wire::CarRental = serde_json::from_value(first.clone()).unwrap();
-    assert_eq!(serde_json::to_value(typed).unwrap(), first);
-    let (_, replay) = testkit::contract::post_keyed(&url, Some("t:R"), &body).await;
-    assert_eq!(replay, first);
-    let (_, unkeyed) = testkit::contract::post(&url, &body).await;
-    assert_eq!(unkeyed, first);
-    let read: Value = reqwest::get(format!("{url}/t"))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(read, first);
 }
