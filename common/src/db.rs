@@ -15,6 +15,9 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 pub struct PoolConfig {
     pub max_connections: u32,
     pub acquire_timeout: Duration,
+    /// Server settings for every connection of the pool (`SET name = value`
+    /// at connect time, so they cost nothing per query).
+    pub settings: &'static [(&'static str, &'static str)],
 }
 
 impl Default for PoolConfig {
@@ -22,6 +25,7 @@ impl Default for PoolConfig {
         Self {
             max_connections: 10,
             acquire_timeout: Duration::from_secs(5),
+            settings: &[],
         }
     }
 }
@@ -38,10 +42,16 @@ pub async fn connect_and_migrate(
 ) -> anyhow::Result<PgPool> {
     let options = PgConnectOptions::from_str(url)
         .context("DATABASE_URL is not a valid PostgreSQL URL")?
-        .options([("search_path", schema)]);
+        .options([("search_path", schema)])
+        .options(pool.settings.iter().copied());
     let pool_options = PgPoolOptions::new()
         .max_connections(pool.max_connections)
-        .acquire_timeout(pool.acquire_timeout);
+        .acquire_timeout(pool.acquire_timeout)
+        // No round trip to test each connection as it leaves the pool: a
+        // broken one fails its query, which every caller treats as
+        // transient (the orchestrator retries the write, a participant
+        // answers 500 and is called again).
+        .test_before_acquire(false);
     let pool = (|| pool_options.clone().connect_with(options.clone()))
         .retry(
             ExponentialBuilder::default()

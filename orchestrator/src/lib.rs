@@ -176,7 +176,16 @@ pub async fn run(
         &config.common.database_url,
         SCHEMA,
         migrator(),
-        config.common.pool(),
+        common::db::PoolConfig {
+            // Every query here finds its rows by key or through a partial
+            // index. Without statistics (a new table, before autovacuum has
+            // analyzed it) the planner takes `orchestrator.sagas` for a few
+            // pages and joins each batch of transitions to a scan of the
+            // whole table; this keeps it on the indexes whatever the
+            // statistics say.
+            settings: &[("enable_seqscan", "off")],
+            ..config.common.pool()
+        },
     )
     .await?;
     let participants = Participants::new(
