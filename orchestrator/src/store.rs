@@ -93,63 +93,15 @@ pub async fn create(
         first_step,
         deadline,
     };
-    let created = creates(pool, std::slice::from_ref(&new), owner, lease_secs).await?;
-    Ok(created.contains_key(&trip.trip_id))
-}
-
-/// Inserts a batch of new sagas (of distinct trips) in one statement, each
-/// with its first step logged as started. Returns the trip ids inserted,
-/// with the time written (the transaction's); the others had a saga already.
-#[tracing::instrument(skip_all, fields(batch = batch.len()), err)]
-pub async fn creates(
-    db: impl sqlx::PgExecutor<'_>,
-    batch: &[NewSaga],
-    owner: &str,
-    lease_secs: f64,
-) -> sqlx::Result<Created> {
-    let trip_ids: Vec<&str> = batch.iter().map(|n| n.trip.trip_id.as_str()).collect();
-    let run_types: Vec<&str> = batch.iter().map(|n| n.trip.run_type.as_str()).collect();
-    let inputs = batch
-        .iter()
-        .map(|n| serde_json::to_value(&n.trip))
-        .collect::<Result<Vec<Value>, _>>()
-        .map_err(|err| sqlx::Error::Encode(Box::new(err)))?;
-    let deadlines: Vec<Option<DateTime<Utc>>> = batch.iter().map(|n| n.deadline).collect();
-    let first_steps: Vec<&str> = batch.iter().map(|n| n.first_step.as_str()).collect();
-    let created = sqlx::query!(
-        r#"WITH new AS (
-               SELECT * FROM unnest($1::text[], $2::text[], $3::jsonb[], $4::timestamptz[], $5::text[])
-                   AS n(trip_id, run_type, input, deadline, first_step)),
-           saga AS (
-               INSERT INTO orchestrator.sagas
-                   (trip_id, run_type, status, definition_version, cursor, input, owner, lease_until,
-                    deadline)
-               SELECT trip_id, run_type, 'running', $6, 0, input, $7,
-                      now() + make_interval(secs => $8), deadline
-               FROM new
-               ON CONFLICT (trip_id) DO NOTHING
-               RETURNING trip_id),
-           log AS (
-               INSERT INTO orchestrator.saga_log (trip_id, seq, step, status, attempt, detail)
-               SELECT n.trip_id, 1, n.first_step, 'started', 1,
-                      jsonb_build_object('idempotency_key', n.trip_id || ':' || n.first_step)
-               FROM new n WHERE n.trip_id IN (SELECT trip_id FROM saga))
-           SELECT trip_id AS "trip_id!", now() AS "at!" FROM saga"#,
-        &trip_ids as &[&str],
-        &run_types as &[&str],
-        &inputs,
-        &deadlines as &[Option<DateTime<Utc>>],
-        &first_steps as &[&str],
-        DEFINITION_VERSION,
+    let (created, _) = write(
+        pool,
+        std::slice::from_ref(&new),
+        &[] as &[Transition],
         owner,
         lease_secs,
     )
-    .fetch_all(db)
     .await?;
-    Ok(created
-        .into_iter()
-        .map(|row| (row.trip_id, row.at))
-        .collect())
+    Ok(created.contains_key(&trip.trip_id))
 }
 
 /// Applies `t` if the saga's version is still `t.version`. Returns `false`
@@ -160,97 +112,163 @@ pub async fn transition(pool: &PgPool, t: &Transition, lease_secs: f64) -> sqlx:
     Ok(applied.contains_key(&(t.trip_id.clone(), t.version)))
 }
 
-/// Applies a batch of transitions of different sagas in one statement (so
-/// one commit): each applies only if its saga's version is still the one it
-/// read. Returns those applied, by trip id and the version they moved from,
-/// with the time written (the transaction's); the others were fenced.
-#[tracing::instrument(skip_all, fields(batch = batch.len()), err)]
+/// Applies a batch of transitions of different sagas in one statement: see
+/// [`write`].
 pub async fn transitions<T: Borrow<Transition>>(
     db: impl sqlx::PgExecutor<'_>,
     batch: &[T],
     lease_secs: f64,
 ) -> sqlx::Result<Applied> {
-    let batch: Vec<&Transition> = batch.iter().map(Borrow::borrow).collect();
-    let trip_ids: Vec<&str> = batch.iter().map(|t| t.trip_id.as_str()).collect();
-    let versions: Vec<i64> = batch.iter().map(|t| t.version).collect();
-    let statuses: Vec<&str> = batch.iter().map(|t| t.position.status().as_str()).collect();
-    let cursors: Vec<i32> = batch.iter().map(|t| t.position.cursor()).collect();
-    let entries = batch.iter().flat_map(|t| {
-        t.log
-            .iter()
-            .map(move |e| (t.trip_id.as_str(), t.version, e))
-    });
-    let (
-        mut log_trips,
-        mut log_versions,
-        mut seqs,
-        mut steps,
-        mut events,
-        mut attempts,
-        mut details,
-    ) = (
-        Vec::new(),
-        Vec::new(),
-        Vec::new(),
-        Vec::new(),
-        Vec::new(),
-        Vec::new(),
-        Vec::new(),
-    );
-    for (trip_id, version, e) in entries {
-        log_trips.push(trip_id);
-        log_versions.push(version);
-        seqs.push(e.seq);
-        steps.push(e.step.as_str());
-        events.push(e.event.as_str());
-        attempts.push(e.attempt);
-        details.push(&e.detail);
+    let (_, applied) = write(db, &[], batch, "", lease_secs).await?;
+    Ok(applied)
+}
+
+/// Writes a batch in one statement (one round trip, one commit): the new
+/// sagas `creates` (of distinct trips), owned by `owner`, each with its
+/// first step logged as started, and the transitions `moves` of sagas
+/// created before, each applied only if its saga's version is still the
+/// one it read. Returns the trips created and the transitions applied (by
+/// trip id and the version they moved from), each with the time written
+/// (the transaction's); a trip that had a saga already is not created, a
+/// fenced transition is not applied.
+#[tracing::instrument(skip_all, fields(creates = creates.len(), moves = moves.len()), err)]
+pub async fn write<T: Borrow<Transition>>(
+    db: impl sqlx::PgExecutor<'_>,
+    creates: &[NewSaga],
+    moves: &[T],
+    owner: &str,
+    lease_secs: f64,
+) -> sqlx::Result<(Created, Applied)> {
+    let new_trips: Vec<&str> = creates.iter().map(|n| n.trip.trip_id.as_str()).collect();
+    let run_types: Vec<&str> = creates.iter().map(|n| n.trip.run_type.as_str()).collect();
+    let inputs = creates
+        .iter()
+        .map(|n| serde_json::to_value(&n.trip))
+        .collect::<Result<Vec<Value>, _>>()
+        .map_err(|err| sqlx::Error::Encode(Box::new(err)))?;
+    let deadlines: Vec<Option<DateTime<Utc>>> = creates.iter().map(|n| n.deadline).collect();
+    let first_steps: Vec<&str> = creates.iter().map(|n| n.first_step.as_str()).collect();
+
+    let moves: Vec<&Transition> = moves.iter().map(Borrow::borrow).collect();
+    let trip_ids: Vec<&str> = moves.iter().map(|t| t.trip_id.as_str()).collect();
+    let versions: Vec<i64> = moves.iter().map(|t| t.version).collect();
+    let statuses: Vec<&str> = moves.iter().map(|t| t.position.status().as_str()).collect();
+    let cursors: Vec<i32> = moves.iter().map(|t| t.position.cursor()).collect();
+    let rows = moves.iter().map(|t| t.log.len()).sum();
+    let mut log = LogColumns::with_capacity(rows);
+    for t in &moves {
+        for e in &t.log {
+            log.trips.push(t.trip_id.as_str());
+            log.versions.push(t.version);
+            log.seqs.push(e.seq);
+            log.steps.push(e.step.as_str());
+            log.events.push(e.event.as_str());
+            log.attempts.push(e.attempt);
+            log.details.push(&e.detail);
+        }
     }
-    let applied = sqlx::query!(
-        r#"WITH moves AS (
-               SELECT * FROM unnest($1::text[], $2::int8[], $3::text[], $4::int4[])
+    let rows = sqlx::query!(
+        r#"WITH new AS (
+               SELECT * FROM unnest($1::text[], $2::text[], $3::jsonb[], $4::timestamptz[], $5::text[])
+                   AS n(trip_id, run_type, input, deadline, first_step)),
+           created AS (
+               INSERT INTO orchestrator.sagas
+                   (trip_id, run_type, status, definition_version, cursor, input, owner, lease_until,
+                    deadline)
+               SELECT trip_id, run_type, 'running', $6, 0, input, $7,
+                      now() + make_interval(secs => $8), deadline
+               FROM new
+               ON CONFLICT (trip_id) DO NOTHING
+               RETURNING trip_id),
+           created_log AS (
+               INSERT INTO orchestrator.saga_log (trip_id, seq, step, status, attempt, detail)
+               SELECT n.trip_id, 1, n.first_step, 'started', 1,
+                      jsonb_build_object('idempotency_key', n.trip_id || ':' || n.first_step)
+               FROM new n WHERE n.trip_id IN (SELECT trip_id FROM created)),
+           moves AS (
+               SELECT * FROM unnest($9::text[], $10::int8[], $11::text[], $12::int4[])
                    AS m(trip_id, version, status, cursor)),
-           saga AS (
+           moved AS (
                UPDATE orchestrator.sagas s
                SET status = m.status::orchestrator.saga_status,
                    cursor = m.cursor,
                    version = s.version + 1,
                    lease_until = CASE WHEN m.status IN ('succeeded', 'failed') THEN NULL
-                                      ELSE now() + make_interval(secs => $11) END,
+                                      ELSE now() + make_interval(secs => $8) END,
                    owner = CASE WHEN m.status IN ('succeeded', 'failed') THEN NULL ELSE s.owner END,
                    updated_at = now()
                FROM moves m
                WHERE s.trip_id = m.trip_id AND s.version = m.version
                RETURNING s.trip_id, m.version AS from_version),
-           log AS (
+           moved_log AS (
                INSERT INTO orchestrator.saga_log (trip_id, seq, step, status, attempt, detail)
                SELECT l.trip_id, l.seq, l.step, l.status::orchestrator.step_event, l.attempt, l.detail
-               FROM unnest($5::text[], $12::int8[], $6::int4[], $7::text[], $8::text[], $9::int4[],
-                           $10::jsonb[])
+               FROM unnest($13::text[], $14::int8[], $15::int4[], $16::text[], $17::text[],
+                           $18::int4[], $19::jsonb[])
                     AS l(trip_id, version, seq, step, status, attempt, detail)
                -- Only the rows of the moves applied: a stale mover's rows
                -- for the same saga may be in the same batch.
-               WHERE (l.trip_id, l.version) IN (SELECT trip_id, from_version FROM saga))
-           SELECT trip_id AS "trip_id!", from_version AS "from_version!", now() AS "at!" FROM saga"#,
+               WHERE (l.trip_id, l.version) IN (SELECT trip_id, from_version FROM moved))
+           -- A created trip comes back without a version.
+           SELECT trip_id AS "trip_id!", NULL::int8 AS from_version, now() AS "at!" FROM created
+           UNION ALL
+           SELECT trip_id, from_version, now() FROM moved"#,
+        &new_trips as &[&str],
+        &run_types as &[&str],
+        &inputs,
+        &deadlines as &[Option<DateTime<Utc>>],
+        &first_steps as &[&str],
+        DEFINITION_VERSION,
+        owner,
+        lease_secs,
         &trip_ids as &[&str],
         &versions,
         &statuses as &[&str],
         &cursors,
-        &log_trips as &[&str],
-        &seqs,
-        &steps as &[&str],
-        &events as &[&str],
-        &attempts,
-        &details as &[&Value],
-        lease_secs,
-        &log_versions,
+        &log.trips as &[&str],
+        &log.versions,
+        &log.seqs,
+        &log.steps as &[&str],
+        &log.events as &[&str],
+        &log.attempts,
+        &log.details as &[&Value],
     )
     .fetch_all(db)
     .await?;
-    Ok(applied
-        .into_iter()
-        .map(|row| ((row.trip_id, row.from_version), row.at))
-        .collect())
+    let (mut created, mut applied) = (Created::new(), Applied::new());
+    for row in rows {
+        match row.from_version {
+            None => created.insert(row.trip_id, row.at),
+            Some(version) => applied.insert((row.trip_id, version), row.at),
+        };
+    }
+    Ok((created, applied))
+}
+
+/// The log rows of a batch of transitions, a column each, as the statement
+/// takes them.
+struct LogColumns<'a> {
+    trips: Vec<&'a str>,
+    versions: Vec<i64>,
+    seqs: Vec<i32>,
+    steps: Vec<&'a str>,
+    events: Vec<&'a str>,
+    attempts: Vec<i32>,
+    details: Vec<&'a Value>,
+}
+
+impl LogColumns<'_> {
+    fn with_capacity(rows: usize) -> Self {
+        Self {
+            trips: Vec::with_capacity(rows),
+            versions: Vec::with_capacity(rows),
+            seqs: Vec::with_capacity(rows),
+            steps: Vec::with_capacity(rows),
+            events: Vec::with_capacity(rows),
+            attempts: Vec::with_capacity(rows),
+            details: Vec::with_capacity(rows),
+        }
+    }
 }
 
 /// When `t` was written, if it was: its first log row is there, as `t` wrote

@@ -190,8 +190,7 @@ fn answer(
     })
 }
 
-/// Writes the batch: one statement if it holds one kind of write, one
-/// transaction of two statements if both.
+/// Writes the batch in one statement.
 async fn write(
     pool: &PgPool,
     owner: &str,
@@ -199,29 +198,13 @@ async fn write(
     creates: &[NewSaga],
     moves: &[Arc<Transition>],
 ) -> Result<(Created, Applied), WriteError> {
-    let result = async {
-        match (creates.is_empty(), moves.is_empty()) {
-            (false, true) => Ok((
-                store::creates(pool, creates, owner, lease_secs).await?,
-                Applied::new(),
-            )),
-            (true, false) => Ok((
-                Created::new(),
-                store::transitions(pool, moves, lease_secs).await?,
-            )),
-            (true, true) => Ok((Created::new(), Applied::new())),
-            (false, false) => {
-                let mut tx = pool.begin().await?;
-                let made = store::creates(&mut *tx, creates, owner, lease_secs).await?;
-                let applied = store::transitions(&mut *tx, moves, lease_secs).await?;
-                tx.commit().await?;
-                Ok((made, applied))
-            }
-        }
+    if creates.is_empty() && moves.is_empty() {
+        return Ok((Created::new(), Applied::new()));
     }
-    .await;
-    result.map_err(|err: sqlx::Error| WriteError {
-        outage: crate::saga::executor::is_outage(&err),
-        message: err.to_string(),
-    })
+    store::write(pool, creates, moves, owner, lease_secs)
+        .await
+        .map_err(|err| WriteError {
+            outage: crate::saga::executor::is_outage(&err),
+            message: err.to_string(),
+        })
 }

@@ -209,6 +209,48 @@ async fn a_batch_applies_each_live_transition_and_fences_the_stale_ones() {
 }
 
 #[tokio::test]
+async fn one_statement_creates_sagas_and_moves_others() {
+    let db = TestDb::new().await;
+    let pool = db.pool();
+    for id in ["old", "taken"] {
+        assert!(
+            store::create(pool, &trip(id), Step::ReserveFlight, "a", 30.0, None)
+                .await
+                .unwrap()
+        );
+    }
+    let new = |id: &str| store::NewSaga {
+        trip: trip(id),
+        first_step: Step::ReserveFlight,
+        deadline: None,
+    };
+    let mv = |version| Transition {
+        trip_id: "old".into(),
+        version,
+        position: Position::Forward(1),
+        log: succeeded_flight(2),
+    };
+    let (created, applied) = store::write(
+        pool,
+        &[new("fresh"), new("taken")],
+        &[mv(0), mv(5)],
+        "a",
+        30.0,
+    )
+    .await
+    .unwrap();
+    assert_eq!(created.into_keys().collect::<Vec<_>>(), ["fresh"]);
+    assert_eq!(applied.into_keys().collect::<Vec<_>>(), [("old".into(), 0)]);
+    assert_eq!(log_len(&db, "fresh").await, 1);
+    assert_eq!(
+        log_len(&db, "taken").await,
+        1,
+        "an existing trip is left as it was"
+    );
+    assert_eq!(log_len(&db, "old").await, 3);
+}
+
+#[tokio::test]
 async fn a_write_the_database_refuses_fails_alone_in_its_batch() {
     let db = TestDb::new().await;
     let pool = db.pool();
