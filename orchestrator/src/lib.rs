@@ -33,6 +33,14 @@ use saga::executor::{Engine, EngineConfig};
 /// The schema this service owns.
 pub const SCHEMA: &str = "orchestrator";
 
+/// Server settings of the orchestrator's database connections. Every query
+/// it makes finds its rows by key or through a partial index. Without
+/// statistics (a new table, before autovacuum has analyzed it) the planner
+/// takes `orchestrator.sagas` for a few pages and joins each batch of
+/// transitions to a scan of the whole table; this keeps it on the indexes
+/// whatever the statistics say.
+pub const DB_SETTINGS: &[(&str, &str)] = &[("enable_seqscan", "off")];
+
 /// The migrations of the `orchestrator` schema, applied at start-up.
 pub fn migrator() -> Migrator {
     sqlx::migrate!("../migrations/orchestrator")
@@ -177,13 +185,7 @@ pub async fn run(
         SCHEMA,
         migrator(),
         common::db::PoolConfig {
-            // Every query here finds its rows by key or through a partial
-            // index. Without statistics (a new table, before autovacuum has
-            // analyzed it) the planner takes `orchestrator.sagas` for a few
-            // pages and joins each batch of transitions to a scan of the
-            // whole table; this keeps it on the indexes whatever the
-            // statistics say.
-            settings: &[("enable_seqscan", "off")],
+            settings: DB_SETTINGS,
             ..config.common.pool()
         },
     )

@@ -251,6 +251,60 @@ async fn one_statement_creates_sagas_and_moves_others() {
 }
 
 #[tokio::test]
+async fn a_batch_of_transitions_finds_its_sagas_by_key_before_any_statistics() {
+    let db = TestDb::new().await;
+    // The orchestrator's own connections, on tables never analyzed.
+    let pool = common::db::connect_and_migrate(
+        db.url(),
+        orchestrator::SCHEMA,
+        orchestrator::migrator(),
+        common::db::PoolConfig {
+            settings: orchestrator::DB_SETTINGS,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let ids: Vec<String> = (0..2000).map(|i| format!("trip-{i}")).collect();
+    let new: Vec<_> = ids
+        .iter()
+        .map(|id| store::NewSaga {
+            trip: trip(id),
+            first_step: Step::ReserveFlight,
+            deadline: None,
+        })
+        .collect();
+    let (created, _) = store::write(&pool, &new, &[] as &[Transition], "a", 30.0)
+        .await
+        .unwrap();
+    assert_eq!(created.len(), ids.len());
+    let moves: Vec<_> = ids[..200]
+        .iter()
+        .map(|id| Transition {
+            trip_id: id.clone(),
+            version: 0,
+            position: Position::Forward(1),
+            log: succeeded_flight(2),
+        })
+        .collect();
+    let mut tx = pool.begin().await.unwrap();
+    let applied = store::transitions(&mut *tx, &moves, 30.0).await.unwrap();
+    assert_eq!(applied.len(), moves.len());
+    let scans: i64 = sqlx::query_scalar(
+        "SELECT seq_scan FROM pg_stat_xact_user_tables
+         WHERE schemaname = 'orchestrator' AND relname = 'sagas'",
+    )
+    .fetch_one(&mut *tx)
+    .await
+    .unwrap();
+    assert_eq!(
+        scans, 0,
+        "a batch of transitions scanned orchestrator.sagas"
+    );
+    tx.commit().await.unwrap();
+}
+
+#[tokio::test]
 async fn a_write_the_database_refuses_fails_alone_in_its_batch() {
     let db = TestDb::new().await;
     let pool = db.pool();
