@@ -6,9 +6,16 @@ use std::time::Duration;
 
 use anyhow::Context;
 use backon::{ExponentialBuilder, Retryable};
-use sqlx::PgPool;
 use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{Connection, PgPool};
+
+/// A pooled connection idle for longer is pinged before it is handed out
+/// (HikariCP's `aliveBypassWindowMs`, shorter): one used more recently has
+/// just passed the ping sqlx makes as a connection comes back. A restart of
+/// PostgreSQL shorter than this can leave connections that fail their next
+/// query, once each; every caller treats that as transient.
+pub const PING_IF_IDLE_FOR: Duration = Duration::from_millis(100);
 
 /// Pool settings a service chooses.
 #[derive(Debug, Clone)]
@@ -40,6 +47,20 @@ pub async fn connect_and_migrate(
     migrator: Migrator,
     pool: PoolConfig,
 ) -> anyhow::Result<PgPool> {
+    let pool = connect(url, schema, pool).await?;
+    let mut migrator = migrator;
+    migrator.create_schema(schema);
+    migrator.dangerous_set_table_name(format!("{schema}._sqlx_migrations"));
+    migrator
+        .run(&pool)
+        .await
+        .with_context(|| format!("cannot migrate schema {schema}"))?;
+    Ok(pool)
+}
+
+/// Connects to `url` with `search_path` set to `schema`, waiting up to about
+/// 30 s for PostgreSQL to come up.
+pub async fn connect(url: &str, schema: &'static str, pool: PoolConfig) -> anyhow::Result<PgPool> {
     let options = PgConnectOptions::from_str(url)
         .context("DATABASE_URL is not a valid PostgreSQL URL")?
         .options([("search_path", schema)])
@@ -47,12 +68,21 @@ pub async fn connect_and_migrate(
     let pool_options = PgPoolOptions::new()
         .max_connections(pool.max_connections)
         .acquire_timeout(pool.acquire_timeout)
-        // No round trip to test each connection as it leaves the pool: a
-        // broken one fails its query, which every caller treats as
-        // transient (the orchestrator retries the write, a participant
-        // answers 500 and is called again).
-        .test_before_acquire(false);
-    let pool = (|| pool_options.clone().connect_with(options.clone()))
+        // sqlx pings every connection as it leaves the pool (and again as
+        // it comes back): one more round trip per query. Under load a
+        // connection has been idle for microseconds and has just passed the
+        // ping on its way back, so only one idle for longer is pinged: after
+        // a PostgreSQL restart those are the ones left broken.
+        .test_before_acquire(false)
+        .before_acquire(|conn, meta| {
+            Box::pin(async move {
+                if meta.idle_for > PING_IF_IDLE_FOR {
+                    conn.ping().await?;
+                }
+                Ok(true)
+            })
+        });
+    (|| pool_options.clone().connect_with(options.clone()))
         .retry(
             ExponentialBuilder::default()
                 .with_min_delay(Duration::from_millis(200))
@@ -63,13 +93,5 @@ pub async fn connect_and_migrate(
             tracing::warn!(%err, ?delay, "database not reachable yet, retrying");
         })
         .await
-        .context("cannot connect to DATABASE_URL")?;
-    let mut migrator = migrator;
-    migrator.create_schema(schema);
-    migrator.dangerous_set_table_name(format!("{schema}._sqlx_migrations"));
-    migrator
-        .run(&pool)
-        .await
-        .with_context(|| format!("cannot migrate schema {schema}"))?;
-    Ok(pool)
+        .context("cannot connect to DATABASE_URL")
 }

@@ -131,6 +131,10 @@ pub async fn transitions<T: Borrow<Transition>>(
 /// trip id and the version they moved from), each with the time written
 /// (the transaction's); a trip that had a saga already is not created, a
 /// fenced transition is not applied.
+///
+/// Every part of the statement sees the same snapshot, so a move of a saga
+/// created in the same batch would be fenced; none is ever sent, since a
+/// driver moves its saga only once the create has been answered.
 #[tracing::instrument(skip_all, fields(creates = creates.len(), moves = moves.len()), err)]
 pub async fn write<T: Borrow<Transition>>(
     db: impl sqlx::PgExecutor<'_>,

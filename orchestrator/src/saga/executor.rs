@@ -579,13 +579,26 @@ impl Engine {
             // same (its answer was lost): then its retry is fenced by the
             // write itself. Its first log row tells.
             None if retried.load(Ordering::Relaxed) => {
-                match store::was_written(&self.pool, &transition).await {
+                let check = (|| store::was_written(&self.pool, &transition))
+                    .retry(
+                        ExponentialBuilder::new()
+                            .with_min_delay(Duration::from_millis(50))
+                            .with_max_delay(Duration::from_secs(2))
+                            .with_jitter()
+                            .without_max_times(),
+                    )
+                    .when(is_outage)
+                    .notify(|err, delay| {
+                        tracing::warn!(%err, ?delay, "cannot check whether a retried write was made, retrying");
+                    });
+                let checked = tokio::select! {
+                    checked = check => checked,
+                    () = self.shutdown.cancelled() => return Err(Stop::Shutdown),
+                };
+                match checked {
                     Ok(Some(at)) => at,
                     Ok(None) => return Err(Stop::Fenced),
-                    Err(err) => {
-                        tracing::warn!(%err, "cannot check whether a retried write was made");
-                        return Err(Stop::Fenced);
-                    }
+                    Err(err) => return Err(Stop::Failed(err.to_string())),
                 }
             }
             None => return Err(Stop::Fenced),

@@ -290,8 +290,8 @@ async fn a_batch_of_transitions_finds_its_sagas_by_key_before_any_statistics() {
     let mut tx = pool.begin().await.unwrap();
     let applied = store::transitions(&mut *tx, &moves, 30.0).await.unwrap();
     assert_eq!(applied.len(), moves.len());
-    let scans: i64 = sqlx::query_scalar(
-        "SELECT seq_scan FROM pg_stat_xact_user_tables
+    let (scans, fetched): (i64, i64) = sqlx::query_as(
+        "SELECT seq_scan, idx_tup_fetch FROM pg_stat_xact_user_tables
          WHERE schemaname = 'orchestrator' AND relname = 'sagas'",
     )
     .fetch_one(&mut *tx)
@@ -300,6 +300,12 @@ async fn a_batch_of_transitions_finds_its_sagas_by_key_before_any_statistics() {
     assert_eq!(
         scans, 0,
         "a batch of transitions scanned orchestrator.sagas"
+    );
+    // One key lookup per move, not a walk over a whole index.
+    assert!(
+        fetched <= moves.len() as i64,
+        "{fetched} saga rows fetched for {} moves",
+        moves.len()
     );
     tx.commit().await.unwrap();
 }
