@@ -8,7 +8,8 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Utc};
-use sqlx::PgPool;
+use sqlx::pool::PoolConnection;
+use sqlx::{PgPool, Postgres};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
@@ -89,6 +90,7 @@ async fn drain(
     lease_secs: f64,
     mut queue: mpsc::UnboundedReceiver<(Job, Reply)>,
 ) {
+    let mut db = Connection { pool, held: None };
     while let Some(first) = queue.recv().await {
         let mut jobs = vec![first];
         while jobs.len() < MAX_BATCH {
@@ -117,7 +119,7 @@ async fn drain(
                 }
             }
         }
-        let written = write(&pool, &owner, lease_secs, &creates, &moves).await;
+        let written = db.write(&owner, lease_secs, &creates, &moves).await;
         match written {
             // A write the database refuses (not an outage) fails alone: the
             // batch is written again one saga at a time.
@@ -133,8 +135,7 @@ async fn drain(
                             trip_id,
                             index: Some(i),
                         } => {
-                            let alone =
-                                write(&pool, &owner, lease_secs, &creates[*i..=*i], &[]).await;
+                            let alone = db.write(&owner, lease_secs, &creates[*i..=*i], &[]).await;
                             let result = answer(&alone, &entry, &moves);
                             first_creates.insert(trip_id.clone(), result.clone());
                             result
@@ -147,8 +148,7 @@ async fn drain(
                             _ => Ok(None),
                         },
                         Entry::Move(i) => {
-                            let alone =
-                                write(&pool, &owner, lease_secs, &[], &moves[*i..=*i]).await;
+                            let alone = db.write(&owner, lease_secs, &[], &moves[*i..=*i]).await;
                             answer(&alone, &entry, &moves)
                         }
                     };
@@ -190,21 +190,44 @@ fn answer(
     })
 }
 
-/// Writes the batch in one statement.
-async fn write(
-    pool: &PgPool,
-    owner: &str,
-    lease_secs: f64,
-    creates: &[NewSaga],
-    moves: &[Arc<Transition>],
-) -> Result<(Created, Applied), WriteError> {
-    if creates.is_empty() && moves.is_empty() {
-        return Ok((Created::new(), Applied::new()));
-    }
-    store::write(pool, creates, moves, owner, lease_secs)
-        .await
-        .map_err(|err| WriteError {
-            outage: crate::saga::executor::is_outage(&err),
-            message: err.to_string(),
+/// The writer's connection, held from one batch to the next: a connection
+/// given back to the pool costs a round trip (sqlx pings it), which would be
+/// one more for every batch.
+struct Connection {
+    pool: PgPool,
+    held: Option<PoolConnection<Postgres>>,
+}
+
+impl Connection {
+    /// Writes the batch in one statement. After an outage the connection is
+    /// let go, and the next batch takes another one from the pool.
+    async fn write(
+        &mut self,
+        owner: &str,
+        lease_secs: f64,
+        creates: &[NewSaga],
+        moves: &[Arc<Transition>],
+    ) -> Result<(Created, Applied), WriteError> {
+        if creates.is_empty() && moves.is_empty() {
+            return Ok((Created::new(), Applied::new()));
+        }
+        let result = async {
+            let conn = match &mut self.held {
+                Some(conn) => conn,
+                held => held.insert(self.pool.acquire().await?),
+            };
+            store::write(&mut **conn, creates, moves, owner, lease_secs).await
+        }
+        .await;
+        result.map_err(|err| {
+            let outage = crate::saga::executor::is_outage(&err);
+            if outage {
+                self.held = None;
+            }
+            WriteError {
+                outage,
+                message: err.to_string(),
+            }
         })
+    }
 }
