@@ -8,6 +8,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::http::{Request, StatusCode};
 use axum::response::{IntoResponse, Response};
+use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
@@ -62,12 +63,18 @@ pub fn with_middleware(router: Router, request_timeout: Duration) -> Router {
 }
 
 /// Serves `router` (already wrapped) on `listener` until `shutdown` completes,
-/// then lets the requests in flight finish.
+/// then lets the requests in flight finish. Answers go out at once
+/// (`TCP_NODELAY`), not held back for the client's acknowledgement.
 pub async fn serve(
     listener: TcpListener,
     router: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    let listener = listener.tap_io(|tcp| {
+        if let Err(err) = tcp.set_nodelay(true) {
+            tracing::debug!(%err, "cannot set TCP_NODELAY on a connection");
+        }
+    });
     axum::serve(listener, router)
         .with_graceful_shutdown(shutdown)
         .await
