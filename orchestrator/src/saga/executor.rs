@@ -557,13 +557,7 @@ impl Engine {
         });
         let retried = AtomicBool::new(false);
         let write = (|| self.writer.write(Arc::clone(&transition)))
-            .retry(
-                ExponentialBuilder::new()
-                    .with_min_delay(Duration::from_millis(50))
-                    .with_max_delay(Duration::from_secs(2))
-                    .with_jitter()
-                    .without_max_times(),
-            )
+            .retry(until_the_database_is_back())
             .when(|err| err.outage)
             .notify(|err, delay| {
                 retried.store(true, Ordering::Relaxed);
@@ -580,13 +574,7 @@ impl Engine {
             // write itself. Its first log row tells.
             None if retried.load(Ordering::Relaxed) => {
                 let check = (|| store::was_written(&self.pool, &transition))
-                    .retry(
-                        ExponentialBuilder::new()
-                            .with_min_delay(Duration::from_millis(50))
-                            .with_max_delay(Duration::from_secs(2))
-                            .with_jitter()
-                            .without_max_times(),
-                    )
+                    .retry(until_the_database_is_back())
                     .when(is_outage)
                     .notify(|err, delay| {
                         tracing::warn!(%err, ?delay, "cannot check whether a retried write was made, retrying");
@@ -618,6 +606,16 @@ impl Engine {
         }
         Ok(())
     }
+}
+
+/// How a saga's write (or the check of one) is retried through a database
+/// outage: with capped backoff, for as long as it lasts.
+fn until_the_database_is_back() -> ExponentialBuilder {
+    ExponentialBuilder::new()
+        .with_min_delay(Duration::from_millis(50))
+        .with_max_delay(Duration::from_secs(2))
+        .with_jitter()
+        .without_max_times()
 }
 
 /// What a forward step records when the saga's deadline stops it.
