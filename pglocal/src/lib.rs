@@ -132,14 +132,7 @@ impl PrivatePostgres {
             .stdout(Stdio::null())
             .stderr(Stdio::null());
         if durability == Durability::Throwaway {
-            server.args([
-                "-c",
-                "fsync=off",
-                "-c",
-                "synchronous_commit=off",
-                "-c",
-                "full_page_writes=off",
-            ]);
+            server.args(["-c", "fsync=off", "-c", "full_page_writes=off"]);
         }
         as_user(&mut server, owner);
         let mut watchdog = server.spawn().context("cannot start postgres")?;

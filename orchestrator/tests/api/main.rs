@@ -1,6 +1,8 @@
 //! The orchestrator's store on a fresh database: the version fence and the
 //! lease claims that make several processes safe.
 
+use std::time::Duration;
+
 use orchestrator::saga::definition::Position;
 use orchestrator::saga::{Step, StepEvent, TripInput};
 use orchestrator::store::{self, LogEntry, Transition};
@@ -374,4 +376,66 @@ async fn a_write_whose_answer_was_lost_is_found_by_its_first_log_row() {
     let mut other = made.clone();
     other.log[0].detail = json!({ "booking_id": "b2" });
     assert_eq!(store::was_written(pool, &other).await.unwrap(), None);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn after_a_database_restart_the_writer_takes_a_new_connection() {
+    let mut pg = tokio::task::spawn_blocking(|| {
+        pglocal::PrivatePostgres::start(pglocal::Durability::Throwaway)
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    let pool = common::db::connect_and_migrate(
+        pg.url(),
+        orchestrator::SCHEMA,
+        orchestrator::migrator(),
+        common::db::PoolConfig {
+            settings: orchestrator::DB_SETTINGS,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let writer = orchestrator::saga::writer::Writer::start(pool.clone(), "a".into(), 30.0);
+    let new = |id: &str| store::NewSaga {
+        trip: trip(id),
+        first_step: Step::ReserveFlight,
+        deadline: None,
+    };
+    assert!(matches!(writer.create(new("before")).await, Ok(Some(_))));
+
+    // The crash cuts the connection the writer holds, and those idle in the
+    // pool: each fails one write as an outage, which the driver retries, and
+    // is let go. A writer that kept its cut connection would fail forever.
+    pg = tokio::task::spawn_blocking(move || pg.restart_immediate().map(|()| pg))
+        .await
+        .unwrap()
+        .unwrap();
+    let mut attempts = 0;
+    let made = loop {
+        attempts += 1;
+        let write = tokio::time::timeout(Duration::from_secs(20), writer.create(new("after")));
+        match write.await.expect("a write hung") {
+            Err(err) if err.outage && attempts <= 11 => continue,
+            other => break other,
+        }
+    };
+    assert!(
+        matches!(made, Ok(Some(_))),
+        "{made:?} after {attempts} attempts"
+    );
+    assert!(attempts > 1, "the cut connection failed a write");
+    let count = sqlx::query_scalar("SELECT count(*) FROM orchestrator.sagas").fetch_one(&pool);
+    let sagas: i64 = tokio::time::timeout(Duration::from_secs(20), count)
+        .await
+        .expect("the count hung")
+        .unwrap();
+    assert_eq!(sagas, 2, "the saga acknowledged before the crash is there");
+    // The writer gives its connection back when its queue closes.
+    let task = writer.take_task().unwrap();
+    drop(writer);
+    task.await.unwrap();
+    pool.close().await;
+    pg.stop();
 }
