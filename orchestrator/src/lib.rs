@@ -39,7 +39,17 @@ pub const SCHEMA: &str = "orchestrator";
 /// takes `orchestrator.sagas` for a few pages and joins each batch of
 /// transitions to a scan of the whole table; this keeps it on the indexes
 /// whatever the statistics say.
-pub const DB_SETTINGS: &[(&str, &str)] = &[("enable_seqscan", "off")];
+const DB_SETTINGS: &[(&str, &str)] = &[("enable_seqscan", "off")];
+
+/// Connects to `url` as the orchestrator does (its connection settings, its
+/// schema) and applies the schema's migrations.
+pub async fn connect(url: &str, pool: common::db::PoolConfig) -> anyhow::Result<PgPool> {
+    let pool = common::db::PoolConfig {
+        settings: DB_SETTINGS,
+        ..pool
+    };
+    common::db::connect_and_migrate(url, SCHEMA, migrator(), pool).await
+}
 
 /// The migrations of the `orchestrator` schema, applied at start-up.
 pub fn migrator() -> Migrator {
@@ -180,16 +190,7 @@ pub async fn run(
          ({max_gap} ms), or live sagas would be taken over",
         config.lease_secs
     );
-    let pool = common::db::connect_and_migrate(
-        &config.common.database_url,
-        SCHEMA,
-        migrator(),
-        common::db::PoolConfig {
-            settings: DB_SETTINGS,
-            ..config.common.pool()
-        },
-    )
-    .await?;
+    let pool = connect(&config.common.database_url, config.common.pool()).await?;
     let participants = Participants::new(
         &config.flights_url,
         &config.cars_url,

@@ -256,17 +256,9 @@ async fn one_statement_creates_sagas_and_moves_others() {
 async fn a_batch_of_transitions_finds_its_sagas_by_key_before_any_statistics() {
     let db = TestDb::new().await;
     // The orchestrator's own connections, on tables never analyzed.
-    let pool = common::db::connect_and_migrate(
-        db.url(),
-        orchestrator::SCHEMA,
-        orchestrator::migrator(),
-        common::db::PoolConfig {
-            settings: orchestrator::DB_SETTINGS,
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap();
+    let pool = orchestrator::connect(db.url(), Default::default())
+        .await
+        .unwrap();
     let ids: Vec<String> = (0..2000).map(|i| format!("trip-{i}")).collect();
     let new: Vec<_> = ids
         .iter()
@@ -386,17 +378,9 @@ async fn after_a_database_restart_the_writer_takes_a_new_connection() {
     .await
     .unwrap()
     .unwrap();
-    let pool = common::db::connect_and_migrate(
-        pg.url(),
-        orchestrator::SCHEMA,
-        orchestrator::migrator(),
-        common::db::PoolConfig {
-            settings: orchestrator::DB_SETTINGS,
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap();
+    let pool = orchestrator::connect(pg.url(), Default::default())
+        .await
+        .unwrap();
     let writer = orchestrator::saga::writer::Writer::start(pool.clone(), "a".into(), 30.0);
     let new = |id: &str| store::NewSaga {
         trip: trip(id),
