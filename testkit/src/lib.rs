@@ -7,6 +7,7 @@
 //! - [`invariant`]: the design's consistency invariant, checked over every
 //!   trip of a database.
 //! - [`eventually`]: awaiting a condition, instead of sleeping.
+//! - [`silent::SilentProxy`]: a TCP proxy whose connections can fall silent.
 
 use std::future::Future;
 use std::str::FromStr;
@@ -21,6 +22,7 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 pub mod contract;
 pub mod invariant;
 pub mod procs;
+pub mod silent;
 
 /// The server tests create their databases on.
 fn server_url() -> &'static str {

@@ -130,10 +130,13 @@ impl Engine {
         config: &EngineConfig,
         shutdown: CancellationToken,
     ) -> Arc<Self> {
+        // A write left unanswered for a third of the lease is given up (and
+        // retried on another connection) while the leases still hold.
         let writer = Writer::start(
             pool.clone(),
             config.owner.clone(),
             config.lease.as_secs_f64(),
+            config.lease / 3,
         );
         Arc::new(Self {
             writer,

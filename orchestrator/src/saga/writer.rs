@@ -6,6 +6,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use sqlx::pool::PoolConnection;
@@ -47,10 +48,16 @@ pub struct Writer {
 
 impl Writer {
     /// Starts the writer task for sagas owned by `owner`, whose leases last
-    /// `lease_secs` from each write.
-    pub fn start(pool: PgPool, owner: String, lease_secs: f64) -> Self {
+    /// `lease_secs` from each write. A batch the database has not answered
+    /// within `timeout` fails as an outage, and its connection is closed.
+    pub fn start(pool: PgPool, owner: String, lease_secs: f64, timeout: Duration) -> Self {
         let (jobs, queue) = mpsc::unbounded_channel();
-        let task = tokio::spawn(drain(pool, owner, lease_secs, queue));
+        let db = Connection {
+            pool,
+            held: None,
+            timeout,
+        };
+        let task = tokio::spawn(drain(db, owner, lease_secs, queue));
         Self {
             jobs,
             task: Mutex::new(Some(task)),
@@ -85,12 +92,11 @@ impl Writer {
 }
 
 async fn drain(
-    pool: PgPool,
+    mut db: Connection,
     owner: String,
     lease_secs: f64,
     mut queue: mpsc::UnboundedReceiver<(Job, Reply)>,
 ) {
-    let mut db = Connection { pool, held: None };
     while let Some(first) = queue.recv().await {
         let mut jobs = vec![first];
         while jobs.len() < MAX_BATCH {
@@ -196,11 +202,19 @@ fn answer(
 struct Connection {
     pool: PgPool,
     held: Option<PoolConnection<Postgres>>,
+    /// How long a batch may go unanswered. sqlx has no timeout of its own for
+    /// a query: a connection whose server stopped answering, with nothing
+    /// to tell TCP so, would hold every saga's write for ever.
+    timeout: Duration,
 }
 
 impl Connection {
     /// Writes the batch in one statement. After an outage the connection is
     /// let go, and the next batch takes another one from the pool.
+    ///
+    /// A batch that times out may still commit: each saga's driver then finds
+    /// its retry fenced and checks the log (`store::was_written`), as after
+    /// any lost answer.
     async fn write(
         &mut self,
         owner: &str,
@@ -211,14 +225,25 @@ impl Connection {
         if creates.is_empty() && moves.is_empty() {
             return Ok((Created::new(), Applied::new()));
         }
-        let result = async {
+        let write = async {
             let conn = match &mut self.held {
                 Some(conn) => conn,
                 held => held.insert(self.pool.acquire().await?),
             };
             store::write(&mut **conn, creates, moves, owner, lease_secs).await
-        }
-        .await;
+        };
+        let Ok(result) = tokio::time::timeout(self.timeout, write).await else {
+            // Closed, not given back: sqlx would ping it on its way back to
+            // the pool, and wait for an answer as long.
+            drop(self.held.take().map(PoolConnection::detach));
+            return Err(WriteError {
+                outage: true,
+                message: format!(
+                    "the database did not answer a write within {:?}; its connection is closed",
+                    self.timeout
+                ),
+            });
+        };
         result.map_err(|err| {
             let outage = crate::saga::executor::is_outage(&err);
             if outage {

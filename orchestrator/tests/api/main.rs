@@ -315,7 +315,12 @@ async fn a_write_the_database_refuses_fails_alone_in_its_batch() {
                 .unwrap()
         );
     }
-    let writer = orchestrator::saga::writer::Writer::start(pool.clone(), "a".into(), 30.0);
+    let writer = orchestrator::saga::writer::Writer::start(
+        pool.clone(),
+        "a".into(),
+        30.0,
+        Duration::from_secs(10),
+    );
     let good = Transition {
         trip_id: "good".into(),
         version: 0,
@@ -381,7 +386,12 @@ async fn after_a_database_restart_the_writer_takes_a_new_connection() {
     let pool = orchestrator::connect(pg.url(), Default::default())
         .await
         .unwrap();
-    let writer = orchestrator::saga::writer::Writer::start(pool.clone(), "a".into(), 30.0);
+    let writer = orchestrator::saga::writer::Writer::start(
+        pool.clone(),
+        "a".into(),
+        30.0,
+        Duration::from_secs(10),
+    );
     let new = |id: &str| store::NewSaga {
         trip: trip(id),
         first_step: Step::ReserveFlight,
@@ -422,4 +432,78 @@ async fn after_a_database_restart_the_writer_takes_a_new_connection() {
     task.await.unwrap();
     pool.close().await;
     pg.stop();
+}
+
+#[tokio::test]
+async fn a_write_the_database_never_answers_fails_as_an_outage_and_the_next_goes_through() {
+    let db = TestDb::new().await;
+    let url = url::Url::parse(db.url()).unwrap();
+    let server = tokio::net::lookup_host((url.host_str().unwrap(), url.port().unwrap_or(5432)))
+        .await
+        .unwrap()
+        .next()
+        .unwrap();
+    let proxy = testkit::silent::SilentProxy::start(server).await.unwrap();
+    let mut through = url.clone();
+    through.set_host(Some("127.0.0.1")).unwrap();
+    through.set_port(Some(proxy.addr().port())).unwrap();
+    let pool = orchestrator::connect(through.as_str(), Default::default())
+        .await
+        .unwrap();
+    let timeout = Duration::from_millis(500);
+    let writer = orchestrator::saga::writer::Writer::start(pool.clone(), "a".into(), 30.0, timeout);
+    let new = |id: &str| store::NewSaga {
+        trip: trip(id),
+        first_step: Step::ReserveFlight,
+        deadline: None,
+    };
+    assert!(matches!(writer.create(new("before")).await, Ok(Some(_))));
+
+    // Every connection open now, the writer's among them, stops answering
+    // without closing. Without a timeout of its own the writer would wait
+    // for ever, and every saga with it.
+    let silenced = proxy.silence();
+    let unanswered = tokio::time::timeout(Duration::from_secs(10), writer.create(new("during")))
+        .await
+        .expect("the writer waited for ever on a connection that does not answer");
+    assert!(
+        matches!(&unanswered, Err(err) if err.outage),
+        "{unanswered:?}"
+    );
+    // The silent connection is closed, not handed back to the pool (where
+    // sqlx's ping on return would wait on it for ever).
+    testkit::eventually(
+        "the silent connection is closed",
+        Duration::from_secs(10),
+        || async { (proxy.closed() >= 1).then_some(()) },
+    )
+    .await;
+    // A driver retries an outage. The pool may hand the writer another of
+    // the silent connections, which fails the same way; then a new one.
+    let mut attempts = 0;
+    let after = loop {
+        attempts += 1;
+        let write = tokio::time::timeout(Duration::from_secs(10), writer.create(new("after")));
+        match write.await.expect("a write hung") {
+            Err(err) if err.outage && attempts <= silenced => continue,
+            other => break other,
+        }
+    };
+    assert!(
+        matches!(after, Ok(Some(_))),
+        "{after:?} after {attempts} attempts"
+    );
+    let sagas: Vec<String> =
+        sqlx::query_scalar("SELECT trip_id FROM orchestrator.sagas ORDER BY trip_id")
+            .fetch_all(db.pool())
+            .await
+            .unwrap();
+    assert_eq!(
+        sagas,
+        ["after", "before"],
+        "the unanswered write never reached the database"
+    );
+    let task = writer.take_task().unwrap();
+    drop(writer);
+    task.await.unwrap();
 }
