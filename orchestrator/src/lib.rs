@@ -99,7 +99,8 @@ pub struct Config {
     pub lease_secs: u64,
 
     /// Most calls in flight to each participant at once; more sagas wait
-    /// their turn (and share these connections).
+    /// their turn in line (and share these connections). A wait spends no
+    /// attempt, however long.
     #[arg(long, env = "PARTICIPANT_MAX_IN_FLIGHT", default_value_t = 64)]
     pub participant_max_in_flight: usize,
 

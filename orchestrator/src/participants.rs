@@ -8,7 +8,7 @@ use std::time::Duration;
 use common::wire::IDEMPOTENCY_KEY;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::saga::Trip;
 use crate::saga::definition::{Action, Outputs, Participant};
@@ -22,6 +22,13 @@ pub struct CallFailure {
     pub detail: Value,
 }
 
+/// A turn to call a participant: one of its `PARTICIPANT_MAX_IN_FLIGHT`
+/// calls in flight, given back when dropped.
+#[derive(Debug)]
+pub struct Turn {
+    _permit: Option<OwnedSemaphorePermit>,
+}
+
 /// The participants' base URLs, one shared, pooled HTTP client, and a bound
 /// on the calls in flight to each participant, so that thousands of sagas in
 /// flight share a few connections instead of opening one each.
@@ -32,7 +39,8 @@ pub struct Participants {
     cars: String,
     payments: String,
     in_flight: [Arc<Semaphore>; 3],
-    /// The longest wait for a turn, as long as one attempt.
+    /// How long a wait for a turn goes before it is logged, as long as one
+    /// attempt.
     queue_timeout: Duration,
 }
 
@@ -73,32 +81,41 @@ impl Participants {
         }
     }
 
-    /// Makes one attempt of `action` for `trip`.
+    /// Waits for a turn to call `participant`, in line (first come, first
+    /// served) with every other saga's call to it. The place in line holds as
+    /// long as the returned future does.
+    pub fn turn(&self, participant: Participant) -> impl Future<Output = Turn> + Send + 'static {
+        let line = Arc::clone(
+            &self.in_flight[match participant {
+                Participant::Flights => 0,
+                Participant::Cars => 1,
+                Participant::Payments => 2,
+            }],
+        );
+        async move {
+            Turn {
+                _permit: line.acquire_owned().await.ok(),
+            }
+        }
+    }
+
+    /// How long a saga waits for a turn before it records that it is still
+    /// waiting (which renews its lease): as long as one attempt.
+    pub fn queue_timeout(&self) -> Duration {
+        self.queue_timeout
+    }
+
+    /// Makes one attempt of `action` for `trip`, in the `turn` it waited for.
+    /// The request is built once the turn has come, so that the sagas
+    /// waiting for one hold nothing but their place.
     pub async fn call(
         &self,
         action: &Action,
         trip: &Trip,
         outputs: &Outputs,
+        turn: Turn,
     ) -> Result<Value, CallFailure> {
-        let slot = match action.participant {
-            Participant::Flights => 0,
-            Participant::Cars => 1,
-            Participant::Payments => 2,
-        };
-        // Waiting for a turn is bounded like an attempt, and a wait that
-        // runs out fails the attempt (transient), so that the saga's next
-        // write, which renews its lease, is never more than two attempts and
-        // one delay away. The request is built once the turn comes, so that
-        // the sagas waiting for one hold nothing but their place.
-        let _permit = tokio::time::timeout(self.queue_timeout, self.in_flight[slot].acquire())
-            .await
-            .map_err(|_| CallFailure {
-                transient: true,
-                detail: json!({
-                    "error": "queue timeout",
-                    "message": "too many calls in flight to this participant (PARTICIPANT_MAX_IN_FLIGHT)",
-                }),
-            })?;
+        let _turn = turn;
         let body = (action.body)(trip, outputs).map_err(|err| CallFailure {
             transient: false,
             detail: json!({ "error": "cannot build the request", "message": err }),

@@ -4,4 +4,5 @@ mod bad_input;
 mod crashes;
 mod faults;
 mod flows;
+mod overload;
 mod support;

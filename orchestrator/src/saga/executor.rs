@@ -494,14 +494,33 @@ impl Engine {
         // Only forward steps race the saga's deadline: once it has passed,
         // the saga compensates instead of going on.
         let deadline = run.deadline.filter(|_| forward);
+        let remaining = || deadline.map(|at| (at - Utc::now()).to_std().unwrap_or_default());
         loop {
-            let remaining = deadline.map(|at| (at - Utc::now()).to_std().unwrap_or_default());
-            if remaining == Some(Duration::ZERO) {
+            if remaining() == Some(Duration::ZERO) {
                 return Ok(Err(deadline_passed(run, action, None)));
             }
+            // Wait for a turn, keeping one's place in line. A wait is not an
+            // attempt: however long the line, it spends none. Each time it
+            // runs past an attempt's time it is logged, which renews the
+            // saga's lease.
+            let mut turn = std::pin::pin!(self.participants.turn(action.participant));
+            let turn = loop {
+                tokio::select! {
+                    turn = &mut turn => break turn,
+                    () = tokio::time::sleep(self.participants.queue_timeout()) => {
+                        let waited = json!({
+                            "error": "queue wait",
+                            "message": "waiting for a turn (PARTICIPANT_MAX_IN_FLIGHT calls in flight to this participant); still in line",
+                        });
+                        self.log_retry(run, action, waited).await?;
+                    }
+                    () = sleep_or_forever(remaining()) => return Ok(Err(deadline_passed(run, action, None))),
+                    () = self.shutdown.cancelled() => return Err(Stop::Shutdown),
+                }
+            };
             let result = tokio::select! {
-                result = self.participants.call(action, &run.trip, &run.outputs) => result,
-                () = sleep_or_forever(remaining) => return Ok(Err(deadline_passed(run, action, None))),
+                result = self.participants.call(action, &run.trip, &run.outputs, turn) => result,
+                () = sleep_or_forever(remaining()) => return Ok(Err(deadline_passed(run, action, None))),
                 () = self.shutdown.cancelled() => return Err(Stop::Shutdown),
             };
             let failure = match result {
@@ -525,23 +544,35 @@ impl Engine {
                 detail = %failure.detail,
                 "attempt failed, will retry"
             );
-            let log = [LogEntry {
-                seq: run.next_seq,
-                step: action.step,
-                event: StepEvent::Retrying,
-                attempt: run.attempt,
-                detail: failure.detail,
-            }];
-            let position = run.position;
-            self.record(run, position, log.into()).await?;
-            run.version += 1;
-            run.next_seq += 1;
+            self.log_retry(run, action, failure.detail).await?;
             run.attempt += 1;
             tokio::select! {
                 () = tokio::time::sleep(delay) => {}
                 () = self.shutdown.cancelled() => return Err(Stop::Shutdown),
             }
         }
+    }
+
+    /// Logs a `retrying` row for the step being tried (its attempt number
+    /// unchanged), renewing the saga's lease.
+    async fn log_retry(
+        &self,
+        run: &mut Run,
+        action: &super::definition::Action,
+        detail: Value,
+    ) -> Result<(), Stop> {
+        let log = [LogEntry {
+            seq: run.next_seq,
+            step: action.step,
+            event: StepEvent::Retrying,
+            attempt: run.attempt,
+            detail,
+        }];
+        let position = run.position;
+        self.record(run, position, log.into()).await?;
+        run.version += 1;
+        run.next_seq += 1;
+        Ok(())
     }
 
     /// Writes one transition, retrying while the database is unreachable,
