@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use backon::{ExponentialBuilder, Retryable};
+use futures::future::BoxFuture;
 use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Connection, PgPool};
@@ -94,4 +95,33 @@ pub async fn connect(url: &str, schema: &'static str, pool: PoolConfig) -> anyho
         })
         .await
         .context("cannot connect to DATABASE_URL")
+}
+
+/// Runs `query` on a connection from `pool` and gives up after `limit`, as
+/// an I/O error (`TimedOut`, an outage to every caller): sqlx has no timeout
+/// for a query, and a connection whose server stopped answering without
+/// closing it would hold the caller for ever. A connection that has not
+/// answered in time is closed, not handed back: sqlx pings a connection on
+/// its way back to the pool, and would wait on that as long.
+pub async fn bounded<T>(
+    pool: &PgPool,
+    limit: Duration,
+    query: impl for<'c> FnOnce(&'c mut sqlx::PgConnection) -> BoxFuture<'c, sqlx::Result<T>>,
+) -> sqlx::Result<T> {
+    let timed_out = || {
+        sqlx::Error::Io(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("the database did not answer within {limit:?}; the connection is closed"),
+        ))
+    };
+    let mut conn = tokio::time::timeout(limit, pool.acquire())
+        .await
+        .map_err(|_| timed_out())??;
+    match tokio::time::timeout(limit, query(&mut conn)).await {
+        Ok(result) => result,
+        Err(_) => {
+            drop(conn.detach());
+            Err(timed_out())
+        }
+    }
 }

@@ -278,7 +278,10 @@ impl LogColumns<'_> {
 /// When `t` was written, if it was: its first log row is there, as `t` wrote
 /// it. For a write whose answer was lost, whose retry then found the saga
 /// moved on.
-pub async fn was_written(pool: &PgPool, t: &Transition) -> sqlx::Result<Option<DateTime<Utc>>> {
+pub async fn was_written(
+    db: impl sqlx::PgExecutor<'_>,
+    t: &Transition,
+) -> sqlx::Result<Option<DateTime<Utc>>> {
     let Some(first) = t.log.first() else {
         return Ok(None);
     };
@@ -293,7 +296,7 @@ pub async fn was_written(pool: &PgPool, t: &Transition) -> sqlx::Result<Option<D
         first.attempt,
         first.detail,
     )
-    .fetch_optional(pool)
+    .fetch_optional(db)
     .await
 }
 
@@ -409,7 +412,7 @@ pub struct Claimed {
 /// processes claim at once without waiting on each other.
 #[tracing::instrument(skip_all, fields(owner), err)]
 pub async fn claim(
-    pool: &PgPool,
+    db: impl sqlx::PgExecutor<'_>,
     owner: &str,
     own_before: Option<DateTime<Utc>>,
     lease_secs: f64,
@@ -455,6 +458,6 @@ pub async fn claim(
         own_before,
         &forward_steps(versions) as &[&str],
     )
-    .fetch_all(pool)
+    .fetch_all(db)
     .await
 }

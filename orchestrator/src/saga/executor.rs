@@ -47,6 +47,9 @@ pub struct Engine {
     participants: Participants,
     owner: String,
     lease_secs: f64,
+    /// How long a query may go unanswered before it is given up as an
+    /// outage (sqlx has no timeout of its own).
+    db_timeout: Duration,
     forward: RetryPolicy,
     compensation: RetryPolicy,
     /// The progress of every saga this process drives, for waiting requests.
@@ -130,13 +133,14 @@ impl Engine {
         config: &EngineConfig,
         shutdown: CancellationToken,
     ) -> Arc<Self> {
-        // A write left unanswered for a third of the lease is given up (and
+        // A query left unanswered for a third of the lease is given up (and
         // retried on another connection) while the leases still hold.
+        let db_timeout = config.lease / 3;
         let writer = Writer::start(
             pool.clone(),
             config.owner.clone(),
             config.lease.as_secs_f64(),
-            config.lease / 3,
+            db_timeout,
         );
         Arc::new(Self {
             writer,
@@ -144,6 +148,7 @@ impl Engine {
             participants,
             owner: config.owner.clone(),
             lease_secs: config.lease.as_secs_f64(),
+            db_timeout,
             forward: config.retry.forward(),
             compensation: config.retry.compensation(),
             running: Mutex::default(),
@@ -246,14 +251,13 @@ impl Engine {
         own_before: Option<DateTime<Utc>>,
     ) -> sqlx::Result<bool> {
         const BATCH: usize = 500;
-        let claimed = store::claim(
-            &self.pool,
-            &self.owner,
-            own_before,
-            self.lease_secs,
-            KNOWN_VERSIONS,
-            BATCH as i64,
-        )
+        let (owner, lease_secs) = (self.owner.clone(), self.lease_secs);
+        let claimed = common::db::bounded(&self.pool, self.db_timeout, move |conn| {
+            Box::pin(async move {
+                let limit = BATCH as i64;
+                store::claim(conn, &owner, own_before, lease_secs, KNOWN_VERSIONS, limit).await
+            })
+        })
         .await?;
         let full = claimed.len() == BATCH;
         for saga in claimed {
@@ -607,7 +611,12 @@ impl Engine {
             // same (its answer was lost): then its retry is fenced by the
             // write itself. Its first log row tells.
             None if retried.load(Ordering::Relaxed) => {
-                let check = (|| store::was_written(&self.pool, &transition))
+                let check = (|| {
+                    let transition = Arc::clone(&transition);
+                    common::db::bounded(&self.pool, self.db_timeout, move |conn| {
+                        Box::pin(async move { store::was_written(conn, &transition).await })
+                    })
+                })
                     .retry(until_the_database_is_back())
                     .when(is_outage)
                     .notify(|err, delay| {
@@ -675,7 +684,7 @@ async fn sleep_or_forever(duration: Option<Duration>) {
 
 /// Errors that pass when the database comes back: connection trouble, a
 /// server shutting down or overloaded, a serialization conflict.
-pub(crate) fn is_outage(err: &sqlx::Error) -> bool {
+pub fn is_outage(err: &sqlx::Error) -> bool {
     match err {
         sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::Protocol(_) => true,
         sqlx::Error::Database(db) => db.code().is_some_and(|code| {

@@ -437,19 +437,7 @@ async fn after_a_database_restart_the_writer_takes_a_new_connection() {
 #[tokio::test]
 async fn a_write_the_database_never_answers_fails_as_an_outage_and_the_next_goes_through() {
     let db = TestDb::new().await;
-    let url = url::Url::parse(db.url()).unwrap();
-    let server = tokio::net::lookup_host((url.host_str().unwrap(), url.port().unwrap_or(5432)))
-        .await
-        .unwrap()
-        .next()
-        .unwrap();
-    let proxy = testkit::silent::SilentProxy::start(server).await.unwrap();
-    let mut through = url.clone();
-    through.set_host(Some("127.0.0.1")).unwrap();
-    through.set_port(Some(proxy.addr().port())).unwrap();
-    let pool = orchestrator::connect(through.as_str(), Default::default())
-        .await
-        .unwrap();
+    let (proxy, pool) = through_a_silent_proxy(&db).await;
     let timeout = Duration::from_millis(500);
     let writer = orchestrator::saga::writer::Writer::start(pool.clone(), "a".into(), 30.0, timeout);
     let new = |id: &str| store::NewSaga {
@@ -506,4 +494,87 @@ async fn a_write_the_database_never_answers_fails_as_an_outage_and_the_next_goes
     let task = writer.take_task().unwrap();
     drop(writer);
     task.await.unwrap();
+}
+
+/// A pool whose connections go through a proxy that can silence them.
+async fn through_a_silent_proxy(db: &TestDb) -> (testkit::silent::SilentProxy, sqlx::PgPool) {
+    let url = url::Url::parse(db.url()).unwrap();
+    let server = tokio::net::lookup_host((url.host_str().unwrap(), url.port().unwrap_or(5432)))
+        .await
+        .unwrap()
+        .next()
+        .unwrap();
+    let proxy = testkit::silent::SilentProxy::start(server).await.unwrap();
+    let mut through = url.clone();
+    through.set_host(Some("127.0.0.1")).unwrap();
+    through.set_port(Some(proxy.addr().port())).unwrap();
+    // A silent idle connection holds an acquire for this long (its ping).
+    let settings = common::db::PoolConfig {
+        acquire_timeout: Duration::from_secs(1),
+        ..Default::default()
+    };
+    let pool = orchestrator::connect(through.as_str(), settings)
+        .await
+        .unwrap();
+    (proxy, pool)
+}
+
+#[tokio::test]
+async fn a_query_the_database_never_answers_is_given_up_and_its_connection_closed() {
+    let db = TestDb::new().await;
+    let (proxy, pool) = through_a_silent_proxy(&db).await;
+    let proxy = std::sync::Arc::new(proxy);
+    let limit = Duration::from_millis(500);
+    // The connection falls silent once it has been handed out, before the
+    // query goes: without a limit the query would wait for ever.
+    let silenced = std::sync::Arc::clone(&proxy);
+    let unanswered = tokio::time::timeout(
+        Duration::from_secs(10),
+        common::db::bounded(&pool, limit, move |conn| {
+            Box::pin(async move {
+                silenced.silence();
+                sqlx::query_scalar::<_, i32>("SELECT 1")
+                    .fetch_one(conn)
+                    .await
+            })
+        }),
+    )
+    .await
+    .expect("the query waited for ever on a connection that does not answer");
+    assert!(
+        matches!(&unanswered, Err(sqlx::Error::Io(err)) if err.kind() == std::io::ErrorKind::TimedOut),
+        "{unanswered:?}"
+    );
+    assert!(orchestrator::saga::executor::is_outage(
+        &unanswered.unwrap_err()
+    ));
+    // Closed, not handed back to the pool to wait on sqlx's ping for ever.
+    testkit::eventually(
+        "the silent connection is closed",
+        Duration::from_secs(10),
+        || async { (proxy.closed() >= 1).then_some(()) },
+    )
+    .await;
+    // A caller retries an outage. The pool may hand out another of the
+    // silent connections, whose ping before use runs out of the pool's
+    // acquire timeout (and closes it); then a new one.
+    let mut attempts = 0;
+    let answered = loop {
+        attempts += 1;
+        let query = common::db::bounded(&pool, Duration::from_secs(10), |conn| {
+            Box::pin(async move {
+                sqlx::query_scalar::<_, i32>("SELECT 1")
+                    .fetch_one(conn)
+                    .await
+            })
+        });
+        match tokio::time::timeout(Duration::from_secs(20), query)
+            .await
+            .expect("a query hung")
+        {
+            Err(err) if orchestrator::saga::executor::is_outage(&err) && attempts <= 10 => continue,
+            other => break other,
+        }
+    };
+    assert_eq!(answered.unwrap(), 1, "after {attempts} attempts");
 }
