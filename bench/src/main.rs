@@ -54,6 +54,11 @@ struct Args {
     /// Sagas run first and not measured.
     #[arg(long, default_value_t = 500)]
     warmup: usize,
+    /// Run the phases this many times, alternating, and report the median
+    /// of each figure and of each round's ratios: the machine's speed
+    /// drifts, and a ratio is only fair between phases run close together.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    rounds: u32,
     /// Skip the floor phase.
     #[arg(long)]
     no_floor: bool,
@@ -88,6 +93,8 @@ struct Args {
 #[derive(Debug, Serialize)]
 struct Phase {
     name: String,
+    /// Which round of `--rounds` (from 1).
+    round: u32,
     sagas: usize,
     errors: usize,
     seconds: f64,
@@ -140,28 +147,45 @@ async fn main() -> anyhow::Result<()> {
         restate: None,
     };
     let ours: Vec<&Service> = services.iter().collect();
-    load.run("warmup", args.warmup, Kind::Orchestrated).await;
-    let mut phases = vec![measure(&load, &ours, &pool, &cluster.name, Kind::Orchestrated).await?];
-    if !args.no_floor {
-        load.run("warmup-floor", args.warmup, Kind::Floor).await;
-        phases.push(measure(&load, &ours, &pool, &cluster.name, Kind::Floor).await?);
-    }
-    // Restate starts only now: idle, its server still uses CPU, which would
-    // be taken from the phases above.
-    let mut peer = None;
-    if args.restate {
-        let started =
-            restate::Restate::start(&args.restate_dir, &cluster.urls, &cluster.logs, &client)
-                .await?;
-        let peer = peer.insert(started);
-        let load = Load {
-            restate: Some(peer),
-            ..load
-        };
-        // The participants, then Restate's server and service.
-        let measured: Vec<&Service> = services[..3].iter().chain(peer.services()).collect();
-        load.run("warmup-restate", args.warmup, Kind::Restate).await;
-        phases.push(measure(&load, &measured, &pool, &cluster.name, Kind::Restate).await?);
+    let mut phases = Vec::new();
+    for round in 1..=args.rounds {
+        let tag = |name: &str| round_tag(name, round);
+        load.run(&tag("warmup"), args.warmup, Kind::Orchestrated)
+            .await;
+        phases.push(
+            measure(
+                &load,
+                &ours,
+                &pool,
+                &cluster.name,
+                Kind::Orchestrated,
+                round,
+            )
+            .await?,
+        );
+        if !args.no_floor {
+            load.run(&tag("warmup-floor"), args.warmup, Kind::Floor)
+                .await;
+            phases.push(measure(&load, &ours, &pool, &cluster.name, Kind::Floor, round).await?);
+        }
+        // Restate runs only during its phase: idle, its server still uses
+        // CPU, which would be taken from the phases above.
+        if args.restate {
+            let mut peer =
+                restate::Restate::start(&args.restate_dir, &cluster.urls, &cluster.logs, &client)
+                    .await?;
+            let load = Load {
+                restate: Some(&peer),
+                ..load
+            };
+            // The participants, then Restate's server and service.
+            let measured: Vec<&Service> = services[..3].iter().chain(peer.services()).collect();
+            load.run(&tag("warmup-restate"), args.warmup, Kind::Restate)
+                .await;
+            let phase = measure(&load, &measured, &pool, &cluster.name, Kind::Restate, round).await;
+            peer.kill().await;
+            phases.push(phase?);
+        }
     }
 
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
@@ -189,10 +213,14 @@ async fn main() -> anyhow::Result<()> {
         "{:<14} {:>9} {:>8} {:>8} {:>8} {:>8} {:>7} {:>11}",
         "phase", "sagas/s", "p50 ms", "p95 ms", "p99 ms", "max ms", "errors", "PG xacts/saga"
     );
+    let label = |p: &Phase| match args.rounds {
+        1 => p.name.clone(),
+        _ => format!("{} #{}", p.name, p.round),
+    };
     for p in &phases {
         println!(
             "{:<14} {:>9.0} {:>8.1} {:>8.1} {:>8.1} {:>8.1} {:>7} {:>11.2}",
-            p.name,
+            label(p),
             p.sagas_per_sec,
             p.latency_ms.p50,
             p.latency_ms.p95,
@@ -210,7 +238,7 @@ async fn main() -> anyhow::Result<()> {
             .collect();
         println!(
             "{} CPU and peak RSS: {}; machine {:.1} CPU s",
-            p.name,
+            label(p),
             usage.join(", "),
             p.machine_cpu_secs
         );
@@ -221,14 +249,56 @@ async fn main() -> anyhow::Result<()> {
             );
         }
     }
-    let orchestrated = &phases[0];
-    for other in &phases[1..] {
+    let rounds: Vec<&[Phase]> = phases.chunk_by(|a, b| a.round == b.round).collect();
+    let others: Vec<&str> = rounds[0][1..].iter().map(|p| p.name.as_str()).collect();
+    let mut summary = serde_json::Map::new();
+    for other in others {
+        // Each round's ratios, then their median.
+        let ratios = |figure: fn(&Phase) -> f64| {
+            median(
+                rounds
+                    .iter()
+                    .filter_map(|r| {
+                        Some(figure(&r[0]) / figure(r.iter().find(|p| p.name == other)?))
+                    })
+                    .collect(),
+            )
+        };
+        let (throughput, p50, p99) = (
+            ratios(|p| p.sagas_per_sec),
+            ratios(|p| p.latency_ms.p50),
+            ratios(|p| p.latency_ms.p99),
+        );
+        let over = match args.rounds {
+            1 => String::new(),
+            n => format!(" (medians of {n} rounds)"),
+        };
         println!(
-            "orchestrated/{}: throughput {:.2}, p50 latency {:.2}, p99 latency {:.2}",
-            other.name,
-            orchestrated.sagas_per_sec / other.sagas_per_sec,
-            orchestrated.latency_ms.p50 / other.latency_ms.p50,
-            orchestrated.latency_ms.p99 / other.latency_ms.p99
+            "orchestrated/{other}: throughput {throughput:.2}, p50 latency {p50:.2}, p99 latency {p99:.2}{over}"
+        );
+        summary.insert(
+            format!("orchestrated/{other}"),
+            json!({ "throughput": throughput, "p50": p50, "p99": p99 }),
+        );
+    }
+    if args.rounds > 1 {
+        let names: Vec<&str> = rounds[0].iter().map(|p| p.name.as_str()).collect();
+        let medians: Vec<String> = names
+            .iter()
+            .map(|name| {
+                let runs: Vec<f64> = phases
+                    .iter()
+                    .filter(|p| p.name == *name)
+                    .map(|p| p.sagas_per_sec)
+                    .collect();
+                let each: Vec<String> = runs.iter().map(|r| format!("{r:.0}")).collect();
+                format!("{name} {:.0} ({})", median(runs.clone()), each.join(", "))
+            })
+            .collect();
+        println!(
+            "median sagas/s over {} rounds: {}",
+            args.rounds,
+            medians.join("; ")
         );
     }
     if let Some(path) = &args.json {
@@ -240,14 +310,13 @@ async fn main() -> anyhow::Result<()> {
             "concurrency": args.concurrency,
             "rate": args.rate,
             "mix": args.mix,
+            "rounds": args.rounds,
             "phases": phases,
+            "median_ratios": summary,
         });
         std::fs::write(path, serde_json::to_string_pretty(&raw)?)?;
     }
 
-    if let Some(mut peer) = peer {
-        peer.kill().await;
-    }
     for service in &mut services {
         service.kill().await;
     }
@@ -676,6 +745,7 @@ async fn measure(
     pool: &PgPool,
     db: &str,
     kind: Kind,
+    round: u32,
 ) -> anyhow::Result<Phase> {
     let name = match kind {
         Kind::Orchestrated => "orchestrated",
@@ -700,7 +770,7 @@ async fn measure(
         .await
     };
     let mut peak_in_flight = 0;
-    let run = load.run(name, load.args.sagas, kind);
+    let run = load.run(&round_tag(name, round), load.args.sagas, kind);
     tokio::pin!(run);
     let mut outcome = loop {
         tokio::select! {
@@ -750,6 +820,7 @@ async fn measure(
     let done = latencies.len();
     Ok(Phase {
         name: name.into(),
+        round,
         sagas: done,
         errors: outcome.errors,
         seconds: outcome.elapsed.as_secs_f64(),
@@ -766,4 +837,23 @@ async fn measure(
         machine_cpu_secs: cpu_after - cpu_before,
         peak_in_flight,
     })
+}
+
+/// The prefix of a phase's trip ids: those of a later round must not meet
+/// those of an earlier one.
+fn round_tag(name: &str, round: u32) -> String {
+    match round {
+        1 => name.to_owned(),
+        _ => format!("{name}-r{round}"),
+    }
+}
+
+/// The median of `values` (the mean of the middle two for an even count).
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    match values.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => values[n / 2],
+        n => (values[n / 2 - 1] + values[n / 2]) / 2.0,
+    }
 }
