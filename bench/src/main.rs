@@ -770,7 +770,8 @@ async fn measure(
         .await
     };
     let mut peak_in_flight = 0;
-    let run = load.run(&round_tag(name, round), load.args.sagas, kind);
+    let tag = round_tag(name, round);
+    let run = load.run(&tag, load.args.sagas, kind);
     tokio::pin!(run);
     let mut outcome = loop {
         tokio::select! {
