@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
+use backon::{ConstantBuilder, Retryable};
 use clap::Parser;
 use futures::StreamExt;
 use serde::Serialize;
@@ -171,9 +172,17 @@ async fn main() -> anyhow::Result<()> {
         // Restate runs only during its phase: idle, its server still uses
         // CPU, which would be taken from the phases above.
         if args.restate {
-            let mut peer =
+            // Its ports are picked free, then bound by its server: another
+            // process may take one in between. A new start picks new ones.
+            let start = || {
                 restate::Restate::start(&args.restate_dir, &cluster.urls, &cluster.logs, &client)
-                    .await?;
+            };
+            let mut peer = start
+                .retry(ConstantBuilder::default().with_max_times(2))
+                .notify(|err, _| {
+                    eprintln!("bench: Restate did not start ({err}); starting it again")
+                })
+                .await?;
             let load = Load {
                 restate: Some(&peer),
                 ..load
