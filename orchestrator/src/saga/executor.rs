@@ -622,8 +622,11 @@ impl Engine {
                     .notify(|err, delay| {
                         tracing::warn!(%err, ?delay, "cannot check whether a retried write was made, retrying");
                     });
+                // Boxed: the check is rare, and its future (a pool acquire
+                // among it) would otherwise make every saga's larger by as
+                // much: 84 → 172 MB with 10,000 sagas in flight.
                 let checked = tokio::select! {
-                    checked = check => checked,
+                    checked = Box::pin(check) => checked,
                     () = self.shutdown.cancelled() => return Err(Stop::Shutdown),
                 };
                 match checked {
