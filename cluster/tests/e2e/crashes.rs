@@ -9,17 +9,7 @@ use faultproxy::{FaultProxy, Hold, HoldAt};
 use reqwest::StatusCode;
 use serde_json::Value;
 
-use crate::support::{Env, step};
-
-/// Awaits the proxy holding `n` requests.
-async fn holding(proxy: &faultproxy::FaultProxy, n: usize) {
-    testkit::eventually(
-        "the proxy to hold the call",
-        Duration::from_secs(10),
-        || async { (proxy.holding() == n).then_some(()) },
-    )
-    .await;
-}
+use crate::support::{Env, holding, step};
 
 /// The events of one step in the saga's log.
 async fn events(env: &Env, trip_id: &str, step: &str) -> Vec<String> {

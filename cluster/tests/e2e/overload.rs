@@ -1,12 +1,10 @@
 //! More sagas than calls allowed in flight to a participant: they wait their
 //! turn in line, and a wait, however long, spends none of a step's attempts.
 
-use std::time::Duration;
-
 use faultproxy::{Hold, HoldAt};
 use reqwest::StatusCode;
 
-use crate::support::{Env, step};
+use crate::support::{Env, holding, step};
 
 #[tokio::test]
 async fn a_saga_waiting_in_line_longer_than_an_attempt_spends_no_attempt_and_succeeds() {
@@ -48,22 +46,10 @@ async fn a_saga_waiting_in_line_longer_than_an_attempt_spends_no_attempt_and_suc
         assert_eq!(saga["status"], "failed", "{saga}");
     }
     proxies.flights.release();
-    testkit::eventually("the held calls to go", Duration::from_secs(10), || async {
-        (proxies.flights.holding() == 0).then_some(())
-    })
-    .await;
+    holding(&proxies.flights, 0).await;
     testkit::invariant::check(env.db.pool())
         .await
         .unwrap()
         .assert_clean();
     env.finish().await;
-}
-
-async fn holding(proxy: &faultproxy::FaultProxy, n: usize) {
-    testkit::eventually(
-        "the proxy to hold the call",
-        Duration::from_secs(10),
-        || async { (proxy.holding() == n).then_some(()) },
-    )
-    .await;
 }

@@ -266,3 +266,13 @@ pub fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
         .map(|(a, b)| ((*a).to_owned(), (*b).to_owned()))
         .collect()
 }
+
+/// Awaits the proxy holding `n` requests.
+pub async fn holding(proxy: &FaultProxy, n: usize) {
+    testkit::eventually(
+        "the proxy to hold the call",
+        Duration::from_secs(10),
+        || async { (proxy.holding() == n).then_some(()) },
+    )
+    .await;
+}

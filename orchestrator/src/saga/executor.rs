@@ -417,17 +417,7 @@ impl Engine {
         if let Some(detail) = run.interrupted.take()
             && let Some(action) = run.position.action(run.steps)
         {
-            let log = [LogEntry {
-                seq: run.next_seq,
-                step: action.step,
-                event: StepEvent::Retrying,
-                attempt: run.attempt,
-                detail,
-            }];
-            let position = run.position;
-            self.record(&mut run, position, log.into()).await?;
-            run.version += 1;
-            run.next_seq += 1;
+            self.log_retry(&mut run, action, detail).await?;
             run.attempt += 1;
         }
         while let Some(action) = run.position.action(run.steps) {

@@ -460,12 +460,7 @@ async fn a_write_the_database_never_answers_fails_as_an_outage_and_the_next_goes
     );
     // The silent connection is closed, not handed back to the pool (where
     // sqlx's ping on return would wait on it for ever).
-    testkit::eventually(
-        "the silent connection is closed",
-        Duration::from_secs(10),
-        || async { (proxy.closed() >= 1).then_some(()) },
-    )
-    .await;
+    closed(&proxy).await;
     // A driver retries an outage. The pool may hand the writer another of
     // the silent connections, which fails the same way; then a new one.
     let mut attempts = 0;
@@ -548,13 +543,7 @@ async fn a_query_the_database_never_answers_is_given_up_and_its_connection_close
     assert!(orchestrator::saga::executor::is_outage(
         &unanswered.unwrap_err()
     ));
-    // Closed, not handed back to the pool to wait on sqlx's ping for ever.
-    testkit::eventually(
-        "the silent connection is closed",
-        Duration::from_secs(10),
-        || async { (proxy.closed() >= 1).then_some(()) },
-    )
-    .await;
+    closed(&proxy).await;
     // A caller retries an outage. The pool may hand out another of the
     // silent connections, whose ping before use runs out of the pool's
     // acquire timeout (and closes it); then a new one.
@@ -577,4 +566,14 @@ async fn a_query_the_database_never_answers_is_given_up_and_its_connection_close
         }
     };
     assert_eq!(answered.unwrap(), 1, "after {attempts} attempts");
+}
+
+/// Awaits the client side closing one of the proxy's connections.
+async fn closed(proxy: &testkit::silent::SilentProxy) {
+    testkit::eventually(
+        "the silent connection is closed",
+        Duration::from_secs(10),
+        || async { (proxy.closed() >= 1).then_some(()) },
+    )
+    .await;
 }
