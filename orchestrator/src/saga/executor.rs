@@ -133,8 +133,10 @@ impl Engine {
         config: &EngineConfig,
         shutdown: CancellationToken,
     ) -> Arc<Self> {
-        // A query left unanswered for a third of the lease is given up (and
-        // retried on another connection) while the leases still hold.
+        // A query left unanswered for a third of the lease is given up and
+        // retried on another connection. No lease is renewed while the
+        // database does not answer, whatever the limit; once one has run
+        // out, the fence keeps a takeover safe.
         let db_timeout = config.lease / 3;
         let writer = Writer::start(
             pool.clone(),

@@ -141,13 +141,19 @@ async fn drain(
                 // the fate of the first.
                 let mut first_creates: HashMap<String, Result<Written, WriteError>> =
                     HashMap::new();
+                // Once the database is out, the rest fail as that outage,
+                // unwritten: each would wait out the timeout.
+                let mut outage: Option<WriteError> = None;
                 for (entry, reply) in replies {
                     let result = match &entry {
                         Entry::Create {
                             trip_id,
                             index: Some(i),
                         } => {
-                            let alone = db.write(&owner, lease_secs, &creates[*i..=*i], &[]).await;
+                            let alone = match &outage {
+                                Some(err) => Err(err.clone()),
+                                None => db.write(&owner, lease_secs, &creates[*i..=*i], &[]).await,
+                            };
                             let result = answer(&alone, &entry, &moves);
                             first_creates.insert(trip_id.clone(), result.clone());
                             result
@@ -160,10 +166,18 @@ async fn drain(
                             _ => Ok(None),
                         },
                         Entry::Move(i) => {
-                            let alone = db.write(&owner, lease_secs, &[], &moves[*i..=*i]).await;
+                            let alone = match &outage {
+                                Some(err) => Err(err.clone()),
+                                None => db.write(&owner, lease_secs, &[], &moves[*i..=*i]).await,
+                            };
                             answer(&alone, &entry, &moves)
                         }
                     };
+                    if let Err(err) = &result
+                        && err.outage
+                    {
+                        outage.get_or_insert_with(|| err.clone());
+                    }
                     let _ = reply.send(result);
                 }
             }

@@ -450,6 +450,7 @@ async fn a_write_the_database_never_answers_fails_as_an_outage_and_the_next_goes
     // Every connection open now, the writer's among them, stops answering
     // without closing. Without a timeout of its own the writer would wait
     // for ever, and every saga with it.
+    let closed_before = proxy.closed();
     let silenced = proxy.silence();
     let unanswered = tokio::time::timeout(Duration::from_secs(10), writer.create(new("during")))
         .await
@@ -460,7 +461,7 @@ async fn a_write_the_database_never_answers_fails_as_an_outage_and_the_next_goes
     );
     // The silent connection is closed, not handed back to the pool (where
     // sqlx's ping on return would wait on it for ever).
-    closed(&proxy).await;
+    closed(&proxy, closed_before).await;
     // A driver retries an outage. The pool may hand the writer another of
     // the silent connections, which fails the same way; then a new one.
     let mut attempts = 0;
@@ -523,6 +524,7 @@ async fn a_query_the_database_never_answers_is_given_up_and_its_connection_close
     // The connection falls silent once it has been handed out, before the
     // query goes: without a limit the query would wait for ever.
     let silenced = std::sync::Arc::clone(&proxy);
+    let closed_before = proxy.closed();
     let unanswered = tokio::time::timeout(
         Duration::from_secs(10),
         common::db::bounded(&pool, limit, move |conn| {
@@ -543,7 +545,7 @@ async fn a_query_the_database_never_answers_is_given_up_and_its_connection_close
     assert!(orchestrator::saga::executor::is_outage(
         &unanswered.unwrap_err()
     ));
-    closed(&proxy).await;
+    closed(&proxy, closed_before).await;
     // A caller retries an outage. The pool may hand out another of the
     // silent connections, whose ping before use runs out of the pool's
     // acquire timeout (and closes it); then a new one.
@@ -568,12 +570,13 @@ async fn a_query_the_database_never_answers_is_given_up_and_its_connection_close
     assert_eq!(answered.unwrap(), 1, "after {attempts} attempts");
 }
 
-/// Awaits the client side closing one of the proxy's connections.
-async fn closed(proxy: &testkit::silent::SilentProxy) {
+/// Awaits the client side closing one more of the proxy's connections than
+/// `before`.
+async fn closed(proxy: &testkit::silent::SilentProxy, before: usize) {
     testkit::eventually(
         "the silent connection is closed",
         Duration::from_secs(10),
-        || async { (proxy.closed() >= 1).then_some(()) },
+        || async { (proxy.closed() > before).then_some(()) },
     )
     .await;
 }
