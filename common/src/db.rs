@@ -6,10 +6,10 @@ use std::time::Duration;
 
 use anyhow::Context;
 use backon::{ExponentialBuilder, Retryable};
-use futures::future::BoxFuture;
 use sqlx::migrate::Migrator;
+use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{Connection, PgPool};
+use sqlx::{Connection, PgPool, Postgres};
 
 /// A pooled connection idle for longer is pinged before it is handed out
 /// (HikariCP's `aliveBypassWindowMs`, shorter): one used more recently has
@@ -100,28 +100,39 @@ pub async fn connect(url: &str, schema: &'static str, pool: PoolConfig) -> anyho
 /// Runs `query` on a connection from `pool` and gives up after `limit`, as
 /// an I/O error (`TimedOut`, an outage to every caller): sqlx has no timeout
 /// for a query, and a connection whose server stopped answering without
-/// closing it would hold the caller for ever. A connection that has not
-/// answered in time is closed, not handed back: sqlx pings a connection on
-/// its way back to the pool, and would wait on that as long.
+/// closing it would hold the caller for ever. See [`bounded_on`].
 pub async fn bounded<T>(
     pool: &PgPool,
     limit: Duration,
-    query: impl for<'c> FnOnce(&'c mut sqlx::PgConnection) -> BoxFuture<'c, sqlx::Result<T>>,
+    query: impl AsyncFnOnce(&mut sqlx::PgConnection) -> sqlx::Result<T>,
 ) -> sqlx::Result<T> {
-    let timed_out = || {
-        sqlx::Error::Io(std::io::Error::new(
+    bounded_on(pool, &mut None, limit, query).await
+}
+
+/// [`bounded`] on `held`, a connection kept from one call to the next (one
+/// is taken from `pool` when there is none). A connection that has not
+/// answered within `limit` is closed, not handed back, and `held` left
+/// empty: sqlx pings a connection on its way back to the pool, and would
+/// wait on that as long.
+pub async fn bounded_on<T>(
+    pool: &PgPool,
+    held: &mut Option<PoolConnection<Postgres>>,
+    limit: Duration,
+    query: impl AsyncFnOnce(&mut sqlx::PgConnection) -> sqlx::Result<T>,
+) -> sqlx::Result<T> {
+    let answered = tokio::time::timeout(limit, async {
+        let conn = match &mut *held {
+            Some(conn) => conn,
+            empty => empty.insert(pool.acquire().await?),
+        };
+        query(conn).await
+    })
+    .await;
+    answered.unwrap_or_else(|_| {
+        drop(held.take().map(PoolConnection::detach));
+        Err(sqlx::Error::Io(std::io::Error::new(
             std::io::ErrorKind::TimedOut,
             format!("the database did not answer within {limit:?}; the connection is closed"),
-        ))
-    };
-    let mut conn = tokio::time::timeout(limit, pool.acquire())
-        .await
-        .map_err(|_| timed_out())??;
-    match tokio::time::timeout(limit, query(&mut conn)).await {
-        Ok(result) => result,
-        Err(_) => {
-            drop(conn.detach());
-            Err(timed_out())
-        }
-    }
+        )))
+    })
 }

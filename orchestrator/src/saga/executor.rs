@@ -253,12 +253,9 @@ impl Engine {
         own_before: Option<DateTime<Utc>>,
     ) -> sqlx::Result<bool> {
         const BATCH: usize = 500;
-        let (owner, lease_secs) = (self.owner.clone(), self.lease_secs);
-        let claimed = common::db::bounded(&self.pool, self.db_timeout, move |conn| {
-            Box::pin(async move {
-                let limit = BATCH as i64;
-                store::claim(conn, &owner, own_before, lease_secs, KNOWN_VERSIONS, limit).await
-            })
+        let claimed = common::db::bounded(&self.pool, self.db_timeout, async |conn| {
+            let (owner, lease_secs, limit) = (&self.owner, self.lease_secs, BATCH as i64);
+            store::claim(conn, owner, own_before, lease_secs, KNOWN_VERSIONS, limit).await
         })
         .await?;
         let full = claimed.len() == BATCH;
@@ -604,9 +601,8 @@ impl Engine {
             // write itself. Its first log row tells.
             None if retried.load(Ordering::Relaxed) => {
                 let check = (|| {
-                    let transition = Arc::clone(&transition);
-                    common::db::bounded(&self.pool, self.db_timeout, move |conn| {
-                        Box::pin(async move { store::was_written(conn, &transition).await })
+                    common::db::bounded(&self.pool, self.db_timeout, async |conn| {
+                        store::was_written(conn, &transition).await
                     })
                 })
                     .retry(until_the_database_is_back())

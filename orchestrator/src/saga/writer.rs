@@ -245,25 +245,11 @@ impl Connection {
         if creates.is_empty() && moves.is_empty() {
             return Ok((Created::new(), Applied::new()));
         }
-        let write = async {
-            let conn = match &mut self.held {
-                Some(conn) => conn,
-                held => held.insert(self.pool.acquire().await?),
-            };
-            store::write(&mut **conn, creates, moves, owner, lease_secs).await
-        };
-        let Ok(result) = tokio::time::timeout(self.timeout, write).await else {
-            // Closed, not given back: sqlx would ping it on its way back to
-            // the pool, and wait for an answer as long.
-            drop(self.held.take().map(PoolConnection::detach));
-            return Err(WriteError {
-                outage: true,
-                message: format!(
-                    "the database did not answer a write within {:?}; its connection is closed",
-                    self.timeout
-                ),
-            });
-        };
+        let result =
+            common::db::bounded_on(&self.pool, &mut self.held, self.timeout, async |conn| {
+                store::write(conn, creates, moves, owner, lease_secs).await
+            })
+            .await;
         result.map_err(|err| {
             let outage = crate::saga::executor::is_outage(&err);
             if outage {

@@ -527,13 +527,11 @@ async fn a_query_the_database_never_answers_is_given_up_and_its_connection_close
     let closed_before = proxy.closed();
     let unanswered = tokio::time::timeout(
         Duration::from_secs(10),
-        common::db::bounded(&pool, limit, move |conn| {
-            Box::pin(async move {
-                silenced.silence();
-                sqlx::query_scalar::<_, i32>("SELECT 1")
-                    .fetch_one(conn)
-                    .await
-            })
+        common::db::bounded(&pool, limit, async move |conn| {
+            silenced.silence();
+            sqlx::query_scalar::<_, i32>("SELECT 1")
+                .fetch_one(conn)
+                .await
         }),
     )
     .await
@@ -552,12 +550,10 @@ async fn a_query_the_database_never_answers_is_given_up_and_its_connection_close
     let mut attempts = 0;
     let answered = loop {
         attempts += 1;
-        let query = common::db::bounded(&pool, Duration::from_secs(10), |conn| {
-            Box::pin(async move {
-                sqlx::query_scalar::<_, i32>("SELECT 1")
-                    .fetch_one(conn)
-                    .await
-            })
+        let query = common::db::bounded(&pool, Duration::from_secs(10), async |conn| {
+            sqlx::query_scalar::<_, i32>("SELECT 1")
+                .fetch_one(conn)
+                .await
         });
         match tokio::time::timeout(Duration::from_secs(20), query)
             .await
