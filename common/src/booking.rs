@@ -17,9 +17,10 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
-use sqlx::{PgConnection, PgPool};
+use sqlx::PgConnection;
 use uuid::Uuid;
 
+use crate::db::Db;
 use crate::error::ErrorBody;
 use crate::extract::{Json, Path};
 use crate::idempotency::{self, Answer, BusinessError, Key, first_time, to_answer};
@@ -91,7 +92,7 @@ pub trait Bookings: Send + Sync + 'static {
 pub fn router<B: Bookings, S>(collection: &str) -> Router<S>
 where
     S: Clone + Send + Sync + 'static,
-    PgPool: FromRef<S>,
+    Db: FromRef<S>,
 {
     Router::new()
         .route(collection, post(reserve::<B>))
@@ -215,7 +216,7 @@ fn cancelled<B: Bookings>(trip_id: &str) -> Error {
 
 #[tracing::instrument(skip_all, fields(service = B::SERVICE, trip_id = B::trip_id(&req)), err(level = "info"))]
 async fn reserve<B: Bookings>(
-    State(pool): State<PgPool>,
+    State(db): State<Db>,
     key: Key,
     Json(req): Json<B::Request>,
 ) -> Result<Answer> {
@@ -227,13 +228,14 @@ async fn reserve<B: Bookings>(
             action: "the reservation",
         });
     }
-    let mut conn = pool.acquire().await?;
-    if let Some(answer) = first_time(B::reserve(&mut conn, &req, key.0.as_deref())).await? {
-        return Ok(answer);
-    }
-    drop(conn);
-    idempotency::once(&pool, B::KEYS, key, move |conn| {
-        Box::pin(async move { to_answer(reserve_row::<B>(conn, &req).await) })
+    db.run(async |conn| {
+        if let Some(answer) = first_time(B::reserve(conn, &req, key.0.as_deref())).await? {
+            return Ok(answer);
+        }
+        idempotency::once(conn, B::KEYS, key, async |tx| {
+            to_answer(reserve_row::<B>(tx, &req).await)
+        })
+        .await
     })
     .await
 }
@@ -255,20 +257,22 @@ async fn reserve_row<B: Bookings>(conn: &mut PgConnection, req: &B::Request) -> 
 
 #[tracing::instrument(skip_all, fields(service = B::SERVICE, %trip_id), err(level = "info"))]
 async fn show<B: Bookings>(
-    State(pool): State<PgPool>,
+    State(db): State<Db>,
     Path(trip_id): Path<String>,
 ) -> Result<Json<Value>> {
     check_trip_id(&trip_id)?;
-    let mut conn = pool.acquire().await?;
-    B::find(&mut conn, &trip_id)
-        .await?
-        .map(|found| Json(found.body))
-        .ok_or_else(|| not_found::<B>(&trip_id))
+    db.run(async |conn| {
+        B::find(conn, &trip_id)
+            .await?
+            .map(|found| Json(found.body))
+            .ok_or_else(|| not_found::<B>(&trip_id))
+    })
+    .await
 }
 
 #[tracing::instrument(skip_all, fields(service = B::SERVICE, %trip_id), err(level = "info"))]
 async fn confirm<B: Bookings>(
-    State(pool): State<PgPool>,
+    State(db): State<Db>,
     Path(trip_id): Path<String>,
     key: Key,
     Json(req): Json<ActionRequest>,
@@ -281,14 +285,15 @@ async fn confirm<B: Bookings>(
             action: "the confirmation",
         });
     }
-    let mut conn = pool.acquire().await?;
-    let first = B::confirm(&mut conn, &trip_id, req.booking_id, key.0.as_deref());
-    if let Some(answer) = first_time(first).await? {
-        return Ok(answer);
-    }
-    drop(conn);
-    idempotency::once(&pool, B::KEYS, key, move |conn| {
-        Box::pin(async move { to_answer(confirm_row::<B>(conn, &trip_id, req.booking_id).await) })
+    db.run(async |conn| {
+        let first = B::confirm(conn, &trip_id, req.booking_id, key.0.as_deref());
+        if let Some(answer) = first_time(first).await? {
+            return Ok(answer);
+        }
+        idempotency::once(conn, B::KEYS, key, async |tx| {
+            to_answer(confirm_row::<B>(tx, &trip_id, req.booking_id).await)
+        })
+        .await
     })
     .await
 }
@@ -321,19 +326,20 @@ async fn confirm_row<B: Bookings>(
 
 #[tracing::instrument(skip_all, fields(service = B::SERVICE, %trip_id), err(level = "info"))]
 async fn cancel<B: Bookings>(
-    State(pool): State<PgPool>,
+    State(db): State<Db>,
     Path(trip_id): Path<String>,
     key: Key,
     Json(_req): Json<ActionRequest>,
 ) -> Result<Answer> {
     check_trip_id(&trip_id)?;
-    let mut conn = pool.acquire().await?;
-    if let Some(answer) = first_time(B::cancel(&mut conn, &trip_id, key.0.as_deref())).await? {
-        return Ok(answer);
-    }
-    drop(conn);
-    idempotency::once(&pool, B::KEYS, key, move |conn| {
-        Box::pin(async move { to_answer(cancel_row::<B>(conn, &trip_id).await) })
+    db.run(async |conn| {
+        if let Some(answer) = first_time(B::cancel(conn, &trip_id, key.0.as_deref())).await? {
+            return Ok(answer);
+        }
+        idempotency::once(conn, B::KEYS, key, async |tx| {
+            to_answer(cancel_row::<B>(tx, &trip_id).await)
+        })
+        .await
     })
     .await
 }

@@ -7,15 +7,15 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::json;
-use sqlx::PgPool;
 
+use crate::db::Db;
 use crate::error::ErrorBody;
 
-/// The two probe routes, for a router whose state can give a pool.
+/// The two probe routes, for a router whose state can give a [`Db`].
 pub fn router<S>() -> Router<S>
 where
     S: Clone + Send + Sync + 'static,
-    PgPool: axum::extract::FromRef<S>,
+    Db: axum::extract::FromRef<S>,
 {
     Router::new()
         .route("/healthz", get(healthz))
@@ -26,8 +26,9 @@ async fn healthz() -> Json<serde_json::Value> {
     Json(json!({ "status": "ok" }))
 }
 
-async fn readyz(State(pool): State<PgPool>) -> Response {
-    match sqlx::query("SELECT 1").execute(&pool).await {
+async fn readyz(State(db): State<Db>) -> Response {
+    let ping = db.run(async |conn| sqlx::query("SELECT 1").execute(conn).await);
+    match ping.await {
         Ok(_) => Json(json!({ "status": "ready" })).into_response(),
         Err(err) => {
             tracing::warn!(%err, "readiness check failed");

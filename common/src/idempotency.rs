@@ -6,14 +6,13 @@
 //! `<schema>.idempotency_keys (key text primary key, status smallint, body jsonb, ..)`.
 
 use std::future::Future;
-use std::pin::Pin;
 
 use axum::extract::FromRequestParts;
 use axum::http::StatusCode;
 use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
 use serde_json::Value;
-use sqlx::{PgConnection, PgPool};
+use sqlx::{Connection, PgConnection};
 
 use crate::error::ErrorBody;
 use crate::wire::IDEMPOTENCY_KEY;
@@ -74,14 +73,12 @@ impl IntoResponse for Answer {
     }
 }
 
-/// The effect of a call, run inside the key's transaction. It answers
-/// `Ok` for every outcome that should be replayed (success and business
-/// refusals alike) and `Err` only for unexpected failures, which roll back.
-pub type Effect<'c, E> = Pin<Box<dyn Future<Output = Result<Answer, E>> + Send + 'c>>;
-
 /// Runs `effect` at most once per `key`, in one transaction with the stored
-/// answer. `table` is the participant's schema-qualified key table, a
-/// constant, never caller input. Without a key the effect simply runs.
+/// answer, on `conn`. `effect` answers `Ok` for every outcome that should be
+/// replayed (success and business refusals alike) and `Err` only for
+/// unexpected failures, which roll back. `table` is the participant's
+/// schema-qualified key table, a constant, never caller input. Without a
+/// key the effect simply runs.
 ///
 /// The effect runs first and the key is stored after it, in the same
 /// transaction: if the key turns out to be taken (a resent call), the
@@ -90,15 +87,15 @@ pub type Effect<'c, E> = Pin<Box<dyn Future<Output = Result<Answer, E>> + Send +
 /// lock; the second then finds the first's key. This costs one statement
 /// less than claiming the key first.
 pub async fn once<E>(
-    pool: &PgPool,
+    conn: &mut PgConnection,
     table: &'static str,
     key: Key,
-    effect: impl for<'c> FnOnce(&'c mut PgConnection) -> Effect<'c, E>,
+    effect: impl AsyncFnOnce(&mut PgConnection) -> Result<Answer, E>,
 ) -> Result<Answer, E>
 where
     E: From<sqlx::Error>,
 {
-    let mut tx = pool.begin().await?;
+    let mut tx = conn.begin().await?;
     let answer = effect(&mut tx).await?;
     let Some(key) = key.0 else {
         tx.commit().await?;
@@ -123,7 +120,7 @@ where
         "SELECT status, body FROM {table} WHERE key = $1"
     )))
     .bind(&key)
-    .fetch_one(pool)
+    .fetch_one(&mut *conn)
     .await?;
     let status = u16::try_from(status)
         .ok()

@@ -104,20 +104,20 @@ fn panicked(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
 }
 
 /// The whole life of a participant service: connect to its database inside
-/// `schema`, apply `migrator`, then serve `app(pool)` with the standard
+/// `schema`, apply `migrator`, then serve `app(db)` with the standard
 /// middleware on `listener` until `shutdown` completes.
 pub async fn run_participant(
     config: &crate::config::CommonConfig,
     schema: &'static str,
     migrator: sqlx::migrate::Migrator,
-    app: impl FnOnce(sqlx::PgPool) -> Router,
+    app: impl FnOnce(crate::db::Db) -> Router,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let pool =
         crate::db::connect_and_migrate(&config.database_url, schema, migrator, config.pool())
             .await?;
-    let router = with_middleware(app(pool), Duration::from_secs(30));
+    let router = with_middleware(app(crate::db::Db::new(pool)), Duration::from_secs(30));
     serve(listener, router, shutdown).await?;
     Ok(())
 }

@@ -1,27 +1,15 @@
-//! The services' connection pool against a real PostgreSQL crash.
+//! The services' connections ([`common::db`]) on a real PostgreSQL: a
+//! crash under an idle pool, and what a `Db` keeps and gives back.
 
 use std::time::Duration;
 
-use common::db::PoolConfig;
+use common::db::{Db, PoolConfig};
+use sqlx::Connection;
 
 #[tokio::test]
 async fn after_a_restart_every_query_gets_a_live_connection() {
-    let mut pg = tokio::task::spawn_blocking(|| {
-        pglocal::PrivatePostgres::start(pglocal::Durability::Throwaway)
-    })
-    .await
-    .unwrap()
-    .unwrap();
-    let pool = common::db::connect(
-        pg.url(),
-        "public",
-        PoolConfig {
-            max_connections: 4,
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap();
+    let (mut pg, db) = private_db(4).await;
+    let pool = db.pool().clone();
     // Four connections open and idle in the pool.
     let slow = || sqlx::query("SELECT pg_sleep(0.05)").execute(&pool);
     let (a, b, c, d) = tokio::join!(slow(), slow(), slow(), slow());
@@ -36,18 +24,10 @@ async fn after_a_restart_every_query_gets_a_live_connection() {
     });
     back.await
         .expect("the connections never went back to the pool");
-    let idle_since = tokio::time::Instant::now();
-
-    // Every one of them is cut by the crash.
-    pg = tokio::task::spawn_blocking(move || pg.restart_immediate().map(|()| pg))
-        .await
-        .unwrap()
-        .unwrap();
-
-    // The pool hands out no broken connection: each of them has been idle
-    // across the restart for longer than the window, so it is pinged and
-    // replaced.
-    tokio::time::sleep_until(idle_since + common::db::PING_IF_IDLE_FOR).await;
+    // Every one of them is cut by the crash. The pool hands out no broken
+    // connection: each of them has been idle across the restart for longer
+    // than the window, so it is pinged and replaced.
+    pg = crash(pg, tokio::time::Instant::now()).await;
     for _ in 0..8 {
         let one: i32 = tokio::time::timeout(
             Duration::from_secs(10),
@@ -60,4 +40,137 @@ async fn after_a_restart_every_query_gets_a_live_connection() {
     }
     pool.close().await;
     pg.stop();
+}
+
+/// A private PostgreSQL and a `Db` of `max` connections on it.
+async fn private_db(max: u32) -> (pglocal::PrivatePostgres, Db) {
+    let pg = tokio::task::spawn_blocking(|| {
+        pglocal::PrivatePostgres::start(pglocal::Durability::Throwaway)
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    let pool = common::db::connect(
+        pg.url(),
+        "public",
+        PoolConfig {
+            max_connections: max,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    (pg, Db::new(pool))
+}
+
+async fn backend(db: &Db) -> i32 {
+    db.run(async |conn| {
+        sqlx::query_scalar::<_, i32>("SELECT pg_backend_pid()")
+            .fetch_one(conn)
+            .await
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn a_db_keeps_the_connection_of_a_finished_use_and_gives_back_one_cut_short() {
+    let (pg, db) = private_db(1).await;
+    let first = backend(&db).await;
+    // Kept by the Db, not handed back to the pool (which would ping it): the
+    // pool's one connection stays out.
+    let from_pool = tokio::time::timeout(Duration::from_millis(200), db.pool().acquire()).await;
+    assert!(from_pool.is_err(), "the connection went back to the pool");
+    assert_eq!(backend(&db).await, first);
+
+    db.run(async |conn| {
+        sqlx::raw_sql("CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (1)")
+            .execute(conn)
+            .await
+    })
+    .await
+    .unwrap();
+    // A use dropped while its transaction holds a row lock.
+    let held = tokio::sync::Notify::new();
+    let cut = db.run(async |conn| {
+        let mut tx = conn.begin().await?;
+        sqlx::query("SELECT id FROM t WHERE id = 1 FOR UPDATE")
+            .execute(&mut *tx)
+            .await?;
+        held.notify_one();
+        std::future::pending::<()>().await;
+        tx.commit().await
+    });
+    tokio::select! {
+        _ = cut => unreachable!("the use never ends"),
+        () = held.notified() => {}
+    }
+    // Its connection went back through sqlx, which rolled the transaction
+    // back: the row can be locked again without waiting. (Kept as it was, the
+    // connection would hold the lock until its next use.)
+    let mut other = sqlx::PgConnection::connect(pg.url()).await.unwrap();
+    testkit_eventually("the row lock to be released", async || {
+        sqlx::raw_sql("SET lock_timeout = '10ms'; SELECT id FROM t WHERE id = 1 FOR UPDATE")
+            .execute(&mut other)
+            .await
+            .is_ok()
+    })
+    .await;
+    // The Db's next use takes a live connection.
+    backend(&db).await;
+    pg.stop();
+}
+
+#[tokio::test]
+async fn a_db_hands_out_no_connection_broken_by_a_restart() {
+    let (mut pg, db) = private_db(4).await;
+    // Four connections used at once, then kept on the Db's stack.
+    let slow = || {
+        db.run(async |conn| {
+            sqlx::query("SELECT pg_sleep(0.05)")
+                .execute(conn)
+                .await
+                .map(drop)
+        })
+    };
+    let (a, b, c, d) = tokio::join!(slow(), slow(), slow(), slow());
+    for done in [a, b, c, d] {
+        done.unwrap();
+    }
+    assert_eq!(db.pool().size(), 4);
+    // Each is cut by the crash and has been idle across it for longer than
+    // the window, so it is pinged, found broken and replaced.
+    pg = crash(pg, tokio::time::Instant::now()).await;
+    for _ in 0..8 {
+        tokio::time::timeout(Duration::from_secs(10), backend(&db))
+            .await
+            .expect("a use hung");
+    }
+    pg.stop();
+}
+
+/// Restarts `pg` at once (every open connection is cut), then waits until
+/// connections idle since `idle_since` are past the ping window.
+async fn crash(
+    mut pg: pglocal::PrivatePostgres,
+    idle_since: tokio::time::Instant,
+) -> pglocal::PrivatePostgres {
+    pg = tokio::task::spawn_blocking(move || pg.restart_immediate().map(|()| pg))
+        .await
+        .unwrap()
+        .unwrap();
+    tokio::time::sleep_until(idle_since + common::db::PING_IF_IDLE_FOR).await;
+    pg
+}
+
+/// Awaits `check` answering `true`, for up to 10 s.
+async fn testkit_eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !check().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }

@@ -165,6 +165,15 @@ pub struct AppState {
     pub default_deadline_secs: Option<u64>,
 }
 
+/// The probes run on the pool as it is: the orchestrator's queries take
+/// their connections from the pool, and a `Db` made for one probe keeps
+/// none.
+impl FromRef<AppState> for common::db::Db {
+    fn from_ref(state: &AppState) -> Self {
+        Self::new(state.pool.clone())
+    }
+}
+
 /// The service's routes (without middleware).
 pub fn app(state: AppState) -> Router {
     http::router().with_state(state)

@@ -9,7 +9,7 @@ use std::future::Future;
 
 use axum::Router;
 use axum::extract::FromRef;
-use sqlx::PgPool;
+use common::db::Db;
 use sqlx::migrate::Migrator;
 use tokio::net::TcpListener;
 
@@ -38,7 +38,7 @@ pub struct Config {
 /// What every handler gets: cheap to clone.
 #[derive(Debug, Clone, FromRef)]
 pub struct AppState {
-    pub pool: PgPool,
+    pub db: Db,
 }
 
 /// The service's routes, as the binary serves them (without middleware).
@@ -56,7 +56,7 @@ pub async fn run(
         &config.common,
         SCHEMA,
         migrator(),
-        |pool| app(AppState { pool }),
+        |db| app(AppState { db }),
         listener,
         shutdown,
     )

@@ -1,6 +1,7 @@
 //! cars-svc over real HTTP on a fresh database.
 
 use cars_svc::{AppState, app};
+use common::db::Db;
 use serde_json::{Value, json};
 use testkit::contract::Booking;
 use testkit::{TestDb, TestServer};
@@ -19,7 +20,7 @@ fn reserve_body(trip_id: &str, run_type: &str) -> Value {
 async fn keeps_the_booking_contract() {
     let db = TestDb::new().await;
     let server = TestServer::start(app(AppState {
-        pool: db.pool().clone(),
+        db: Db::new(db.pool().clone()),
     }))
     .await;
     Booking {
@@ -38,7 +39,7 @@ async fn keeps_the_booking_contract() {
 async fn stores_the_sample_fields() {
     let db = TestDb::new().await;
     let server = TestServer::start(app(AppState {
-        pool: db.pool().clone(),
+        db: Db::new(db.pool().clone()),
     }))
     .await;
     let (status, body) = testkit::contract::post(
@@ -64,7 +65,7 @@ async fn stores_the_sample_fields() {
 async fn answers_as_the_wire_type_writes_them() {
     let db = TestDb::new().await;
     let server = TestServer::start(app(AppState {
-        pool: db.pool().clone(),
+        db: Db::new(db.pool().clone()),
     }))
     .await;
     let mut body = reserve_body("t", "success");

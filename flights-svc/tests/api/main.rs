@@ -1,5 +1,6 @@
 //! flights-svc over real HTTP on a fresh database.
 
+use common::db::Db;
 use flights_svc::{AppState, app};
 use serde_json::{Value, json};
 use testkit::contract::Booking;
@@ -20,7 +21,7 @@ fn reserve_body(trip_id: &str, run_type: &str) -> Value {
 async fn keeps_the_booking_contract() {
     let db = TestDb::new().await;
     let server = TestServer::start(app(AppState {
-        pool: db.pool().clone(),
+        db: Db::new(db.pool().clone()),
     }))
     .await;
     Booking {
@@ -39,7 +40,7 @@ async fn keeps_the_booking_contract() {
 async fn stores_the_sample_fields() {
     let db = TestDb::new().await;
     let server = TestServer::start(app(AppState {
-        pool: db.pool().clone(),
+        db: Db::new(db.pool().clone()),
     }))
     .await;
     let (status, body) = testkit::contract::post(
@@ -69,7 +70,7 @@ async fn stores_the_sample_fields() {
 async fn answers_as_the_wire_type_writes_them() {
     let db = TestDb::new().await;
     let server = TestServer::start(app(AppState {
-        pool: db.pool().clone(),
+        db: Db::new(db.pool().clone()),
     }))
     .await;
     let mut body = reserve_body("t", "success");

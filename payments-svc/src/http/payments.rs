@@ -7,11 +7,12 @@
 use axum::Router;
 use axum::extract::State;
 use axum::routing::{get, post};
+use common::db::Db;
 use common::extract::{Json, Path};
 use common::idempotency::{self, Answer, Key, first_time, to_answer};
 use common::wire::{ActionRequest, PaymentRequest, PaymentStatus, RunType};
 use serde_json::Value;
-use sqlx::{PgConnection, PgPool};
+use sqlx::PgConnection;
 use uuid::Uuid;
 
 use super::{Error, Result};
@@ -32,11 +33,7 @@ fn check_trip_id(trip_id: &str) -> Result<()> {
 }
 
 #[tracing::instrument(skip_all, fields(trip_id = %req.trip_id), err(level = "info"))]
-async fn charge(
-    State(pool): State<PgPool>,
-    key: Key,
-    Json(req): Json<PaymentRequest>,
-) -> Result<Answer> {
+async fn charge(State(db): State<Db>, key: Key, Json(req): Json<PaymentRequest>) -> Result<Answer> {
     check_trip_id(&req.trip_id)?;
     common::wire::validate_payment(req.amount, &req.currency).map_err(Error::InvalidPayment)?;
     if req.run_type == RunType::FailPayment {
@@ -45,13 +42,14 @@ async fn charge(
             action: "the payment",
         });
     }
-    let mut conn = pool.acquire().await?;
-    if let Some(answer) = first_time(insert_charged(&mut conn, &req, key.0.as_deref())).await? {
-        return Ok(answer);
-    }
-    drop(conn);
-    idempotency::once(&pool, KEYS, key, move |conn| {
-        Box::pin(async move { to_answer(charge_row(conn, &req).await) })
+    db.run(async |conn| {
+        if let Some(answer) = first_time(insert_charged(conn, &req, key.0.as_deref())).await? {
+            return Ok(answer);
+        }
+        idempotency::once(conn, KEYS, key, async |tx| {
+            to_answer(charge_row(tx, &req).await)
+        })
+        .await
     })
     .await
 }
@@ -101,30 +99,33 @@ async fn charge_row(conn: &mut PgConnection, req: &PaymentRequest) -> Result<Val
 }
 
 #[tracing::instrument(skip_all, fields(%trip_id), err(level = "info"))]
-async fn show(State(pool): State<PgPool>, Path(trip_id): Path<String>) -> Result<Json<Value>> {
+async fn show(State(db): State<Db>, Path(trip_id): Path<String>) -> Result<Json<Value>> {
     check_trip_id(&trip_id)?;
-    let mut conn = pool.acquire().await?;
-    find(&mut conn, &trip_id)
-        .await?
-        .map(|found| Json(found.body))
-        .ok_or(Error::NotFound(trip_id))
+    db.run(async |conn| {
+        find(conn, &trip_id)
+            .await?
+            .map(|found| Json(found.body))
+            .ok_or(Error::NotFound(trip_id))
+    })
+    .await
 }
 
 #[tracing::instrument(skip_all, fields(%trip_id), err(level = "info"))]
 async fn refund(
-    State(pool): State<PgPool>,
+    State(db): State<Db>,
     Path(trip_id): Path<String>,
     key: Key,
     Json(_req): Json<ActionRequest>,
 ) -> Result<Answer> {
     check_trip_id(&trip_id)?;
-    let mut conn = pool.acquire().await?;
-    if let Some(answer) = first_time(refund_any(&mut conn, &trip_id, key.0.as_deref())).await? {
-        return Ok(answer);
-    }
-    drop(conn);
-    idempotency::once(&pool, KEYS, key, move |conn| {
-        Box::pin(async move { to_answer(refund_row(conn, trip_id).await) })
+    db.run(async |conn| {
+        if let Some(answer) = first_time(refund_any(conn, &trip_id, key.0.as_deref())).await? {
+            return Ok(answer);
+        }
+        idempotency::once(conn, KEYS, key, async |tx| {
+            to_answer(refund_row(tx, trip_id).await)
+        })
+        .await
     })
     .await
 }

@@ -1,5 +1,6 @@
 //! payments-svc over real HTTP on a fresh database.
 
+use common::db::Db;
 use payments_svc::{AppState, app};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -28,7 +29,7 @@ async fn rows(pool: &PgPool, trip_id: &str) -> Vec<(String, Option<String>)> {
 
 async fn server(db: &TestDb) -> TestServer {
     TestServer::start(app(AppState {
-        pool: db.pool().clone(),
+        db: Db::new(db.pool().clone()),
     }))
     .await
 }
