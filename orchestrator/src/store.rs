@@ -309,7 +309,10 @@ pub async fn now(pool: &PgPool) -> sqlx::Result<DateTime<Utc>> {
 
 /// The saga of `trip_id`, if any.
 #[tracing::instrument(skip_all, fields(%trip_id), err)]
-pub async fn find(pool: &PgPool, trip_id: &str) -> sqlx::Result<Option<SagaRecord>> {
+pub async fn find(
+    db: impl sqlx::PgExecutor<'_>,
+    trip_id: &str,
+) -> sqlx::Result<Option<SagaRecord>> {
     sqlx::query_as!(
         SagaRecord,
         r#"SELECT trip_id, run_type, status AS "status: SagaStatus", definition_version, cursor,
@@ -317,7 +320,7 @@ pub async fn find(pool: &PgPool, trip_id: &str) -> sqlx::Result<Option<SagaRecor
            FROM orchestrator.sagas WHERE trip_id = $1"#,
         trip_id,
     )
-    .fetch_optional(pool)
+    .fetch_optional(db)
     .await
 }
 
@@ -325,7 +328,7 @@ pub async fn find(pool: &PgPool, trip_id: &str) -> sqlx::Result<Option<SagaRecor
 /// the cursor `(created_at, trip_id)`.
 #[tracing::instrument(skip_all, err)]
 pub async fn list(
-    pool: &PgPool,
+    db: impl sqlx::PgExecutor<'_>,
     status: Option<SagaStatus>,
     before: Option<(DateTime<Utc>, String)>,
     limit: i64,
@@ -345,13 +348,16 @@ pub async fn list(
         before_id,
         limit,
     )
-    .fetch_all(pool)
+    .fetch_all(db)
     .await
 }
 
 /// The log of every saga in `trip_ids`, in order within each saga.
 #[tracing::instrument(skip_all, err)]
-pub async fn logs(pool: &PgPool, trip_ids: &[String]) -> sqlx::Result<Vec<LogRecord>> {
+pub async fn logs(
+    db: impl sqlx::PgExecutor<'_>,
+    trip_ids: &[String],
+) -> sqlx::Result<Vec<LogRecord>> {
     sqlx::query_as!(
         LogRecord,
         // One key lookup per trip (a lateral join on equality): `= ANY($1)`
@@ -366,7 +372,7 @@ pub async fn logs(pool: &PgPool, trip_ids: &[String]) -> sqlx::Result<Vec<LogRec
            ORDER BY l.trip_id, l.seq"#,
         trip_ids,
     )
-    .fetch_all(pool)
+    .fetch_all(db)
     .await
 }
 

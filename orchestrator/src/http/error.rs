@@ -28,7 +28,8 @@ pub enum Error {
     #[error("no saga for trip {0}")]
     NotFound(String),
 
-    /// 500: the database failed; logged, answered opaquely.
+    /// 503 when the database is unreachable or does not answer (retry
+    /// later), else 500; logged, answered opaquely.
     #[error(transparent)]
     Database(#[from] sqlx::Error),
 
@@ -67,20 +68,29 @@ impl IntoResponse for Error {
                     format!("{message}; start it with GET /trip or POST /trips"),
                 ),
             ),
+            Error::Database(err) if crate::saga::executor::is_outage(err) => {
+                tracing::warn!(%err, "database unavailable");
+                unavailable()
+            }
             Error::Database(err) => return common::error::internal(err),
             Error::Write(err) if err.outage => {
                 tracing::warn!(%err, "database unavailable");
-                (
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    ErrorBody::new(
-                        "unavailable",
-                        "the database is unreachable; retry the same request shortly",
-                    ),
-                )
+                unavailable()
             }
             Error::Write(err) => return common::error::internal(err),
             Error::Corrupt(_) => return common::error::internal(&self),
         };
         body.into_response_with(status)
     }
+}
+
+/// The database is unreachable or does not answer: not the caller's doing.
+fn unavailable() -> (StatusCode, ErrorBody) {
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        ErrorBody::new(
+            "unavailable",
+            "the database is unreachable; retry the same request shortly",
+        ),
+    )
 }

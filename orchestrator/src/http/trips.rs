@@ -93,7 +93,9 @@ async fn start_or_join(state: &AppState, mut input: TripInput, wait: Duration) -
     let trip_id = trip.trip_id.clone();
     if !state.engine.start(trip.clone()).await? {
         // The trip has a saga already: join it if the input is the same.
-        let existing = store::find(state.engine.pool(), &trip_id)
+        let existing = state
+            .engine
+            .read(async |conn| store::find(conn, &trip_id).await)
             .await?
             .ok_or_else(|| Error::NotFound(trip_id.clone()))?;
         let stored: Trip = serde_json::from_value(existing.input)
@@ -118,11 +120,15 @@ async fn start_or_join(state: &AppState, mut input: TripInput, wait: Duration) -
 }
 
 async fn load(state: &AppState, trip_id: &str) -> Result<SagaView> {
-    let saga = store::find(state.engine.pool(), trip_id)
-        .await?
-        .ok_or_else(|| Error::NotFound(trip_id.to_owned()))?;
-    let logs = store::logs(state.engine.pool(), &[trip_id.to_owned()]).await?;
-    Ok(SagaView::new(saga, &logs))
+    let read = state.engine.read(async |conn| {
+        let Some(saga) = store::find(&mut *conn, trip_id).await? else {
+            return Ok(None);
+        };
+        let logs = store::logs(&mut *conn, &[trip_id.to_owned()]).await?;
+        Ok(Some(SagaView::new(saga, &logs)))
+    });
+    read.await?
+        .ok_or_else(|| Error::NotFound(trip_id.to_owned()))
 }
 
 #[tracing::instrument(skip_all, fields(%trip_id))]
@@ -172,8 +178,15 @@ async fn list(
             })?,
     };
     let before = query.before.as_deref().map(decode_cursor).transpose()?;
-    let pool = state.engine.pool();
-    let sagas = store::list(pool, status, before, limit).await?;
+    let (sagas, logs) = state
+        .engine
+        .read(async |conn| {
+            let sagas = store::list(&mut *conn, status, before, limit).await?;
+            let trip_ids: Vec<String> = sagas.iter().map(|s| s.trip_id.clone()).collect();
+            let logs = store::logs(&mut *conn, &trip_ids).await?;
+            Ok((sagas, logs))
+        })
+        .await?;
     let next = (i64::try_from(sagas.len()).unwrap_or(i64::MAX) == limit)
         .then(|| {
             sagas
@@ -181,8 +194,6 @@ async fn list(
                 .map(|s| encode_cursor(s.created_at, &s.trip_id))
         })
         .flatten();
-    let trip_ids: Vec<String> = sagas.iter().map(|s| s.trip_id.clone()).collect();
-    let logs = store::logs(pool, &trip_ids).await?;
     let sagas = sagas
         .into_iter()
         .map(|saga| {

@@ -163,6 +163,16 @@ impl Engine {
         &self.pool
     }
 
+    /// Runs a read on a connection of the pool, given up as an outage (and
+    /// its connection closed) when the database leaves it unanswered for a
+    /// third of the lease: see [`common::db::bounded`].
+    pub async fn read<T>(
+        &self,
+        query: impl AsyncFnOnce(&mut sqlx::PgConnection) -> sqlx::Result<T>,
+    ) -> sqlx::Result<T> {
+        common::db::bounded(&self.pool, self.db_timeout, query).await
+    }
+
     /// Records a new saga for `trip` and starts driving it at once.
     /// Returns `false` (and starts nothing) if the trip has a saga already.
     pub async fn start(self: &Arc<Self>, trip: Trip) -> Result<bool, WriteError> {
@@ -377,7 +387,8 @@ impl Engine {
                 }
             }
             // Not driven here: read the row until it ends.
-            let ended = store::find(&self.pool, trip_id)
+            let ended = self
+                .read(async |conn| store::find(conn, trip_id).await)
                 .await?
                 .is_none_or(|saga| saga.status.is_terminal());
             if ended || Instant::now() >= deadline || self.shutdown.is_cancelled() {

@@ -576,3 +576,82 @@ async fn closed(proxy: &testkit::silent::SilentProxy, before: usize) {
     )
     .await;
 }
+
+#[tokio::test]
+async fn a_read_the_database_never_answers_is_a_503_and_the_next_goes_through() {
+    use orchestrator::saga::executor::{Engine, EngineConfig};
+
+    let db = TestDb::new().await;
+    assert!(
+        store::create(
+            db.pool(),
+            &trip("read"),
+            Step::ReserveFlight,
+            "a",
+            30.0,
+            None
+        )
+        .await
+        .unwrap()
+    );
+    let (proxy, pool) = through_a_silent_proxy(&db).await;
+    // Reads are given up after a third of the lease: 500 ms.
+    let config = EngineConfig {
+        owner: "a".into(),
+        lease: Duration::from_millis(1500),
+        retry: orchestrator::retry::RetryConfig::default(),
+    };
+    let nobody = "http://127.0.0.1:9";
+    let participants =
+        orchestrator::participants::Participants::new(nobody, nobody, nobody, config.lease, 1)
+            .unwrap();
+    let token = tokio_util::sync::CancellationToken::new();
+    let engine = Engine::new(pool.clone(), participants, &config, token);
+    let server = testkit::TestServer::start(orchestrator::app(orchestrator::AppState {
+        engine: std::sync::Arc::clone(&engine),
+        pool: pool.clone(),
+        trip_wait: Duration::ZERO,
+        default_deadline_secs: None,
+    }))
+    .await;
+    let url = format!("{}/trips/read", server.url);
+    let get = || async {
+        let answer = tokio::time::timeout(Duration::from_secs(20), reqwest::get(&url))
+            .await
+            .expect("the read hung")
+            .unwrap();
+        let status = answer.status().as_u16();
+        (status, answer.json::<serde_json::Value>().await.unwrap())
+    };
+    assert_eq!(get().await.0, 200);
+    testkit::eventually(
+        "the read's connection back in the pool",
+        Duration::from_secs(10),
+        || async { (pool.num_idle() == pool.size() as usize).then_some(()) },
+    )
+    .await;
+
+    // The pool's connections stop answering without closing: the next read
+    // is given up as an outage, answered 503, and its connection closed.
+    let closed_before = proxy.closed();
+    let silenced = proxy.silence();
+    let (status, body) = get().await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (503, Some("unavailable")),
+        "{body}"
+    );
+    closed(&proxy, closed_before).await;
+    // A caller retries; it may meet another silent connection first.
+    let mut attempts = 0;
+    let (status, body) = loop {
+        attempts += 1;
+        match get().await {
+            (503, _) if attempts <= silenced + 1 => continue,
+            other => break other,
+        }
+    };
+    assert_eq!(status, 200, "{body} after {attempts} attempts");
+    assert_eq!(body["trip_id"], "read");
+    engine.stop(false).await;
+}
