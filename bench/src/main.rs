@@ -246,10 +246,12 @@ async fn main() -> anyhow::Result<()> {
             .map(|(name, cpu, rss)| format!("{name} {cpu:.1} s / {rss:.0} MB"))
             .collect();
         println!(
-            "{} CPU and peak RSS: {}; machine {:.1} CPU s",
+            "{} CPU and peak RSS: {}; machine {:.1} CPU s ({:.2} ms a saga, {:.2} cores busy)",
             label(p),
             usage.join(", "),
-            p.machine_cpu_secs
+            p.machine_cpu_secs,
+            p.machine_cpu_secs * 1000.0 / p.sagas.max(1) as f64,
+            p.machine_cpu_secs / p.seconds.max(f64::EPSILON)
         );
         if p.peak_in_flight > 0 {
             println!(
@@ -273,8 +275,11 @@ async fn main() -> anyhow::Result<()> {
                     .collect(),
             )
         };
-        let (throughput, p50, p99) = (
+        let (throughput, per_cpu, p50, p99) = (
             ratios(|p| p.sagas_per_sec),
+            // Work done per CPU second of the whole machine: the machine's
+            // speed drifts less within a round than its idle time does.
+            ratios(|p| p.sagas as f64 / p.machine_cpu_secs.max(f64::EPSILON)),
             ratios(|p| p.latency_ms.p50),
             ratios(|p| p.latency_ms.p99),
         );
@@ -283,11 +288,11 @@ async fn main() -> anyhow::Result<()> {
             n => format!(" (medians of {n} rounds)"),
         };
         println!(
-            "orchestrated/{other}: throughput {throughput:.2}, p50 latency {p50:.2}, p99 latency {p99:.2}{over}"
+            "orchestrated/{other}: throughput {throughput:.2}, sagas per machine CPU second {per_cpu:.2}, p50 latency {p50:.2}, p99 latency {p99:.2}{over}"
         );
         summary.insert(
             format!("orchestrated/{other}"),
-            json!({ "throughput": throughput, "p50": p50, "p99": p99 }),
+            json!({ "throughput": throughput, "per_cpu_second": per_cpu, "p50": p50, "p99": p99 }),
         );
     }
     if args.rounds > 1 {
