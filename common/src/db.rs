@@ -131,10 +131,16 @@ pub async fn bounded_on<T>(
     })
     .await;
     answered.unwrap_or_else(|_| {
-        drop(held.take().map(PoolConnection::detach));
+        let message = match held.take() {
+            Some(conn) => {
+                drop(conn.detach());
+                format!("the database did not answer within {limit:?}; the connection is closed")
+            }
+            None => format!("no database connection could be had within {limit:?}"),
+        };
         Err(sqlx::Error::Io(std::io::Error::new(
             std::io::ErrorKind::TimedOut,
-            format!("the database did not answer within {limit:?}; the connection is closed"),
+            message,
         )))
     })
 }
@@ -189,8 +195,11 @@ impl Db {
     }
 
     /// Runs `work` on a connection. The connection is kept for the next use
-    /// when `work` answers `Ok`; otherwise, or when this future is dropped
-    /// before `work` ends, it goes back through sqlx's checks.
+    /// when `work` answers `Ok` and left it as it found it (no transaction
+    /// open, no ROLLBACK of a dropped one still queued); otherwise, or when
+    /// this future is dropped before `work` ends, it goes back through
+    /// sqlx's checks. Waiting for a turn and a connection together take at
+    /// most the pool's acquire timeout.
     pub async fn run<T, E>(
         &self,
         work: impl AsyncFnOnce(&mut PgConnection) -> Result<T, E>,
@@ -198,14 +207,16 @@ impl Db {
     where
         E: From<sqlx::Error>,
     {
-        let limit = self.pool.options().get_acquire_timeout();
-        let _turn = tokio::time::timeout(limit, self.turns.acquire())
+        let deadline = tokio::time::Instant::now() + self.pool.options().get_acquire_timeout();
+        let _turn = tokio::time::timeout_at(deadline, self.turns.acquire())
             .await
             .map_err(|_| sqlx::Error::PoolTimedOut)?
             .map_err(|_| sqlx::Error::PoolClosed)?;
-        let mut conn = self.take().await?;
+        let mut conn = self.take(deadline).await?;
         let result = work(&mut conn).await;
-        if result.is_ok() {
+        // `should_flush`: a dropped transaction's ROLLBACK waits in the
+        // write buffer until the connection's next use, its locks held.
+        if result.is_ok() && !conn.is_in_transaction() && !conn.should_flush() {
             self.stack().push(Idle {
                 conn,
                 since: Instant::now(),
@@ -219,17 +230,29 @@ impl Db {
         self.idle.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// The most recently used connection on the stack, or one from the pool.
-    async fn take(&self) -> sqlx::Result<PoolConnection<Postgres>> {
+    /// The most recently used connection on the stack, or one from the pool,
+    /// by `deadline`.
+    async fn take(&self, deadline: tokio::time::Instant) -> sqlx::Result<PoolConnection<Postgres>> {
         loop {
             let Some(Idle { mut conn, since }) = self.stack().pop() else {
-                return self.pool.acquire().await;
+                return tokio::time::timeout_at(deadline, self.pool.acquire())
+                    .await
+                    .map_err(|_| sqlx::Error::PoolTimedOut)?;
             };
-            if since.elapsed() <= PING_IF_IDLE_FOR || conn.ping().await.is_ok() {
+            if since.elapsed() <= PING_IF_IDLE_FOR {
                 return Ok(conn);
             }
-            // Broken, by a restart of PostgreSQL most likely: close it.
-            conn.close_on_drop();
+            match tokio::time::timeout_at(deadline, conn.ping()).await {
+                Ok(Ok(())) => return Ok(conn),
+                // Broken, by a restart of PostgreSQL most likely: close it.
+                Ok(Err(_)) => conn.close_on_drop(),
+                // Silent: close it, rather than hand it back to sqlx, whose
+                // ping on return would wait on it as long.
+                Err(_) => {
+                    drop(conn.detach());
+                    return Err(sqlx::Error::PoolTimedOut);
+                }
+            }
         }
     }
 }

@@ -1,6 +1,8 @@
 //! The services' connections ([`common::db`]) on a real PostgreSQL: a
 //! crash under an idle pool, and what a `Db` keeps and gives back.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use common::db::{Db, PoolConfig};
@@ -76,12 +78,28 @@ async fn backend(db: &Db) -> i32 {
 #[tokio::test]
 async fn a_db_keeps_the_connection_of_a_finished_use_and_gives_back_one_cut_short() {
     let (pg, db) = private_db(1).await;
-    let first = backend(&db).await;
-    // Kept by the Db, not handed back to the pool (which would ping it): the
-    // pool's one connection stays out.
-    let from_pool = tokio::time::timeout(Duration::from_millis(200), db.pool().acquire()).await;
-    assert!(from_pool.is_err(), "the connection went back to the pool");
-    assert_eq!(backend(&db).await, first);
+    // A pool of one connection that counts the connections handed back to
+    // it: a second use waits for the first one's connection, so it would
+    // count one had it gone back through sqlx.
+    let returned = Arc::new(AtomicUsize::new(0));
+    let counted = Arc::clone(&returned);
+    let counting = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .after_release(move |_, _| {
+            counted.fetch_add(1, Ordering::SeqCst);
+            Box::pin(async { Ok(true) })
+        })
+        .connect(pg.url())
+        .await
+        .unwrap();
+    let kept = Db::new(counting);
+    let first = backend(&kept).await;
+    assert_eq!(backend(&kept).await, first);
+    assert_eq!(
+        returned.load(Ordering::SeqCst),
+        0,
+        "a finished use's connection went back to the pool"
+    );
 
     db.run(async |conn| {
         sqlx::raw_sql("CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (1)")
@@ -118,6 +136,29 @@ async fn a_db_keeps_the_connection_of_a_finished_use_and_gives_back_one_cut_shor
     .await;
     // The Db's next use takes a live connection.
     backend(&db).await;
+
+    // A use that answers Ok but dropped its transaction (its ROLLBACK only
+    // queued): the connection goes back through sqlx, which sends it.
+    db.run(async |conn| {
+        let mut tx = conn.begin().await?;
+        sqlx::query("SELECT id FROM t WHERE id = 1 FOR UPDATE")
+            .execute(&mut *tx)
+            .await?;
+        drop(tx);
+        Ok::<_, sqlx::Error>(())
+    })
+    .await
+    .unwrap();
+    testkit_eventually(
+        "the dropped transaction's lock to be released",
+        async || {
+            sqlx::raw_sql("SET lock_timeout = '10ms'; SELECT id FROM t WHERE id = 1 FOR UPDATE")
+                .execute(&mut other)
+                .await
+                .is_ok()
+        },
+    )
+    .await;
     pg.stop();
 }
 
@@ -163,7 +204,8 @@ async fn crash(
     pg
 }
 
-/// Awaits `check` answering `true`, for up to 10 s.
+/// Awaits `check` answering `true`, for up to 10 s (`testkit::eventually`
+/// is out of reach: testkit depends on this crate).
 async fn testkit_eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while !check().await {

@@ -90,6 +90,15 @@ impl TestDb {
     pub fn pool(&self) -> &PgPool {
         &self.pool
     }
+
+    /// A pool of its own on the database, for a service under test: one
+    /// whose connections the service keeps (`common::db::Db`) must not be
+    /// the pool the test reads with.
+    pub async fn new_pool(&self) -> PgPool {
+        PgPool::connect(&self.url)
+            .await
+            .expect("cannot connect to the test database")
+    }
 }
 
 impl Drop for TestDb {

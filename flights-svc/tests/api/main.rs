@@ -21,7 +21,7 @@ fn reserve_body(trip_id: &str, run_type: &str) -> Value {
 async fn keeps_the_booking_contract() {
     let db = TestDb::new().await;
     let server = TestServer::start(app(AppState {
-        db: Db::new(db.pool().clone()),
+        db: Db::new(db.new_pool().await),
     }))
     .await;
     Booking {
@@ -40,7 +40,7 @@ async fn keeps_the_booking_contract() {
 async fn stores_the_sample_fields() {
     let db = TestDb::new().await;
     let server = TestServer::start(app(AppState {
-        db: Db::new(db.pool().clone()),
+        db: Db::new(db.new_pool().await),
     }))
     .await;
     let (status, body) = testkit::contract::post(
@@ -70,7 +70,7 @@ async fn stores_the_sample_fields() {
 async fn answers_as_the_wire_type_writes_them() {
     let db = TestDb::new().await;
     let server = TestServer::start(app(AppState {
-        db: Db::new(db.pool().clone()),
+        db: Db::new(db.new_pool().await),
     }))
     .await;
     let mut body = reserve_body("t", "success");

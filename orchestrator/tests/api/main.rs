@@ -595,10 +595,10 @@ async fn a_read_the_database_never_answers_is_a_503_and_the_next_goes_through() 
         .unwrap()
     );
     let (proxy, pool) = through_a_silent_proxy(&db).await;
-    // Reads are given up after a third of the lease: 500 ms.
+    // Reads are given up after a third of the lease: 2 s.
     let config = EngineConfig {
         owner: "a".into(),
-        lease: Duration::from_millis(1500),
+        lease: Duration::from_secs(6),
         retry: orchestrator::retry::RetryConfig::default(),
     };
     let nobody = "http://127.0.0.1:9";

@@ -29,7 +29,7 @@ async fn rows(pool: &PgPool, trip_id: &str) -> Vec<(String, Option<String>)> {
 
 async fn server(db: &TestDb) -> TestServer {
     TestServer::start(app(AppState {
-        db: Db::new(db.pool().clone()),
+        db: Db::new(db.new_pool().await),
     }))
     .await
 }
