@@ -208,10 +208,14 @@ impl Db {
         E: From<sqlx::Error>,
     {
         let deadline = tokio::time::Instant::now() + self.pool.options().get_acquire_timeout();
-        let _turn = tokio::time::timeout_at(deadline, self.turns.acquire())
-            .await
-            .map_err(|_| sqlx::Error::PoolTimedOut)?
-            .map_err(|_| sqlx::Error::PoolClosed)?;
+        // Under load a turn is usually free: no timer then.
+        let _turn = match self.turns.try_acquire() {
+            Ok(turn) => turn,
+            Err(_) => tokio::time::timeout_at(deadline, self.turns.acquire())
+                .await
+                .map_err(|_| sqlx::Error::PoolTimedOut)?
+                .map_err(|_| sqlx::Error::PoolClosed)?,
+        };
         let mut conn = self.take(deadline).await?;
         let result = work(&mut conn).await;
         // `should_flush`: a dropped transaction's ROLLBACK waits in the
