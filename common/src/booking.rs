@@ -23,7 +23,7 @@ use uuid::Uuid;
 use crate::db::Db;
 use crate::error::ErrorBody;
 use crate::extract::{Json, Path};
-use crate::idempotency::{self, Answer, BusinessError, Key, first_time, to_answer};
+use crate::idempotency::{self, Answer, BusinessError, Key, to_answer};
 use crate::wire::{ActionRequest, BookingStatus, RunType};
 
 /// The trip's booking as the rules need it, and as the API answers it.
@@ -228,15 +228,13 @@ async fn reserve<B: Bookings>(
             action: "the reservation",
         });
     }
-    db.run(async |conn| {
-        if let Some(answer) = first_time(B::reserve(conn, &req, key.0.as_deref())).await? {
-            return Ok(answer);
-        }
-        idempotency::once(conn, B::KEYS, key, async |tx| {
-            to_answer(reserve_row::<B>(tx, &req).await)
-        })
-        .await
-    })
+    idempotency::call(
+        &db,
+        B::KEYS,
+        key,
+        async |conn, key| B::reserve(conn, &req, key).await,
+        async |tx| to_answer(reserve_row::<B>(tx, &req).await),
+    )
     .await
 }
 
@@ -285,16 +283,13 @@ async fn confirm<B: Bookings>(
             action: "the confirmation",
         });
     }
-    db.run(async |conn| {
-        let first = B::confirm(conn, &trip_id, req.booking_id, key.0.as_deref());
-        if let Some(answer) = first_time(first).await? {
-            return Ok(answer);
-        }
-        idempotency::once(conn, B::KEYS, key, async |tx| {
-            to_answer(confirm_row::<B>(tx, &trip_id, req.booking_id).await)
-        })
-        .await
-    })
+    idempotency::call(
+        &db,
+        B::KEYS,
+        key,
+        async |conn, key| B::confirm(conn, &trip_id, req.booking_id, key).await,
+        async |tx| to_answer(confirm_row::<B>(tx, &trip_id, req.booking_id).await),
+    )
     .await
 }
 
@@ -332,15 +327,13 @@ async fn cancel<B: Bookings>(
     Json(_req): Json<ActionRequest>,
 ) -> Result<Answer> {
     check_trip_id(&trip_id)?;
-    db.run(async |conn| {
-        if let Some(answer) = first_time(B::cancel(conn, &trip_id, key.0.as_deref())).await? {
-            return Ok(answer);
-        }
-        idempotency::once(conn, B::KEYS, key, async |tx| {
-            to_answer(cancel_row::<B>(tx, &trip_id).await)
-        })
-        .await
-    })
+    idempotency::call(
+        &db,
+        B::KEYS,
+        key,
+        async |conn, key| B::cancel(conn, &trip_id, key).await,
+        async |tx| to_answer(cancel_row::<B>(tx, &trip_id).await),
+    )
     .await
 }
 

@@ -14,6 +14,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::Value;
 use sqlx::{Connection, PgConnection};
 
+use crate::db::Db;
 use crate::error::ErrorBody;
 use crate::wire::IDEMPOTENCY_KEY;
 
@@ -127,6 +128,29 @@ where
         .and_then(|s| StatusCode::from_u16(s).ok())
         .unwrap_or(StatusCode::OK);
     Ok(Answer { status, body })
+}
+
+/// A keyed participant call on a connection of `db`: `first` the usual case
+/// in one statement (see [`first_time`]), given the key; when it does not
+/// apply, `effect` the general way, [`once`]. Every participant action is
+/// this sequence.
+pub async fn call<E>(
+    db: &Db,
+    table: &'static str,
+    key: Key,
+    first: impl AsyncFnOnce(&mut PgConnection, Option<&str>) -> sqlx::Result<Option<Value>>,
+    effect: impl AsyncFnOnce(&mut PgConnection) -> Result<Answer, E>,
+) -> Result<Answer, E>
+where
+    E: From<sqlx::Error>,
+{
+    db.run(async |conn| {
+        if let Some(answer) = first_time(first(&mut *conn, key.0.as_deref())).await? {
+            return Ok(answer);
+        }
+        once(conn, table, key, effect).await
+    })
+    .await
 }
 
 /// The usual case in one round trip: a call whose effect applies. `statement`

@@ -128,10 +128,7 @@ async fn a_db_keeps_the_connection_of_a_finished_use_and_gives_back_one_cut_shor
     // connection would hold the lock until its next use.)
     let mut other = sqlx::PgConnection::connect(pg.url()).await.unwrap();
     testkit_eventually("the row lock to be released", async || {
-        sqlx::raw_sql("SET lock_timeout = '10ms'; SELECT id FROM t WHERE id = 1 FOR UPDATE")
-            .execute(&mut other)
-            .await
-            .is_ok()
+        lockable(&mut other).await
     })
     .await;
     // The Db's next use takes a live connection.
@@ -151,12 +148,7 @@ async fn a_db_keeps_the_connection_of_a_finished_use_and_gives_back_one_cut_shor
     .unwrap();
     testkit_eventually(
         "the dropped transaction's lock to be released",
-        async || {
-            sqlx::raw_sql("SET lock_timeout = '10ms'; SELECT id FROM t WHERE id = 1 FOR UPDATE")
-                .execute(&mut other)
-                .await
-                .is_ok()
-        },
+        async || lockable(&mut other).await,
     )
     .await;
     pg.stop();
@@ -188,6 +180,14 @@ async fn a_db_hands_out_no_connection_broken_by_a_restart() {
             .expect("a use hung");
     }
     pg.stop();
+}
+
+/// Whether `other` can lock the row of `t` without waiting.
+async fn lockable(other: &mut sqlx::PgConnection) -> bool {
+    sqlx::raw_sql("SET lock_timeout = '10ms'; SELECT id FROM t WHERE id = 1 FOR UPDATE")
+        .execute(other)
+        .await
+        .is_ok()
 }
 
 /// Restarts `pg` at once (every open connection is cut), then waits until

@@ -95,7 +95,7 @@ async fn start_or_join(state: &AppState, mut input: TripInput, wait: Duration) -
         // The trip has a saga already: join it if the input is the same.
         let existing = state
             .engine
-            .read(async |conn| store::find(conn, &trip_id).await)
+            .bounded(async |conn| store::find(conn, &trip_id).await)
             .await?
             .ok_or_else(|| Error::NotFound(trip_id.clone()))?;
         let stored: Trip = serde_json::from_value(existing.input)
@@ -120,7 +120,7 @@ async fn start_or_join(state: &AppState, mut input: TripInput, wait: Duration) -
 }
 
 async fn load(state: &AppState, trip_id: &str) -> Result<SagaView> {
-    let read = state.engine.read(async |conn| {
+    let read = state.engine.bounded(async |conn| {
         let Some(saga) = store::find(&mut *conn, trip_id).await? else {
             return Ok(None);
         };
@@ -180,7 +180,7 @@ async fn list(
     let before = query.before.as_deref().map(decode_cursor).transpose()?;
     let (sagas, logs) = state
         .engine
-        .read(async |conn| {
+        .bounded(async |conn| {
             let sagas = store::list(&mut *conn, status, before, limit).await?;
             let trip_ids: Vec<String> = sagas.iter().map(|s| s.trip_id.clone()).collect();
             let logs = store::logs(&mut *conn, &trip_ids).await?;

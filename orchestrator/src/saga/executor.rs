@@ -163,10 +163,11 @@ impl Engine {
         &self.pool
     }
 
-    /// Runs a read on a connection of the pool, given up as an outage (and
+    /// Runs a query on a connection of the pool, given up as an outage (and
     /// its connection closed) when the database leaves it unanswered for a
-    /// third of the lease: see [`common::db::bounded`].
-    pub async fn read<T>(
+    /// third of the lease: see [`common::db::bounded`]. The claims, the
+    /// check of a retried write and the API's reads go through this.
+    pub async fn bounded<T>(
         &self,
         query: impl AsyncFnOnce(&mut sqlx::PgConnection) -> sqlx::Result<T>,
     ) -> sqlx::Result<T> {
@@ -263,11 +264,12 @@ impl Engine {
         own_before: Option<DateTime<Utc>>,
     ) -> sqlx::Result<bool> {
         const BATCH: usize = 500;
-        let claimed = common::db::bounded(&self.pool, self.db_timeout, async |conn| {
-            let (owner, lease_secs, limit) = (&self.owner, self.lease_secs, BATCH as i64);
-            store::claim(conn, owner, own_before, lease_secs, KNOWN_VERSIONS, limit).await
-        })
-        .await?;
+        let claimed = self
+            .bounded(async |conn| {
+                let (owner, lease_secs, limit) = (&self.owner, self.lease_secs, BATCH as i64);
+                store::claim(conn, owner, own_before, lease_secs, KNOWN_VERSIONS, limit).await
+            })
+            .await?;
         let full = claimed.len() == BATCH;
         for saga in claimed {
             let trip_id = saga.trip_id.clone();
@@ -388,7 +390,7 @@ impl Engine {
             }
             // Not driven here: read the row until it ends.
             let ended = self
-                .read(async |conn| store::find(conn, trip_id).await)
+                .bounded(async |conn| store::find(conn, trip_id).await)
                 .await?
                 .is_none_or(|saga| saga.status.is_terminal());
             if ended || Instant::now() >= deadline || self.shutdown.is_cancelled() {
@@ -612,7 +614,7 @@ impl Engine {
             // write itself. Its first log row tells.
             None if retried.load(Ordering::Relaxed) => {
                 let check = (|| {
-                    common::db::bounded(&self.pool, self.db_timeout, async |conn| {
+                    self.bounded(async |conn| {
                         store::was_written(conn, &transition).await
                     })
                 })

@@ -9,7 +9,7 @@ use axum::extract::State;
 use axum::routing::{get, post};
 use common::db::Db;
 use common::extract::{Json, Path};
-use common::idempotency::{self, Answer, Key, first_time, to_answer};
+use common::idempotency::{self, Answer, Key, to_answer};
 use common::wire::{ActionRequest, PaymentRequest, PaymentStatus, RunType};
 use serde_json::Value;
 use sqlx::PgConnection;
@@ -42,15 +42,13 @@ async fn charge(State(db): State<Db>, key: Key, Json(req): Json<PaymentRequest>)
             action: "the payment",
         });
     }
-    db.run(async |conn| {
-        if let Some(answer) = first_time(insert_charged(conn, &req, key.0.as_deref())).await? {
-            return Ok(answer);
-        }
-        idempotency::once(conn, KEYS, key, async |tx| {
-            to_answer(charge_row(tx, &req).await)
-        })
-        .await
-    })
+    idempotency::call(
+        &db,
+        KEYS,
+        key,
+        async |conn, key| insert_charged(conn, &req, key).await,
+        async |tx| to_answer(charge_row(tx, &req).await),
+    )
     .await
 }
 
@@ -118,15 +116,13 @@ async fn refund(
     Json(_req): Json<ActionRequest>,
 ) -> Result<Answer> {
     check_trip_id(&trip_id)?;
-    db.run(async |conn| {
-        if let Some(answer) = first_time(refund_any(conn, &trip_id, key.0.as_deref())).await? {
-            return Ok(answer);
-        }
-        idempotency::once(conn, KEYS, key, async |tx| {
-            to_answer(refund_row(tx, trip_id).await)
-        })
-        .await
-    })
+    idempotency::call(
+        &db,
+        KEYS,
+        key,
+        async |conn, key| refund_any(conn, &trip_id, key).await,
+        async |tx| to_answer(refund_row(tx, &trip_id).await),
+    )
     .await
 }
 
@@ -158,13 +154,13 @@ async fn refund_any(
 
 /// Refund never fails for business reasons: it refunds whatever is there,
 /// or leaves a tombstone for a trip never charged.
-async fn refund_row(conn: &mut PgConnection, trip_id: String) -> Result<Value> {
-    match refund_any(conn, &trip_id, None).await? {
+async fn refund_row(conn: &mut PgConnection, trip_id: &str) -> Result<Value> {
+    match refund_any(conn, trip_id, None).await? {
         Some(body) => Ok(body),
-        None => find(conn, &trip_id)
+        None => find(conn, trip_id)
             .await?
             .map(|found| found.body)
-            .ok_or(Error::NotFound(trip_id)),
+            .ok_or_else(|| Error::NotFound(trip_id.to_owned())),
     }
 }
 
