@@ -76,6 +76,16 @@ struct Args {
     /// Orchestrator settings passed on, as NAME=VALUE (repeatable).
     #[arg(long = "orchestrator-env")]
     orchestrator_env: Vec<String>,
+    /// Measure a second orchestrator too, as a phase named `candidate` right
+    /// after `orchestrated` in each round: the one in this folder (a build to
+    /// compare), with `--candidate-env` on top. Phases seconds apart see the
+    /// same machine; separate runs do not.
+    #[arg(long)]
+    candidate_bin_dir: Option<PathBuf>,
+    /// The candidate's orchestrator settings, as NAME=VALUE (repeatable); on
+    /// their own they compare settings of one build.
+    #[arg(long = "candidate-env")]
+    candidate_env: Vec<String>,
     /// Run the same saga on Restate too, as a third phase (install it first:
     /// `peers/restate/install.sh`).
     #[arg(long)]
@@ -133,6 +143,26 @@ async fn main() -> anyhow::Result<()> {
     orchestrator
         .wait_ready(&client, Duration::from_secs(30))
         .await?;
+    let mut candidate = None;
+    if args.candidate_bin_dir.is_some() || !args.candidate_env.is_empty() {
+        let port = free_port()?;
+        // Its own lease owner: by default both would be the host.
+        let mut extra = vec![("ORCHESTRATOR_ID", "bench-candidate")];
+        for pair in &args.candidate_env {
+            extra.push(
+                pair.split_once('=')
+                    .context("--candidate-env takes NAME=VALUE")?,
+            );
+        }
+        let bin_dir = match &args.candidate_bin_dir {
+            Some(dir) => dir.clone(),
+            None => cluster.bin_dir.clone(),
+        };
+        let mut service = cluster.orchestrator_in(&bin_dir, "candidate", &args, port, &extra)?;
+        service.start()?;
+        service.wait_ready(&client, Duration::from_secs(30)).await?;
+        candidate = Some(service);
+    }
     let mut services = std::mem::take(&mut cluster.participants);
     services.push(orchestrator);
 
@@ -164,6 +194,26 @@ async fn main() -> anyhow::Result<()> {
             )
             .await?,
         );
+        if let Some(candidate) = &candidate {
+            let load = Load {
+                orchestrator: &candidate.url,
+                ..load
+            };
+            let measured: Vec<&Service> = services[..3].iter().chain([candidate]).collect();
+            load.run(&tag("warmup-candidate"), args.warmup, Kind::Candidate)
+                .await;
+            phases.push(
+                measure(
+                    &load,
+                    &measured,
+                    &pool,
+                    &cluster.name,
+                    Kind::Candidate,
+                    round,
+                )
+                .await?,
+            );
+        }
         if !args.no_floor {
             load.run(&tag("warmup-floor"), args.warmup, Kind::Floor)
                 .await;
@@ -331,7 +381,7 @@ async fn main() -> anyhow::Result<()> {
         std::fs::write(path, serde_json::to_string_pretty(&raw)?)?;
     }
 
-    for service in &mut services {
+    for service in services.iter_mut().chain(&mut candidate) {
         service.kill().await;
     }
     pool.close().await;
@@ -428,6 +478,18 @@ impl Cluster {
         port: u16,
         extra: &[(&str, &str)],
     ) -> anyhow::Result<Service> {
+        self.orchestrator_in(&self.bin_dir, "orchestrator", args, port, extra)
+    }
+
+    /// The same, from the binary in `bin_dir`, named `name` in the report.
+    fn orchestrator_in(
+        &self,
+        bin_dir: &std::path::Path,
+        name: &str,
+        args: &Args,
+        port: u16,
+        extra: &[(&str, &str)],
+    ) -> anyhow::Result<Service> {
         let mut env = vec![
             ("DATABASE_URL".into(), self.db_url.clone()),
             ("LISTEN_ADDR".into(), format!("127.0.0.1:{port}")),
@@ -448,9 +510,9 @@ impl Cluster {
                 .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
         );
         Ok(Service::new(
-            &self.bin_dir,
+            bin_dir,
             "orchestrator",
-            "orchestrator".into(),
+            name.to_owned(),
             format!("http://127.0.0.1:{port}"),
             env,
             &self.logs,
@@ -482,6 +544,8 @@ impl Cluster {
 enum Kind {
     /// Through the orchestrator.
     Orchestrated,
+    /// Through the `--candidate-*` orchestrator.
+    Candidate,
     /// The same five participant calls made directly.
     Floor,
     /// The same saga on Restate.
@@ -518,7 +582,9 @@ impl Load<'_> {
                 };
                 let start = Instant::now();
                 let ok = match kind {
-                    Kind::Orchestrated => self.orchestrated(&trip_id, run_type).await,
+                    Kind::Orchestrated | Kind::Candidate => {
+                        self.orchestrated(&trip_id, run_type).await
+                    }
                     Kind::Floor => self.floor(&trip_id, run_type).await,
                     Kind::Restate => match self.restate {
                         Some(peer) => peer.saga(self.client, &trip_id, run_type).await,
@@ -763,6 +829,7 @@ async fn measure(
 ) -> anyhow::Result<Phase> {
     let name = match kind {
         Kind::Orchestrated => "orchestrated",
+        Kind::Candidate => "candidate",
         Kind::Floor => "floor",
         Kind::Restate => "restate",
     };
@@ -775,7 +842,7 @@ async fn measure(
     let xacts_before = xacts(pool, db).await?;
     let cpu_before = machine_cpu();
     let extra_before = [cpu_of("postgres"), cpu_of("self")];
-    let sampling = load.args.no_wait && kind == Kind::Orchestrated;
+    let sampling = load.args.no_wait && matches!(kind, Kind::Orchestrated | Kind::Candidate);
     let in_flight = || async {
         sqlx::query_scalar::<_, i64>(
             "SELECT count(*) FROM orchestrator.sagas WHERE status IN ('running', 'compensating')",
