@@ -19,6 +19,14 @@ use crate::store::{self, Applied, Created, NewSaga, Transition};
 /// The most writes in one transaction.
 const MAX_BATCH: usize = 512;
 
+/// With this many writes queued, the writer sends them at once instead of
+/// waiting a scheduler round for more. The writer is the one serial stage of
+/// every saga, and under load that round cost it 1.9 ms a batch, a third of
+/// its cycle (c=64, 27 writes a batch); a batch of 16 already shares its
+/// statement and commit widely. Measured side by side (`bench
+/// --candidate-*`): 7% more sagas/s at c=64, and at c=32 no worse.
+const GATHER_BELOW: usize = 16;
+
 /// Why a write failed.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{message}")]
@@ -98,12 +106,15 @@ async fn drain(
     mut queue: mpsc::UnboundedReceiver<(Job, Reply)>,
 ) {
     while let Some(first) = queue.recv().await {
-        // Let the drivers that are ready to run (their answers are in) run
-        // first, so that their writes join this batch: no timer, only this
-        // scheduler tick. Woken by the first write, the writer would run
-        // next (tokio runs a task woken by the running one first) and send a
-        // batch of one or two. This cut the batches of a c=32 run by a third.
-        tokio::task::yield_now().await;
+        // With few writes queued, let the drivers that are ready to run
+        // (their answers are in) run first, so that their writes join this
+        // batch: no timer, only this scheduler round. Woken by the first
+        // write, the writer would run next (tokio runs a task woken by the
+        // running one first) and send a batch of one or two. This cut the
+        // batches of a c=32 run by a third.
+        if queue.len() + 1 < GATHER_BELOW {
+            tokio::task::yield_now().await;
+        }
         let mut jobs = vec![first];
         while jobs.len() < MAX_BATCH {
             match queue.try_recv() {
