@@ -15,6 +15,12 @@ pub struct CommonConfig {
     #[arg(long, env = "DB_MAX_CONNECTIONS", default_value_t = 10)]
     pub db_max_connections: u32,
 
+    /// How long a participant's use of the database may go unanswered
+    /// before it is given up (its connection closed) and the call answered
+    /// 503, in milliseconds.
+    #[arg(long, env = "DB_QUERY_TIMEOUT_MS", default_value_t = 10_000)]
+    pub db_query_timeout_ms: u64,
+
     /// Log line format: text or json (the filter is RUST_LOG).
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -26,8 +32,13 @@ impl CommonConfig {
         Self {
             database_url: database_url.into(),
             db_max_connections: 10,
+            db_query_timeout_ms: 10_000,
             log_format: LogFormat::Text,
         }
+    }
+
+    pub fn query_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.db_query_timeout_ms)
     }
 
     pub fn pool(&self) -> crate::db::PoolConfig {

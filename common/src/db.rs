@@ -165,12 +165,23 @@ pub async fn bounded_on<T>(
 /// service goes through the `Db`: a connection on its stack is in use as
 /// far as the sqlx pool knows, so a caller of the pool itself could wait
 /// for one that never comes back.
+///
+/// A use the database has not answered within the query timeout
+/// ([`Db::with_query_timeout`], 10 s unless set) is given up: its
+/// connection is closed, not handed back, and it fails as a `TimedOut` I/O
+/// error, an outage ([`is_outage`]). sqlx has no timeout of its own for a
+/// query, and a connection whose server stopped answering without closing
+/// would hold the call, its turn and its connection until TCP gave up.
 #[derive(Debug, Clone)]
 pub struct Db {
     pool: PgPool,
     turns: Arc<Semaphore>,
     idle: Arc<Mutex<Vec<Idle>>>,
+    query_timeout: Duration,
 }
+
+/// How long a use of a [`Db`] may go unanswered, unless set.
+pub const DEFAULT_QUERY_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug)]
 struct Idle {
@@ -186,6 +197,15 @@ impl Db {
             pool,
             turns: Arc::new(Semaphore::new(size.max(1))),
             idle: Arc::default(),
+            query_timeout: DEFAULT_QUERY_TIMEOUT,
+        }
+    }
+
+    /// The same, giving up a use unanswered after `limit`.
+    pub fn with_query_timeout(self, limit: Duration) -> Self {
+        Self {
+            query_timeout: limit,
+            ..self
         }
     }
 
@@ -199,7 +219,7 @@ impl Db {
     /// open, no ROLLBACK of a dropped one still queued); otherwise, or when
     /// this future is dropped before `work` ends, it goes back through
     /// sqlx's checks. Waiting for a turn and a connection together take at
-    /// most the pool's acquire timeout.
+    /// most the pool's acquire timeout, and `work` at most the query timeout.
     pub async fn run<T, E>(
         &self,
         work: impl AsyncFnOnce(&mut PgConnection) -> Result<T, E>,
@@ -217,7 +237,19 @@ impl Db {
                 .map_err(|_| sqlx::Error::PoolClosed)?,
         };
         let mut conn = self.take(deadline).await?;
-        let result = work(&mut conn).await;
+        let Ok(result) = tokio::time::timeout(self.query_timeout, work(&mut conn)).await else {
+            // Silent: close it, rather than hand it back to sqlx, whose ping
+            // on return would wait on it as long.
+            drop(conn.detach());
+            return Err(sqlx::Error::Io(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!(
+                    "the database did not answer within {:?}; the connection is closed",
+                    self.query_timeout
+                ),
+            ))
+            .into());
+        };
         // `should_flush`: a dropped transaction's ROLLBACK waits in the
         // write buffer until the connection's next use, its locks held.
         if result.is_ok() && !conn.is_in_transaction() && !conn.should_flush() {
@@ -258,5 +290,21 @@ impl Db {
                 }
             }
         }
+    }
+}
+
+/// Errors that pass when the database comes back: connection trouble, a
+/// server shutting down or overloaded, a serialization conflict.
+pub fn is_outage(err: &sqlx::Error) -> bool {
+    match err {
+        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::Protocol(_) => true,
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+            ["08", "53", "57"]
+                .iter()
+                .any(|class| code.starts_with(class))
+                || code == "40001"
+                || code == "40P01"
+        }),
+        _ => false,
     }
 }

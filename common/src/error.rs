@@ -46,3 +46,12 @@ pub fn internal(err: &(dyn std::error::Error + 'static)) -> Response {
     )
     .into_response_with(StatusCode::INTERNAL_SERVER_ERROR)
 }
+
+/// The answer when the database does not answer: 503, retry later.
+pub fn database_unavailable() -> Response {
+    ErrorBody::new(
+        "database_unavailable",
+        "the database does not answer; retry later",
+    )
+    .into_response_with(StatusCode::SERVICE_UNAVAILABLE)
+}

@@ -2,14 +2,12 @@
 //! answers), the same in every service.
 
 use axum::extract::State;
-use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::json;
 
 use crate::db::Db;
-use crate::error::ErrorBody;
 
 /// The two probe routes, for a router whose state can give a [`Db`].
 pub fn router<S>() -> Router<S>
@@ -32,11 +30,7 @@ async fn readyz(State(db): State<Db>) -> Response {
         Ok(_) => Json(json!({ "status": "ready" })).into_response(),
         Err(err) => {
             tracing::warn!(%err, "readiness check failed");
-            ErrorBody::new(
-                "database_unavailable",
-                "the database does not answer; retry later",
-            )
-            .into_response_with(StatusCode::SERVICE_UNAVAILABLE)
+            crate::error::database_unavailable()
         }
     }
 }

@@ -180,12 +180,25 @@ pub trait BusinessError: std::error::Error + Sized + 'static {
     /// The answer to store and replay, or `None` for an unexpected failure.
     fn answer(&self) -> Option<Answer>;
 
-    /// The HTTP answer: the business answer, or an opaque 500 with the
-    /// cause chain logged.
+    /// The database error behind an unexpected failure, if that is what it
+    /// is.
+    fn database(&self) -> Option<&sqlx::Error> {
+        None
+    }
+
+    /// The HTTP answer: the business answer; a 503 when the database is out
+    /// (the caller retries; never stored, so the retry runs the action); or
+    /// an opaque 500 with the cause chain logged.
     fn respond(self) -> Response {
         match self.answer() {
             Some(answer) => answer.into_response(),
-            None => crate::error::internal(&self),
+            None => match self.database() {
+                Some(err) if crate::db::is_outage(err) => {
+                    tracing::warn!(%err, "database unavailable");
+                    crate::error::database_unavailable()
+                }
+                _ => crate::error::internal(&self),
+            },
         }
     }
 }

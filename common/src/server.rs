@@ -117,7 +117,8 @@ pub async fn run_participant(
     let pool =
         crate::db::connect_and_migrate(&config.database_url, schema, migrator, config.pool())
             .await?;
-    let router = with_middleware(app(crate::db::Db::new(pool)), Duration::from_secs(30));
+    let db = crate::db::Db::new(pool).with_query_timeout(config.query_timeout());
+    let router = with_middleware(app(db), Duration::from_secs(30));
     serve(listener, router, shutdown).await?;
     Ok(())
 }

@@ -53,6 +53,26 @@ impl SilentProxy {
         })
     }
 
+    /// A proxy in front of the PostgreSQL server of `url`, and the same URL
+    /// through it.
+    pub async fn before(url: &str) -> anyhow::Result<(Self, String)> {
+        let mut through = url::Url::parse(url)?;
+        let host = through.host_str().unwrap_or("127.0.0.1").to_owned();
+        let port = through.port().unwrap_or(5432);
+        let server = tokio::net::lookup_host((host, port))
+            .await?
+            .next()
+            .ok_or_else(|| anyhow::anyhow!("{url} names no address"))?;
+        let proxy = Self::start(server).await?;
+        through
+            .set_host(Some("127.0.0.1"))
+            .map_err(|err| anyhow::anyhow!("{err}"))?;
+        through
+            .set_port(Some(proxy.addr().port()))
+            .map_err(|()| anyhow::anyhow!("{url} takes no port"))?;
+        Ok((proxy, through.into()))
+    }
+
     pub fn addr(&self) -> SocketAddr {
         self.addr
     }

@@ -82,3 +82,77 @@ async fn answers_as_the_wire_type_writes_them() {
     assert_eq!(first["depart_time"], "2021-07-07T06:00:00.500Z");
     assert_eq!(first["arrive_time"], "2021-07-09T08:00:00.123456Z");
 }
+
+/// A database that stops answering (a hung server, a dropped NAT entry: the
+/// connection stays open, nothing comes back) costs a call its query
+/// timeout and a 503 that says to retry, not a call held until TCP gives
+/// up; the silent connection is closed, and a retry goes through and books
+/// once.
+#[tokio::test]
+async fn a_database_that_never_answers_is_a_503_and_the_retry_books_once() {
+    use std::time::Duration;
+
+    use reqwest::StatusCode;
+    use testkit::silent::SilentProxy;
+
+    let db = TestDb::new().await;
+    let (proxy, through) = SilentProxy::before(db.url()).await.unwrap();
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        // A silent connection in the pool holds an acquire this long (its
+        // ping).
+        .acquire_timeout(Duration::from_secs(1))
+        .connect(&through)
+        .await
+        .unwrap();
+    let limit = Duration::from_millis(500);
+    let server = TestServer::start(app(AppState {
+        db: Db::new(pool).with_query_timeout(limit),
+    }))
+    .await;
+    let url = format!("{}/reservations", server.url);
+    let reserve = |trip_id: &str| {
+        let (url, body) = (url.clone(), reserve_body(trip_id, "success"));
+        let key = format!("{trip_id}:ReserveFlight");
+        async move {
+            tokio::time::timeout(
+                Duration::from_secs(10),
+                testkit::contract::post_keyed(&url, Some(&key), &body),
+            )
+            .await
+            .expect("the call waited for ever on a database that does not answer")
+        }
+    };
+    // The Db keeps this call's connection for the next.
+    let (status, body) = reserve("before").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+
+    let closed_before = proxy.closed();
+    let silenced = proxy.silence();
+    let (status, body) = reserve("t").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(body["error"], "database_unavailable", "{body}");
+    testkit::eventually(
+        "the silent connection is closed",
+        Duration::from_secs(10),
+        || async { (proxy.closed() > closed_before).then_some(()) },
+    )
+    .await;
+
+    // The retry may be handed another silent connection from the pool,
+    // which fails the same way; then a new one.
+    let mut attempts = 0;
+    let (status, body) = loop {
+        attempts += 1;
+        match reserve("t").await {
+            (StatusCode::SERVICE_UNAVAILABLE, _) if attempts <= silenced => continue,
+            other => break other,
+        }
+    };
+    assert_eq!(status, StatusCode::OK, "{body} after {attempts} attempts");
+    let rows: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM flights.reservations WHERE trip_id = 't'")
+            .fetch_one(db.pool())
+            .await
+            .unwrap();
+    assert_eq!(rows, 1);
+}

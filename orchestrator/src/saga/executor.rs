@@ -26,6 +26,7 @@ use super::writer::{WriteError, Writer};
 use crate::participants::Participants;
 use crate::retry::{RetryConfig, RetryPolicy};
 use crate::store::{self, LogEntry, Transition};
+pub use common::db::is_outage;
 
 /// The definition versions this build can resume.
 const KNOWN_VERSIONS: &[i32] = &[1];
@@ -683,21 +684,5 @@ async fn sleep_or_forever(duration: Option<Duration>) {
     match duration {
         Some(duration) => tokio::time::sleep(duration).await,
         None => std::future::pending().await,
-    }
-}
-
-/// Errors that pass when the database comes back: connection trouble, a
-/// server shutting down or overloaded, a serialization conflict.
-pub fn is_outage(err: &sqlx::Error) -> bool {
-    match err {
-        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::Protocol(_) => true,
-        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
-            ["08", "53", "57"]
-                .iter()
-                .any(|class| code.starts_with(class))
-                || code == "40001"
-                || code == "40P01"
-        }),
-        _ => false,
     }
 }

@@ -494,24 +494,15 @@ async fn a_write_the_database_never_answers_fails_as_an_outage_and_the_next_goes
 
 /// A pool whose connections go through a proxy that can silence them.
 async fn through_a_silent_proxy(db: &TestDb) -> (testkit::silent::SilentProxy, sqlx::PgPool) {
-    let url = url::Url::parse(db.url()).unwrap();
-    let server = tokio::net::lookup_host((url.host_str().unwrap(), url.port().unwrap_or(5432)))
+    let (proxy, through) = testkit::silent::SilentProxy::before(db.url())
         .await
-        .unwrap()
-        .next()
         .unwrap();
-    let proxy = testkit::silent::SilentProxy::start(server).await.unwrap();
-    let mut through = url.clone();
-    through.set_host(Some("127.0.0.1")).unwrap();
-    through.set_port(Some(proxy.addr().port())).unwrap();
     // A silent idle connection holds an acquire for this long (its ping).
     let settings = common::db::PoolConfig {
         acquire_timeout: Duration::from_secs(1),
         ..Default::default()
     };
-    let pool = orchestrator::connect(through.as_str(), settings)
-        .await
-        .unwrap();
+    let pool = orchestrator::connect(&through, settings).await.unwrap();
     (proxy, pool)
 }
 

@@ -34,7 +34,8 @@ pub enum Error {
     #[error("{0}")]
     InvalidPayment(String),
 
-    /// 500: the database failed; logged, answered opaquely.
+    /// 503 when the database is out (`common::db::is_outage`); otherwise 500,
+    /// logged, answered opaquely.
     #[error(transparent)]
     Database(#[from] sqlx::Error),
 }
@@ -72,6 +73,13 @@ impl BusinessError for Error {
             Error::Database(_) => return None,
         };
         Some(Answer::error(status, body))
+    }
+
+    fn database(&self) -> Option<&sqlx::Error> {
+        match self {
+            Error::Database(err) => Some(err),
+            _ => None,
+        }
     }
 }
 
