@@ -157,7 +157,10 @@ pub async fn bounded_on<T>(
 /// its connection back to sqlx, which pings it, rolls back what it left
 /// open, and closes it if it is broken. A connection idle on the stack for
 /// longer than [`PING_IF_IDLE_FOR`] is pinged before it is used again, so
-/// one left broken by a PostgreSQL restart is closed, not handed out.
+/// one left broken by a PostgreSQL restart is closed, not handed out. One
+/// older than the pool's `max_lifetime` goes back to sqlx after its use,
+/// which closes it. (The pool's `idle_timeout` is not applied to the stack:
+/// when the load falls, the connections it held stay open, idle.)
 ///
 /// Uses wait their turn on a semaphore of the pool's size, first come first
 /// served, for up to the pool's acquire timeout; a use that has its turn
@@ -187,6 +190,8 @@ pub const DEFAULT_QUERY_TIMEOUT: Duration = Duration::from_secs(10);
 struct Idle {
     conn: PoolConnection<Postgres>,
     since: Instant,
+    /// When this `Db` first took it from the pool: it is at least this old.
+    taken: Instant,
 }
 
 impl Db {
@@ -236,7 +241,7 @@ impl Db {
                 .map_err(|_| sqlx::Error::PoolTimedOut)?
                 .map_err(|_| sqlx::Error::PoolClosed)?,
         };
-        let mut conn = self.take(deadline).await?;
+        let (mut conn, taken) = self.take(deadline).await?;
         let Ok(result) = tokio::time::timeout(self.query_timeout, work(&mut conn)).await else {
             // Silent: close it, rather than hand it back to sqlx, whose ping
             // on return would wait on it as long.
@@ -252,10 +257,18 @@ impl Db {
         };
         // `should_flush`: a dropped transaction's ROLLBACK waits in the
         // write buffer until the connection's next use, its locks held.
-        if result.is_ok() && !conn.is_in_transaction() && !conn.should_flush() {
+        // One past the pool's `max_lifetime` goes back to sqlx too, which
+        // closes it: a backend's caches grow for as long as it lives.
+        let expired = self
+            .pool
+            .options()
+            .get_max_lifetime()
+            .is_some_and(|lifetime| taken.elapsed() >= lifetime);
+        if result.is_ok() && !conn.is_in_transaction() && !conn.should_flush() && !expired {
             self.stack().push(Idle {
                 conn,
                 since: Instant::now(),
+                taken,
             });
         }
         result
@@ -267,19 +280,28 @@ impl Db {
     }
 
     /// The most recently used connection on the stack, or one from the pool,
-    /// by `deadline`.
-    async fn take(&self, deadline: tokio::time::Instant) -> sqlx::Result<PoolConnection<Postgres>> {
+    /// by `deadline`, with when this `Db` first took it from the pool.
+    async fn take(
+        &self,
+        deadline: tokio::time::Instant,
+    ) -> sqlx::Result<(PoolConnection<Postgres>, Instant)> {
         loop {
-            let Some(Idle { mut conn, since }) = self.stack().pop() else {
-                return tokio::time::timeout_at(deadline, self.pool.acquire())
+            let Some(Idle {
+                mut conn,
+                since,
+                taken,
+            }) = self.stack().pop()
+            else {
+                let conn = tokio::time::timeout_at(deadline, self.pool.acquire())
                     .await
-                    .map_err(|_| sqlx::Error::PoolTimedOut)?;
+                    .map_err(|_| sqlx::Error::PoolTimedOut)??;
+                return Ok((conn, Instant::now()));
             };
             if since.elapsed() <= PING_IF_IDLE_FOR {
-                return Ok(conn);
+                return Ok((conn, taken));
             }
             match tokio::time::timeout_at(deadline, conn.ping()).await {
-                Ok(Ok(())) => return Ok(conn),
+                Ok(Ok(())) => return Ok((conn, taken)),
                 // Broken, by a restart of PostgreSQL most likely: close it.
                 Ok(Err(_)) => conn.close_on_drop(),
                 // Silent: close it, rather than hand it back to sqlx, whose

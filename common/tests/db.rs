@@ -155,6 +155,32 @@ async fn a_db_keeps_the_connection_of_a_finished_use_and_gives_back_one_cut_shor
 }
 
 #[tokio::test]
+async fn a_db_lets_a_connection_go_once_past_the_pools_max_lifetime() {
+    let (pg, _) = private_db(1).await;
+    let lifetime = Duration::from_millis(300);
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .max_lifetime(lifetime)
+        .connect(pg.url())
+        .await
+        .unwrap();
+    let db = Db::new(pool);
+    let first = backend(&db).await;
+    assert_eq!(backend(&db).await, first, "kept for the next use");
+    // What is tested is time passing: nothing to await instead.
+    tokio::time::sleep(lifetime).await;
+    // The use runs on it, then it goes back to sqlx, which closes it (kept
+    // on the stack, it would live as long as the service).
+    assert_eq!(backend(&db).await, first);
+    assert_ne!(
+        backend(&db).await,
+        first,
+        "a connection past max_lifetime was kept"
+    );
+    pg.stop();
+}
+
+#[tokio::test]
 async fn a_db_hands_out_no_connection_broken_by_a_restart() {
     let (mut pg, db) = private_db(4).await;
     // Four connections used at once, then kept on the Db's stack.
