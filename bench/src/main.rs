@@ -180,9 +180,6 @@ async fn main() -> anyhow::Result<()> {
     let ours: Vec<&Service> = services.iter().collect();
     let mut phases = Vec::new();
     for round in 1..=args.rounds {
-        let tag = |name: &str| round_tag(name, round);
-        load.run(&tag("warmup"), args.warmup, Kind::Orchestrated)
-            .await;
         phases.push(
             measure(
                 &load,
@@ -200,8 +197,6 @@ async fn main() -> anyhow::Result<()> {
                 ..load
             };
             let measured: Vec<&Service> = services[..3].iter().chain([candidate]).collect();
-            load.run(&tag("warmup-candidate"), args.warmup, Kind::Candidate)
-                .await;
             phases.push(
                 measure(
                     &load,
@@ -215,8 +210,6 @@ async fn main() -> anyhow::Result<()> {
             );
         }
         if !args.no_floor {
-            load.run(&tag("warmup-floor"), args.warmup, Kind::Floor)
-                .await;
             phases.push(measure(&load, &ours, &pool, &cluster.name, Kind::Floor, round).await?);
         }
         // Restate runs only during its phase: idle, its server still uses
@@ -239,8 +232,6 @@ async fn main() -> anyhow::Result<()> {
             };
             // The participants, then Restate's server and service.
             let measured: Vec<&Service> = services[..3].iter().chain(peer.services()).collect();
-            load.run(&tag("warmup-restate"), args.warmup, Kind::Restate)
-                .await;
             let phase = measure(&load, &measured, &pool, &cluster.name, Kind::Restate, round).await;
             peer.kill().await;
             phases.push(phase?);
@@ -819,6 +810,7 @@ async fn xacts(pool: &PgPool, db: &str) -> anyhow::Result<i64> {
     .await?)
 }
 
+/// One phase of `kind`: a warm-up run, not measured, then N sagas measured.
 async fn measure(
     load: &Load<'_>,
     services: &[&Service],
@@ -833,6 +825,9 @@ async fn measure(
         Kind::Floor => "floor",
         Kind::Restate => "restate",
     };
+    // Warmed up first, not measured.
+    let warmup = round_tag(&format!("warmup-{name}"), round);
+    load.run(&warmup, load.args.warmup, kind).await;
     let before: Vec<_> = services
         .iter()
         .map(|s| s.usage().unwrap_or_default())

@@ -131,18 +131,28 @@ pub async fn bounded_on<T>(
     })
     .await;
     answered.unwrap_or_else(|_| {
-        let message = match held.take() {
+        Err(match held.take() {
             Some(conn) => {
                 drop(conn.detach());
-                format!("the database did not answer within {limit:?}; the connection is closed")
+                unanswered(limit)
             }
-            None => format!("no database connection could be had within {limit:?}"),
-        };
-        Err(sqlx::Error::Io(std::io::Error::new(
-            std::io::ErrorKind::TimedOut,
-            message,
-        )))
+            None => timed_out(format!(
+                "no database connection could be had within {limit:?}"
+            )),
+        })
     })
+}
+
+/// The error of a query left unanswered for `limit`, whose connection was
+/// closed: a `TimedOut` I/O error, an outage ([`is_outage`]).
+fn unanswered(limit: Duration) -> sqlx::Error {
+    timed_out(format!(
+        "the database did not answer within {limit:?}; the connection is closed"
+    ))
+}
+
+fn timed_out(message: String) -> sqlx::Error {
+    sqlx::Error::Io(std::io::Error::new(std::io::ErrorKind::TimedOut, message))
 }
 
 /// A participant's connections: a pool whose connections come back without
@@ -246,14 +256,7 @@ impl Db {
             // Silent: close it, rather than hand it back to sqlx, whose ping
             // on return would wait on it as long.
             drop(conn.detach());
-            return Err(sqlx::Error::Io(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                format!(
-                    "the database did not answer within {:?}; the connection is closed",
-                    self.query_timeout
-                ),
-            ))
-            .into());
+            return Err(unanswered(self.query_timeout).into());
         };
         // `should_flush`: a dropped transaction's ROLLBACK waits in the
         // write buffer until the connection's next use, its locks held.
