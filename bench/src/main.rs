@@ -112,6 +112,11 @@ struct Phase {
     sagas_per_sec: f64,
     latency_ms: Latency,
     pg_xacts_per_saga: f64,
+    /// WAL flushes (`pg_stat_wal.wal_sync`, the whole server's) per saga:
+    /// how well the phase's commits share their flushes.
+    pg_wal_syncs_per_saga: f64,
+    /// WAL written per saga, in KB (the whole server's).
+    pg_wal_kb_per_saga: f64,
     /// Per process: CPU seconds used in the phase and peak RSS in MB.
     processes: Vec<(String, f64, f64)>,
     /// CPU seconds of the whole machine in the phase, all cores.
@@ -260,8 +265,17 @@ async fn main() -> anyhow::Result<()> {
         chrono::Utc::now().format("%Y-%m-%d %H:%M UTC")
     );
     println!(
-        "{:<14} {:>9} {:>8} {:>8} {:>8} {:>8} {:>7} {:>11}",
-        "phase", "sagas/s", "p50 ms", "p95 ms", "p99 ms", "max ms", "errors", "PG xacts/saga"
+        "{:<14} {:>9} {:>8} {:>8} {:>8} {:>8} {:>7} {:>13} {:>14} {:>12}",
+        "phase",
+        "sagas/s",
+        "p50 ms",
+        "p95 ms",
+        "p99 ms",
+        "max ms",
+        "errors",
+        "PG xacts/saga",
+        "WAL syncs/saga",
+        "WAL KB/saga"
     );
     let label = |p: &Phase| match args.rounds {
         1 => p.name.clone(),
@@ -269,7 +283,7 @@ async fn main() -> anyhow::Result<()> {
     };
     for p in &phases {
         println!(
-            "{:<14} {:>9.0} {:>8.1} {:>8.1} {:>8.1} {:>8.1} {:>7} {:>11.2}",
+            "{:<14} {:>9.0} {:>8.1} {:>8.1} {:>8.1} {:>8.1} {:>7} {:>13.2} {:>14.2} {:>12.1}",
             label(p),
             p.sagas_per_sec,
             p.latency_ms.p50,
@@ -277,7 +291,9 @@ async fn main() -> anyhow::Result<()> {
             p.latency_ms.p99,
             p.latency_ms.max,
             p.errors,
-            p.pg_xacts_per_saga
+            p.pg_xacts_per_saga,
+            p.pg_wal_syncs_per_saga,
+            p.pg_wal_kb_per_saga
         );
     }
     for p in &phases {
@@ -801,13 +817,31 @@ fn machine_cpu() -> f64 {
     busy as f64 / 100.0
 }
 
-async fn xacts(pool: &PgPool, db: &str) -> anyhow::Result<i64> {
-    Ok(sqlx::query_scalar(
-        "SELECT (xact_commit + xact_rollback)::int8 FROM pg_stat_database WHERE datname = $1",
+/// PostgreSQL's counters a phase reports the growth of.
+#[derive(Debug, Clone, Copy)]
+struct PgCounters {
+    /// Transactions of the bench's database.
+    xacts: i64,
+    /// WAL flushes and bytes, the whole server's.
+    wal_syncs: i64,
+    wal_bytes: f64,
+}
+
+async fn pg_counters(pool: &PgPool, db: &str) -> anyhow::Result<PgCounters> {
+    let (xacts, wal_syncs, wal_bytes): (i64, i64, f64) = sqlx::query_as(
+        "SELECT (SELECT (xact_commit + xact_rollback)::int8 FROM pg_stat_database
+                 WHERE datname = $1),
+                wal_sync, wal_bytes::float8
+         FROM pg_stat_wal",
     )
     .bind(db)
     .fetch_one(pool)
-    .await?)
+    .await?;
+    Ok(PgCounters {
+        xacts,
+        wal_syncs,
+        wal_bytes,
+    })
 }
 
 /// One phase of `kind`: a warm-up run, not measured, then N sagas measured.
@@ -834,7 +868,7 @@ async fn measure(
         .collect();
     // pg_stat_database is updated when a backend reports; give it a moment.
     tokio::time::sleep(Duration::from_millis(600)).await;
-    let xacts_before = xacts(pool, db).await?;
+    let pg_before = pg_counters(pool, db).await?;
     let cpu_before = machine_cpu();
     let extra_before = [cpu_of("postgres"), cpu_of("self")];
     let sampling = load.args.no_wait && matches!(kind, Kind::Orchestrated | Kind::Candidate);
@@ -872,7 +906,7 @@ async fn measure(
     let cpu_after = machine_cpu();
     let extra_after = [cpu_of("postgres"), cpu_of("self")];
     tokio::time::sleep(Duration::from_millis(600)).await;
-    let xacts_after = xacts(pool, db).await?;
+    let pg_after = pg_counters(pool, db).await?;
     let mut processes: Vec<(String, f64, f64)> = services
         .iter()
         .zip(before)
@@ -895,6 +929,7 @@ async fn measure(
             .map_or(0.0, |d| d.as_secs_f64() * 1e3)
     };
     let done = latencies.len();
+    let per = load.args.sagas.max(1) as f64;
     Ok(Phase {
         name: name.into(),
         round,
@@ -909,7 +944,9 @@ async fn measure(
             max: pct(1.0),
         },
         // The two stats reads are transactions too.
-        pg_xacts_per_saga: (xacts_after - xacts_before - 1) as f64 / load.args.sagas.max(1) as f64,
+        pg_xacts_per_saga: (pg_after.xacts - pg_before.xacts - 1) as f64 / per,
+        pg_wal_syncs_per_saga: (pg_after.wal_syncs - pg_before.wal_syncs) as f64 / per,
+        pg_wal_kb_per_saga: (pg_after.wal_bytes - pg_before.wal_bytes) / 1e3 / per,
         processes,
         machine_cpu_secs: cpu_after - cpu_before,
         peak_in_flight,

@@ -31,7 +31,7 @@ use sqlx::PgPool;
 use testkit::procs::{Service, free_port};
 use tokio::time::Instant;
 
-use crate::{Args, Cluster, cpu_of, machine_cpu, xacts};
+use crate::{Args, Cluster, cpu_of, machine_cpu, pg_counters};
 
 /// The identity both orchestrator processes run with.
 const ORCHESTRATOR_ID: &str = "bench-orchestrator";
@@ -250,7 +250,7 @@ async fn phases(
     let restart_id =
         std::env::var("BENCH_RECOVERY_RESTART_ID").unwrap_or_else(|_| ORCHESTRATOR_ID.to_owned());
     let mut orchestrator = cluster.orchestrator(args, port, &[("ORCHESTRATOR_ID", &restart_id)])?;
-    let xacts_before = xacts(pool, &cluster.name).await?;
+    let xacts_before = pg_counters(pool, &cluster.name).await?.xacts;
     let cpu_before = machine_cpu();
     let pg_before = cpu_of("postgres");
     let spawn = Instant::now();
@@ -264,7 +264,7 @@ async fn phases(
     let pg_after = cpu_of("postgres");
     let (orchestrator_cpu, rss) = orchestrator.usage().unwrap_or_default();
     tokio::time::sleep(Duration::from_millis(600)).await;
-    let xacts_after = xacts(pool, &cluster.name).await?;
+    let xacts_after = pg_counters(pool, &cluster.name).await?.xacts;
     orchestrator.kill().await;
 
     let retries: Vec<(String, i64)> = sqlx::query_as(
