@@ -200,7 +200,8 @@ pub async fn run(
          ({max_gap} ms), or live sagas would be taken over",
         config.lease_secs
     );
-    let pool = connect(&config.common.database_url, config.common.pool()).await?;
+    // Before the database: a malformed URL is the setting's error, whatever
+    // the database's state.
     let participants = Participants::new(
         &config.flights_url,
         &config.cars_url,
@@ -208,6 +209,7 @@ pub async fn run(
         config.retry.attempt_timeout(),
         config.participant_max_in_flight,
     )?;
+    let pool = connect(&config.common.database_url, config.common.pool()).await?;
     let token = CancellationToken::new();
     let engine = Engine::new(
         pool.clone(),
