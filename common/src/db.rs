@@ -169,8 +169,10 @@ fn timed_out(message: String) -> sqlx::Error {
 /// longer than [`PING_IF_IDLE_FOR`] is pinged before it is used again, so
 /// one left broken by a PostgreSQL restart is closed, not handed out. One
 /// older than the pool's `max_lifetime` goes back to sqlx after its use,
-/// which closes it. (The pool's `idle_timeout` is not applied to the stack:
-/// when the load falls, the connections it held stay open, idle.)
+/// which closes it. One left on the stack for longer than the pool's
+/// `idle_timeout` is closed at the next use that ends: when the load falls,
+/// the connections it no longer needs sink to the bottom of the stack and
+/// are closed there (if no use comes at all, they stay open).
 ///
 /// Uses wait their turn on a semaphore of the pool's size, first come first
 /// served, for up to the pool's acquire timeout; a use that has its turn
@@ -268,13 +270,32 @@ impl Db {
             .get_max_lifetime()
             .is_some_and(|lifetime| taken.elapsed() >= lifetime);
         if result.is_ok() && !conn.is_in_transaction() && !conn.should_flush() && !expired {
-            self.stack().push(Idle {
+            let stale = self.keep(Idle {
                 conn,
                 since: Instant::now(),
                 taken,
             });
+            // Closed outside the lock.
+            for mut idle in stale {
+                idle.conn.close_on_drop();
+            }
         }
         result
+    }
+
+    /// Puts `idle` on the stack, and takes off it those idle for longer than
+    /// the pool's `idle_timeout`, to be closed: the bottom of the stack,
+    /// where the connections the load no longer needs sink.
+    fn keep(&self, idle: Idle) -> Vec<Idle> {
+        let now = idle.since;
+        let mut stack = self.stack();
+        stack.push(idle);
+        let Some(limit) = self.pool.options().get_idle_timeout() else {
+            return Vec::new();
+        };
+        // Pushed in the order they were last used: oldest at the bottom.
+        let stale = stack.partition_point(|i| now.duration_since(i.since) > limit);
+        stack.drain(..stale).collect()
     }
 
     fn stack(&self) -> std::sync::MutexGuard<'_, Vec<Idle>> {

@@ -181,6 +181,44 @@ async fn a_db_lets_a_connection_go_once_past_the_pools_max_lifetime() {
 }
 
 #[tokio::test]
+async fn a_db_closes_a_connection_idle_on_its_stack_past_the_pools_idle_timeout() {
+    let (pg, _) = private_db(1).await;
+    let idle = Duration::from_millis(300);
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(2)
+        .idle_timeout(idle)
+        .connect(pg.url())
+        .await
+        .unwrap();
+    let db = Db::new(pool);
+    // Two uses at once: two connections, both kept on the stack after.
+    let slow = || {
+        db.run(async |conn| {
+            sqlx::query("SELECT pg_sleep(0.05)")
+                .execute(conn)
+                .await
+                .map(drop)
+        })
+    };
+    let (a, b) = tokio::join!(slow(), slow());
+    a.unwrap();
+    b.unwrap();
+    assert_eq!(db.pool().size(), 2);
+    // What is tested is time passing: nothing to await instead.
+    tokio::time::sleep(idle).await;
+    // One use takes the connection on top; as it ends, the one at the
+    // bottom, idle past the timeout, is closed (kept on the stack, it would
+    // stay open as long as the service).
+    let kept = backend(&db).await;
+    testkit_eventually("the idle connection to close", async || {
+        db.pool().size() == 1
+    })
+    .await;
+    assert_eq!(backend(&db).await, kept, "the connection in use was closed");
+    pg.stop();
+}
+
+#[tokio::test]
 async fn a_db_hands_out_no_connection_broken_by_a_restart() {
     let (mut pg, db) = private_db(4).await;
     // Four connections used at once, then kept on the Db's stack.
