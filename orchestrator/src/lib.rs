@@ -167,10 +167,10 @@ pub struct AppState {
 
 /// The probes run on the pool as it is: the orchestrator's queries take
 /// their connections from the pool, and a `Db` made for one probe keeps
-/// none.
+/// none. A probe is given up as the orchestrator's other queries are.
 impl FromRef<AppState> for common::db::Db {
     fn from_ref(state: &AppState) -> Self {
-        Self::new(state.pool.clone())
+        Self::new(state.pool.clone()).with_query_timeout(state.engine.db_timeout())
     }
 }
 

@@ -164,6 +164,12 @@ impl Engine {
         &self.pool
     }
 
+    /// How long a query may go unanswered before it is given up as an
+    /// outage: a third of the lease.
+    pub fn db_timeout(&self) -> Duration {
+        self.db_timeout
+    }
+
     /// Runs a query on a connection of the pool, given up as an outage (and
     /// its connection closed) when the database leaves it unanswered for a
     /// third of the lease: see [`common::db::bounded`]. The claims, the

@@ -644,5 +644,25 @@ async fn a_read_the_database_never_answers_is_a_503_and_the_next_goes_through() 
     };
     assert_eq!(status, 200, "{body} after {attempts} attempts");
     assert_eq!(body["trip_id"], "read");
+
+    // The readiness probe is bounded the same way (not by the 10 s a `Db`
+    // allows unless told): silenced again, it answers 503 within 5 s.
+    testkit::eventually(
+        "the read's connection back in the pool",
+        Duration::from_secs(10),
+        || async { (pool.num_idle() == pool.size() as usize).then_some(()) },
+    )
+    .await;
+    let closed_before = proxy.closed();
+    proxy.silence();
+    let probe = tokio::time::timeout(
+        Duration::from_secs(5),
+        reqwest::get(format!("{}/readyz", server.url)),
+    )
+    .await
+    .expect("the probe took the 10 s of a Db, not the lease's third")
+    .unwrap();
+    assert_eq!(probe.status(), 503);
+    closed(&proxy, closed_before).await;
     engine.stop(false).await;
 }
