@@ -44,14 +44,43 @@ async fn after_a_restart_every_query_gets_a_live_connection() {
     pg.stop();
 }
 
+/// A private PostgreSQL.
+async fn private_pg() -> pglocal::PrivatePostgres {
+    tokio::task::spawn_blocking(|| pglocal::PrivatePostgres::start(pglocal::Durability::Throwaway))
+        .await
+        .unwrap()
+        .unwrap()
+}
+
+/// A `Db` on `pg` whose pool has `options`.
+async fn db_with(pg: &pglocal::PrivatePostgres, options: sqlx::postgres::PgPoolOptions) -> Db {
+    Db::new(options.connect(pg.url()).await.unwrap())
+}
+
+/// Runs `n` uses of `db` at once, so that `n` connections are open and, once
+/// they end, kept on its stack.
+async fn use_at_once(db: &Db, n: usize) {
+    let mut uses = tokio::task::JoinSet::new();
+    for _ in 0..n {
+        let db = db.clone();
+        uses.spawn(async move {
+            db.run(async |conn| {
+                sqlx::query("SELECT pg_sleep(0.05)")
+                    .execute(conn)
+                    .await
+                    .map(drop)
+            })
+            .await
+        });
+    }
+    for done in uses.join_all().await {
+        done.unwrap();
+    }
+}
+
 /// A private PostgreSQL and a `Db` of `max` connections on it.
 async fn private_db(max: u32) -> (pglocal::PrivatePostgres, Db) {
-    let pg = tokio::task::spawn_blocking(|| {
-        pglocal::PrivatePostgres::start(pglocal::Durability::Throwaway)
-    })
-    .await
-    .unwrap()
-    .unwrap();
+    let pg = private_pg().await;
     let pool = common::db::connect(
         pg.url(),
         "public",
@@ -156,15 +185,12 @@ async fn a_db_keeps_the_connection_of_a_finished_use_and_gives_back_one_cut_shor
 
 #[tokio::test]
 async fn a_db_lets_a_connection_go_once_past_the_pools_max_lifetime() {
-    let (pg, _) = private_db(1).await;
+    let pg = private_pg().await;
     let lifetime = Duration::from_millis(300);
-    let pool = sqlx::postgres::PgPoolOptions::new()
+    let options = sqlx::postgres::PgPoolOptions::new()
         .max_connections(1)
-        .max_lifetime(lifetime)
-        .connect(pg.url())
-        .await
-        .unwrap();
-    let db = Db::new(pool);
+        .max_lifetime(lifetime);
+    let db = db_with(&pg, options).await;
     let first = backend(&db).await;
     assert_eq!(backend(&db).await, first, "kept for the next use");
     // What is tested is time passing: nothing to await instead.
@@ -182,27 +208,13 @@ async fn a_db_lets_a_connection_go_once_past_the_pools_max_lifetime() {
 
 #[tokio::test]
 async fn a_db_closes_a_connection_idle_on_its_stack_past_the_pools_idle_timeout() {
-    let (pg, _) = private_db(1).await;
+    let pg = private_pg().await;
     let idle = Duration::from_millis(300);
-    let pool = sqlx::postgres::PgPoolOptions::new()
+    let options = sqlx::postgres::PgPoolOptions::new()
         .max_connections(2)
-        .idle_timeout(idle)
-        .connect(pg.url())
-        .await
-        .unwrap();
-    let db = Db::new(pool);
-    // Two uses at once: two connections, both kept on the stack after.
-    let slow = || {
-        db.run(async |conn| {
-            sqlx::query("SELECT pg_sleep(0.05)")
-                .execute(conn)
-                .await
-                .map(drop)
-        })
-    };
-    let (a, b) = tokio::join!(slow(), slow());
-    a.unwrap();
-    b.unwrap();
+        .idle_timeout(idle);
+    let db = db_with(&pg, options).await;
+    use_at_once(&db, 2).await;
     assert_eq!(db.pool().size(), 2);
     // What is tested is time passing: nothing to await instead.
     tokio::time::sleep(idle).await;
@@ -221,19 +233,7 @@ async fn a_db_closes_a_connection_idle_on_its_stack_past_the_pools_idle_timeout(
 #[tokio::test]
 async fn a_db_hands_out_no_connection_broken_by_a_restart() {
     let (mut pg, db) = private_db(4).await;
-    // Four connections used at once, then kept on the Db's stack.
-    let slow = || {
-        db.run(async |conn| {
-            sqlx::query("SELECT pg_sleep(0.05)")
-                .execute(conn)
-                .await
-                .map(drop)
-        })
-    };
-    let (a, b, c, d) = tokio::join!(slow(), slow(), slow(), slow());
-    for done in [a, b, c, d] {
-        done.unwrap();
-    }
+    use_at_once(&db, 4).await;
     assert_eq!(db.pool().size(), 4);
     // Each is cut by the crash and has been idle across it for longer than
     // the window, so it is pinged, found broken and replaced.

@@ -614,13 +614,15 @@ async fn a_read_the_database_never_answers_is_a_503_and_the_next_goes_through() 
         let status = answer.status().as_u16();
         (status, answer.json::<serde_json::Value>().await.unwrap())
     };
+    let all_idle = || {
+        testkit::eventually(
+            "the read's connection back in the pool",
+            Duration::from_secs(10),
+            || async { (pool.num_idle() == pool.size() as usize).then_some(()) },
+        )
+    };
     assert_eq!(get().await.0, 200);
-    testkit::eventually(
-        "the read's connection back in the pool",
-        Duration::from_secs(10),
-        || async { (pool.num_idle() == pool.size() as usize).then_some(()) },
-    )
-    .await;
+    all_idle().await;
 
     // The pool's connections stop answering without closing: the next read
     // is given up as an outage, answered 503, and its connection closed.
@@ -647,12 +649,7 @@ async fn a_read_the_database_never_answers_is_a_503_and_the_next_goes_through() 
 
     // The readiness probe is bounded the same way (not by the 10 s a `Db`
     // allows unless told): silenced again, it answers 503 within 5 s.
-    testkit::eventually(
-        "the read's connection back in the pool",
-        Duration::from_secs(10),
-        || async { (pool.num_idle() == pool.size() as usize).then_some(()) },
-    )
-    .await;
+    all_idle().await;
     let closed_before = proxy.closed();
     proxy.silence();
     let probe = tokio::time::timeout(
