@@ -765,9 +765,9 @@ async fn preload(pool: &PgPool, n: u64) -> anyhow::Result<()> {
         let to = (from + chunk).min(n);
         sqlx::query(
             "INSERT INTO orchestrator.sagas
-                 (trip_id, run_type, status, definition_version, cursor, input, version,
+                 (saga_id, definition, status, definition_version, cursor, input, version,
                   created_at, updated_at)
-             SELECT 'preload-' || g, 'success', 'succeeded', 1, -1, '{}', 5,
+             SELECT 'preload-' || g, 'travel', 'succeeded', 1, -1, '{\"run_type\": \"success\"}', 5,
                     now() - interval '1 day', now() - interval '1 day'
              FROM generate_series($1::int8, $2::int8 - 1) g",
         )
@@ -776,7 +776,7 @@ async fn preload(pool: &PgPool, n: u64) -> anyhow::Result<()> {
         .execute(pool)
         .await?;
         sqlx::query(
-            "INSERT INTO orchestrator.saga_log (trip_id, seq, step, status, attempt, detail, at)
+            "INSERT INTO orchestrator.saga_log (saga_id, seq, step, status, attempt, detail, at)
              SELECT 'preload-' || g, s, 'ReserveFlight', 'succeeded', 1, '{}', now() - interval '1 day'
              FROM generate_series($1::int8, $2::int8 - 1) g, generate_series(1, 5) s",
         )

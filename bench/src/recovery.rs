@@ -240,7 +240,7 @@ async fn phases(
     // in its own database.)
     sqlx::query(
         "CREATE TABLE public.bench_at_kill AS
-         SELECT trip_id, version FROM orchestrator.sagas WHERE status IN ('running', 'compensating')",
+         SELECT saga_id, version FROM orchestrator.sagas WHERE status IN ('running', 'compensating')",
     )
     .execute(pool)
     .await?;
@@ -278,10 +278,10 @@ async fn phases(
 
     let orchestrator_log = log_summary(&cluster.logs.join("orchestrator.log"));
     let a_failed_saga: Vec<String> = sqlx::query_scalar(
-        "SELECT format('%s %s %s %s attempt %s: %s', l.trip_id, l.seq, l.step, l.status, l.attempt,
+        "SELECT format('%s %s %s %s attempt %s: %s', l.saga_id, l.seq, l.step, l.status, l.attempt,
                        left(l.detail::text, 200))
-         FROM (SELECT trip_id FROM orchestrator.sagas WHERE status = 'failed' LIMIT 1) f
-         JOIN orchestrator.saga_log l USING (trip_id) ORDER BY l.seq",
+         FROM (SELECT saga_id FROM orchestrator.sagas WHERE status = 'failed' LIMIT 1) f
+         JOIN orchestrator.saga_log l USING (saga_id) ORDER BY l.seq",
     )
     .fetch_all(pool)
     .await?;
@@ -444,7 +444,7 @@ async fn progress(
         // version of the kill).
         let (left, unclaimed): (i64, i64) = sqlx::query_as(
             "SELECT count(*), count(*) FILTER (WHERE s.version = k.version)
-             FROM orchestrator.sagas s JOIN public.bench_at_kill k USING (trip_id)
+             FROM orchestrator.sagas s JOIN public.bench_at_kill k USING (saga_id)
              WHERE s.status IN ('running', 'compensating')",
         )
         .fetch_one(pool)

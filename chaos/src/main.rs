@@ -219,8 +219,8 @@ async fn run(args: &Args) -> anyhow::Result<bool> {
     let report = testkit::invariant::check(&pool).await?;
     let duplicates: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM (
-             SELECT trip_id, step FROM orchestrator.saga_log
-             GROUP BY trip_id, step
+             SELECT saga_id, step FROM orchestrator.saga_log
+             GROUP BY saga_id, step
              HAVING count(*) FILTER (WHERE status IN ('succeeded', 'failed')) > 1
                  OR count(*) FILTER (WHERE status = 'started') > 1) d",
     )

@@ -68,7 +68,7 @@ async fn main() -> anyhow::Result<()> {
          \x20 database      {database_url}{}\n\n\
          try:\n\
          \x20 curl -s '{o}/trip?runType=failPayment&tripID=trip-1'\n\
-         \x20 psql '{database_url}' -c \"SELECT seq, step, status, attempt, at FROM orchestrator.saga_log WHERE trip_id = 'trip-1' ORDER BY seq\"\n\n\
+         \x20 psql '{database_url}' -c \"SELECT seq, step, status, attempt, at FROM orchestrator.saga_log WHERE saga_id = 'trip-1' ORDER BY seq\"\n\n\
          Ctrl-C stops everything.\n",
         cluster.flights_url,
         cluster.cars_url,

@@ -1,18 +1,28 @@
-//! The orchestrator of the travel saga.
+//! The saga orchestrator: runs any saga described by a definition document
+//! against plain-HTTP participants, persisting every step in PostgreSQL and
+//! compensating in reverse on failure.
 //!
-//! - [`saga`]: the saga's vocabulary, its definition as data, and the engine
-//!   that drives each saga in a task of its own.
+//! - [`definition`]: the document, its templates, its checks, dry runs, and
+//!   the versions this process has compiled.
+//! - [`saga`]: the engine that starts sagas and drives each one in a task of
+//!   its own, recovery, and the batching writer.
 //! - [`participants`]: the HTTP client that makes each step's call.
-//! - [`store`]: every read and write of `orchestrator.sagas` and `saga_log`.
+//! - [`store`]: every read and write of the `orchestrator` schema.
 //! - [`retry`]: how failed calls are retried.
-//! - [`http`]: the API (`GET /trip`, `POST /trips`, `GET /trips[/{id}]`).
+//! - [`http`]: the API (`/sagas`, `/definitions`, and the travel sample's
+//!   `/trip` and `/trips`, with [`travel`] checking the trip's fields).
+//! - [`cli`]: `orchestrator validate` and `orchestrator dry-run`.
 //!
-//! A request that starts a trip records the saga and spawns its driver at
-//! once; the request then waits on a channel for the saga to end.
+//! A request that starts a saga hands the create and the driving to a task
+//! of the engine's, then waits on a channel for the saga to end.
 
+use std::collections::BTreeMap;
 use std::future::Future;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
+
+use anyhow::Context;
 
 use axum::Router;
 use axum::extract::FromRef;
@@ -21,14 +31,18 @@ use sqlx::migrate::Migrator;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+pub mod cli;
+pub mod definition;
 pub mod http;
 pub mod participants;
 pub mod retry;
 pub mod saga;
 pub mod store;
+pub mod travel;
 
-use participants::Participants;
-use saga::executor::{Engine, EngineConfig};
+use definition::{Document, Format};
+use participants::{BaseUrl, Participants};
+use saga::engine::{Engine, EngineConfig};
 
 /// The schema this service owns.
 pub const SCHEMA: &str = "orchestrator";
@@ -38,8 +52,15 @@ pub const SCHEMA: &str = "orchestrator";
 /// statistics (a new table, before autovacuum has analyzed it) the planner
 /// takes `orchestrator.sagas` for a few pages and joins each batch of
 /// transitions to a scan of the whole table; this keeps it on the indexes
-/// whatever the statistics say.
-const DB_SETTINGS: &[(&str, &str)] = &[("enable_seqscan", "off")];
+/// whatever the statistics say. For the same reason a batch of
+/// transitions joined to the table is a loop of key lookups, never a merge
+/// or hash join over a whole index (which a small table of small inputs,
+/// unanalyzed, was planned as).
+const DB_SETTINGS: &[(&str, &str)] = &[
+    ("enable_seqscan", "off"),
+    ("enable_mergejoin", "off"),
+    ("enable_hashjoin", "off"),
+];
 
 /// Connects to `url` as the orchestrator does (its connection settings, its
 /// schema) and applies the schema's migrations.
@@ -64,17 +85,29 @@ pub struct Config {
     #[arg(long, env = "LISTEN_ADDR", default_value = "0.0.0.0:8080")]
     pub listen_addr: String,
 
-    /// Base URL of flights-svc.
+    /// Base URL of the travel saga's participant `flights` (flights-svc);
+    /// `PARTICIPANT_FLIGHTS_URL` overrides it.
     #[arg(long, env = "FLIGHTS_URL", default_value = "http://127.0.0.1:8081")]
     pub flights_url: String,
 
-    /// Base URL of cars-svc.
+    /// Base URL of the travel saga's participant `cars` (cars-svc).
     #[arg(long, env = "CARS_URL", default_value = "http://127.0.0.1:8082")]
     pub cars_url: String,
 
-    /// Base URL of payments-svc.
+    /// Base URL of the travel saga's participant `payments` (payments-svc).
     #[arg(long, env = "PAYMENTS_URL", default_value = "http://127.0.0.1:8083")]
     pub payments_url: String,
+
+    /// A participant's base URL, as NAME=URL (repeatable). The environment's
+    /// `PARTICIPANT_<NAME>_URL` variables are read too
+    /// ([`participant_urls_from_env`]).
+    #[arg(long = "participant", value_name = "NAME=URL")]
+    pub participants: Vec<String>,
+
+    /// The folder of saga definitions (`*.yaml`, `*.yml`, `*.json`)
+    /// registered at start-up.
+    #[arg(long, env = "SAGAS_DIR", default_value = "sagas")]
+    pub sagas_dir: PathBuf,
 
     /// How long `GET /trip` and `POST /trips` wait for the saga to end before
     /// answering 202, in seconds (per request: `?wait=`).
@@ -124,6 +157,8 @@ impl Config {
             flights_url: flights_url.into(),
             cars_url: cars_url.into(),
             payments_url: payments_url.into(),
+            participants: Vec::new(),
+            sagas_dir: PathBuf::from(REPOSITORY_SAGAS),
             trip_wait_secs: 10,
             saga_deadline_secs: None,
             orchestrator_id: None,
@@ -135,6 +170,41 @@ impl Config {
         }
     }
 
+    /// Every participant's base URL, by name, with the setting that gave it:
+    /// the travel saga's three, then `--participant` and
+    /// `PARTICIPANT_<NAME>_URL`, which override them.
+    pub fn participant_urls(&self) -> anyhow::Result<BTreeMap<String, BaseUrl>> {
+        let mut urls = BTreeMap::new();
+        for (name, setting, url) in [
+            ("flights", "FLIGHTS_URL", &self.flights_url),
+            ("cars", "CARS_URL", &self.cars_url),
+            ("payments", "PAYMENTS_URL", &self.payments_url),
+        ] {
+            urls.insert(
+                name.to_owned(),
+                BaseUrl {
+                    setting: setting.to_owned(),
+                    url: url.clone(),
+                },
+            );
+        }
+        for given in &self.participants {
+            let (name, url) = given.split_once('=').with_context(|| {
+                format!(
+                    "--participant {given:?} is not NAME=URL, such as shop=http://127.0.0.1:9000"
+                )
+            })?;
+            urls.insert(
+                name.to_ascii_lowercase(),
+                BaseUrl {
+                    setting: definition::validate::url_setting(name),
+                    url: url.to_owned(),
+                },
+            );
+        }
+        Ok(urls)
+    }
+
     fn owner(&self) -> String {
         self.orchestrator_id.clone().unwrap_or_else(|| {
             nix::unistd::gethostname()
@@ -143,6 +213,51 @@ impl Config {
                 .unwrap_or_else(|| "orchestrator".into())
         })
     }
+}
+
+/// The repository's `sagas/` folder: the default of the in-process cluster
+/// and the tests (the binary's default is `sagas` in its working folder).
+pub const REPOSITORY_SAGAS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../sagas");
+
+/// The `PARTICIPANT_<NAME>_URL` variables of the environment, as
+/// `--participant` values (`name=url`). Read once, by `main`.
+pub fn participant_urls_from_env() -> Vec<String> {
+    std::env::vars()
+        .filter_map(|(key, url)| {
+            let name = key.strip_prefix("PARTICIPANT_")?.strip_suffix("_URL")?;
+            (!name.is_empty()).then(|| format!("{}={url}", name.to_ascii_lowercase()))
+        })
+        .collect()
+}
+
+/// Reads every definition file in `dir`, sorted by name, as documents.
+pub fn read_definitions(dir: &Path) -> anyhow::Result<Vec<(PathBuf, Document)>> {
+    let entries = std::fs::read_dir(dir).with_context(|| {
+        format!(
+            "cannot read SAGAS_DIR={}: give the folder of saga definitions",
+            dir.display()
+        )
+    })?;
+    let mut paths: Vec<PathBuf> = entries
+        .filter_map(|entry| entry.ok().map(|e| e.path()))
+        .filter(|path| {
+            matches!(
+                path.extension().and_then(|e| e.to_str()),
+                Some("yaml" | "yml" | "json")
+            )
+        })
+        .collect();
+    paths.sort();
+    paths
+        .into_iter()
+        .map(|path| {
+            let text = std::fs::read_to_string(&path)
+                .with_context(|| format!("cannot read {}", path.display()))?;
+            let doc = Document::parse(&text, Format::from_path(&path))
+                .with_context(|| format!("{} is not a saga definition", path.display()))?;
+            Ok((path, doc))
+        })
+        .collect()
 }
 
 /// How [`run`] should stop.
@@ -200,15 +315,14 @@ pub async fn run(
          ({max_gap} ms), or live sagas would be taken over",
         config.lease_secs
     );
-    // Before the database: a malformed URL is the setting's error, whatever
-    // the database's state.
+    // Before the database: a malformed URL or document is the setting's
+    // error, whatever the database's state.
     let participants = Participants::new(
-        &config.flights_url,
-        &config.cars_url,
-        &config.payments_url,
+        &config.participant_urls()?,
         config.retry.attempt_timeout(),
         config.participant_max_in_flight,
     )?;
+    let documents = read_definitions(&config.sagas_dir)?;
     let pool = connect(&config.common.database_url, config.common.pool()).await?;
     let token = CancellationToken::new();
     let engine = Engine::new(
@@ -221,6 +335,10 @@ pub async fn run(
         },
         token.clone(),
     );
+    for (path, doc) in documents {
+        register_at_start(&engine, &path, doc).await?;
+    }
+    engine.refresh_definitions().await?;
     engine.reclaim_own().await?;
     let recovery = tokio::spawn(
         Arc::clone(&engine).recover(Duration::from_millis(config.recovery_interval_ms)),
@@ -228,10 +346,10 @@ pub async fn run(
     let state = AppState {
         engine: Arc::clone(&engine),
         pool,
-        trip_wait: Duration::from_secs(config.trip_wait_secs.min(http::trips::MAX_WAIT_SECS)),
+        trip_wait: Duration::from_secs(config.trip_wait_secs.min(http::sagas::MAX_WAIT_SECS)),
         default_deadline_secs: config.saga_deadline_secs,
     };
-    let request_timeout = Duration::from_secs(http::trips::MAX_WAIT_SECS + 10);
+    let request_timeout = Duration::from_secs(http::sagas::MAX_WAIT_SECS + 10);
     let router = common::server::with_middleware(app(state), request_timeout);
     let (mode_tx, mode_rx) = tokio::sync::oneshot::channel();
     let stop_driving = token.clone();
@@ -246,4 +364,28 @@ pub async fn run(
     let mode = mode_rx.await.unwrap_or(StopMode::Graceful);
     engine.stop(mode == StopMode::Graceful).await;
     Ok(())
+}
+
+/// Registers a definition file at start-up; its errors stop the start.
+async fn register_at_start(engine: &Engine, path: &Path, doc: Document) -> anyhow::Result<()> {
+    use saga::engine::RegisterError;
+    match engine.register(doc).await {
+        Ok((definition, _, warnings)) => {
+            for warning in warnings {
+                tracing::warn!(file = %path.display(), path = warning.path, code = warning.code, "{}", warning.message);
+            }
+            tracing::info!(file = %path.display(), name = %definition.name, version = definition.version, "definition registered");
+            Ok(())
+        }
+        Err(RegisterError::Invalid(diagnostics)) => {
+            let lines: Vec<String> = diagnostics
+                .iter()
+                .map(|d| format!("  {:?} {} at {}: {}", d.severity, d.code, d.path, d.message))
+                .collect();
+            anyhow::bail!("{} has errors:\n{}", path.display(), lines.join("\n"))
+        }
+        Err(err) => {
+            Err(anyhow::Error::new(err).context(format!("cannot register {}", path.display())))
+        }
+    }
 }

@@ -1,14 +1,29 @@
+use std::process::ExitCode;
+
 use anyhow::Context;
 use clap::Parser;
 
 use orchestrator::Config;
+use orchestrator::cli::{self, Tool};
 
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
+fn main() -> anyhow::Result<ExitCode> {
+    if cli::is_tool(std::env::args().nth(1).as_deref()) {
+        return cli::main(Tool::parse());
+    }
+    let mut config = Config::parse();
+    // The environment's participants first: the flags override them.
+    config
+        .participants
+        .splice(0..0, orchestrator::participant_urls_from_env());
+    serve(config)?;
+    Ok(ExitCode::SUCCESS)
+}
+
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let config = Config::parse();
+async fn serve(config: Config) -> anyhow::Result<()> {
     common::telemetry::init(config.common.log_format);
     let listener = tokio::net::TcpListener::bind(&config.listen_addr)
         .await

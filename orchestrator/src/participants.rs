@@ -1,22 +1,25 @@
-//! The HTTP client for the participants: builds each call from the saga
+//! The HTTP client for the participants: renders each call from the saga
 //! definition, sends it with its idempotency key, and sorts the answer into
 //! success, transient failure (retry) or business failure (final).
 
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
 use common::wire::IDEMPOTENCY_KEY;
-use reqwest::{StatusCode, Url};
+use reqwest::Url;
 use serde_json::{Value, json};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::saga::Trip;
-use crate::saga::definition::{Action, Outputs, Participant};
+use crate::definition::Action;
+use crate::definition::template::Scope;
 
 /// Why a call did not succeed, with what to record in `saga_log`.
 #[derive(Debug, Clone)]
 pub struct CallFailure {
-    /// Retrying may help: a timeout, a connection error, 408, 429 or 5xx.
+    /// Retrying may help: a timeout, a connection error, 408, 429 or 5xx
+    /// (or, for a step that lists its business failures, any status not
+    /// listed).
     pub transient: bool,
     /// The participant's answer or the error, as recorded.
     pub detail: Value,
@@ -29,27 +32,38 @@ pub struct Turn {
     _permit: Option<OwnedSemaphorePermit>,
 }
 
-/// The participants' base URLs, one shared, pooled HTTP client, and a bound
-/// on the calls in flight to each participant, so that thousands of sagas in
-/// flight share a few connections instead of opening one each.
+/// One participant: where it is, and its line of calls.
+#[derive(Debug)]
+struct Participant {
+    base: Base,
+    in_flight: Arc<Semaphore>,
+}
+
+/// The participants' base URLs by name, one shared, pooled HTTP client, and
+/// a bound on the calls in flight to each participant, so that thousands of
+/// sagas in flight share a few connections instead of opening one each.
 #[derive(Debug, Clone)]
 pub struct Participants {
     client: reqwest::Client,
-    flights: Base,
-    cars: Base,
-    payments: Base,
-    in_flight: [Arc<Semaphore>; 3],
+    by_name: Arc<HashMap<String, Participant>>,
     /// How long a wait for a turn goes before it is logged, as long as one
     /// attempt.
     queue_timeout: Duration,
 }
 
+/// A participant's base URL as configured: the setting that gave it (named
+/// in errors) and its value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BaseUrl {
+    pub setting: String,
+    pub url: String,
+}
+
 impl Participants {
-    /// A client whose every attempt is bounded by `attempt_timeout`.
+    /// A client whose every attempt is bounded by `attempt_timeout` (a step
+    /// may set its own), for the participants in `urls` (by name).
     pub fn new(
-        flights: &str,
-        cars: &str,
-        payments: &str,
+        urls: &BTreeMap<String, BaseUrl>,
         attempt_timeout: Duration,
         max_in_flight: usize,
     ) -> anyhow::Result<Self> {
@@ -62,39 +76,49 @@ impl Participants {
             .tcp_nodelay(true)
             .no_proxy()
             .build()?;
+        let mut by_name = HashMap::new();
+        for (name, base) in urls {
+            by_name.insert(
+                name.clone(),
+                Participant {
+                    base: Base::parse(&base.setting, &base.url)?,
+                    in_flight: Arc::new(Semaphore::new(max_in_flight)),
+                },
+            );
+        }
         Ok(Self {
             client,
-            flights: Base::parse("FLIGHTS_URL", flights)?,
-            cars: Base::parse("CARS_URL", cars)?,
-            payments: Base::parse("PAYMENTS_URL", payments)?,
-            in_flight: std::array::from_fn(|_| Arc::new(Semaphore::new(max_in_flight))),
+            by_name: Arc::new(by_name),
             queue_timeout: attempt_timeout,
         })
     }
 
-    fn base(&self, participant: Participant) -> &Base {
-        match participant {
-            Participant::Flights => &self.flights,
-            Participant::Cars => &self.cars,
-            Participant::Payments => &self.payments,
-        }
+    /// The names of the participants with a base URL.
+    pub fn names(&self) -> BTreeSet<String> {
+        self.by_name.keys().cloned().collect()
+    }
+
+    /// `participant`'s base URL, as calls to it start.
+    pub fn base_url(&self, participant: &str) -> Option<String> {
+        let base = &self.by_name.get(participant)?.base;
+        Some(base.join("").as_str().trim_end_matches('/').to_owned())
     }
 
     /// Waits for a turn to call `participant`, in line (first come, first
     /// served) with every other saga's call to it. The place in line holds as
-    /// long as the returned future does.
-    pub fn turn(&self, participant: Participant) -> impl Future<Output = Turn> + Send + 'static {
-        let line = Arc::clone(
-            &self.in_flight[match participant {
-                Participant::Flights => 0,
-                Participant::Cars => 1,
-                Participant::Payments => 2,
-            }],
-        );
+    /// long as the returned future does. A participant with no URL (a
+    /// definition is refused before that can happen) takes no turn.
+    pub fn turn(&self, participant: &str) -> impl Future<Output = Turn> + Send + 'static {
+        let line = self
+            .by_name
+            .get(participant)
+            .map(|p| Arc::clone(&p.in_flight));
         async move {
-            Turn {
-                _permit: line.acquire_owned().await.ok(),
-            }
+            let permit = match line {
+                Some(line) => line.acquire_owned().await.ok(),
+                None => None,
+            };
+            Turn { _permit: permit }
         }
     }
 
@@ -104,36 +128,48 @@ impl Participants {
         self.queue_timeout
     }
 
-    /// Makes one attempt of `action` for `trip`, in the `turn` it waited for.
-    /// The request is built once the turn has come, so that the sagas
-    /// waiting for one hold nothing but their place.
+    /// Makes one attempt of `action` for the saga `scope` describes, in the
+    /// `turn` it waited for. The request is built once the turn has come, so
+    /// that the sagas waiting for one hold nothing but their place. A
+    /// template that cannot be rendered (a field an answer lacks) fails the
+    /// call for good, without sending it.
     pub async fn call(
         &self,
         action: &Action,
-        trip: &Trip,
-        outputs: &Outputs,
+        scope: &Scope<'_>,
         turn: Turn,
     ) -> Result<Value, CallFailure> {
         let _turn = turn;
-        let body = (action.body)(trip, outputs).map_err(|err| CallFailure {
+        let rendered = action.render(scope).map_err(|err| CallFailure {
             transient: false,
-            detail: json!({ "error": "cannot build the request", "message": err }),
+            detail: json!({ "error": "template", "message": err.to_string() }),
         })?;
-        let url = self
-            .base(action.participant)
-            .join(&action.path.replace("{trip_id}", &trip.trip_id));
-        let key = format!("{}:{}", trip.trip_id, action.step);
+        let Some(participant) = self.by_name.get(&*action.participant) else {
+            return Err(CallFailure {
+                transient: true,
+                detail: json!({
+                    "error": "no participant URL",
+                    "message": format!("set {}", crate::definition::validate::url_setting(&action.participant)),
+                }),
+            });
+        };
+        let url = participant.base.join(&rendered.path);
+        let key = format!("{}:{}", scope.saga_id, action.step);
+        let mut request = self
+            .client
+            .request(action.method.clone(), url)
+            .header(IDEMPOTENCY_KEY, key);
+        if let Some(timeout) = action.timeout {
+            request = request.timeout(timeout);
+        }
+        if let Some(body) = &rendered.body {
+            request = request.json(body);
+        }
         // Boxed: the request's future is large, and only the calls in flight
         // need one.
-        let response = Box::pin(
-            self.client
-                .post(url)
-                .header(IDEMPOTENCY_KEY, key)
-                .json(&body)
-                .send(),
-        )
-        .await
-        .map_err(|err| transport_failure(&err))?;
+        let response = Box::pin(request.send())
+            .await
+            .map_err(|err| transport_failure(&err))?;
         let status = response.status();
         let bytes = response
             .bytes()
@@ -152,7 +188,7 @@ impl Participants {
             });
         }
         Err(CallFailure {
-            transient: is_transient(status),
+            transient: !action.is_business_failure(status.as_u16()),
             detail: json!({ "status": status.as_u16(), "body": answer }),
         })
     }
@@ -190,13 +226,6 @@ impl Base {
         url.set_path(&format!("{}{path}", self.path));
         url
     }
-}
-
-/// 408, 429 and 5xx may pass; any other 4xx is the participant's final word.
-pub fn is_transient(status: StatusCode) -> bool {
-    status == StatusCode::REQUEST_TIMEOUT
-        || status == StatusCode::TOO_MANY_REQUESTS
-        || status.is_server_error()
 }
 
 fn transport_failure(err: &reqwest::Error) -> CallFailure {
@@ -247,8 +276,16 @@ mod tests {
 
     #[test]
     fn a_base_that_is_no_url_is_refused_with_its_setting_named() {
-        let good = "http://127.0.0.1:8081";
-        let err = Participants::new(good, "127.0.0.1:8082", good, Duration::from_secs(1), 1)
+        let urls = |cars: &str| {
+            BTreeMap::from([(
+                "cars".to_owned(),
+                BaseUrl {
+                    setting: "CARS_URL".into(),
+                    url: cars.into(),
+                },
+            )])
+        };
+        let err = Participants::new(&urls("127.0.0.1:8082"), Duration::from_secs(1), 1)
             .unwrap_err()
             .to_string();
         assert!(
@@ -256,19 +293,9 @@ mod tests {
             "{err}"
         );
         // A host and port without a scheme parses as a URL of scheme `cars`.
-        let err = Participants::new(good, "cars:8082", good, Duration::from_secs(1), 1)
+        let err = Participants::new(&urls("cars:8082"), Duration::from_secs(1), 1)
             .unwrap_err()
             .to_string();
         assert!(err.contains("(scheme cars)"), "{err}");
-    }
-
-    #[test]
-    fn transient_statuses() {
-        for code in [408, 429, 500, 502, 503, 504] {
-            assert!(is_transient(StatusCode::from_u16(code).unwrap()), "{code}");
-        }
-        for code in [400, 404, 409, 415, 422] {
-            assert!(!is_transient(StatusCode::from_u16(code).unwrap()), "{code}");
-        }
     }
 }

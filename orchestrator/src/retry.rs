@@ -72,6 +72,15 @@ impl RetryPolicy {
         self.builder.build()
     }
 
+    /// The same policy with `max` attempts (the first included): a step's
+    /// own budget.
+    pub fn with_max_attempts(self, max: usize) -> Self {
+        Self {
+            builder: self.builder.with_max_times(max.saturating_sub(1)),
+            ..self
+        }
+    }
+
     /// The retry state of one call.
     pub fn attempts(&self) -> Attempts {
         Attempts {

@@ -32,12 +32,13 @@ impl Report {
 /// Checks every trip in the database.
 pub async fn check(pool: &PgPool) -> anyhow::Result<Report> {
     let rows = sqlx::query(
-        "SELECT s.trip_id, s.status::text AS saga, f.status::text AS flight,
+        "SELECT s.saga_id AS trip_id, s.status::text AS saga, f.status::text AS flight,
                 c.status::text AS car, p.status::text AS payment
          FROM orchestrator.sagas s
-         LEFT JOIN flights.reservations f USING (trip_id)
-         LEFT JOIN cars.rentals c USING (trip_id)
-         LEFT JOIN payments.payments p USING (trip_id)",
+         LEFT JOIN flights.reservations f ON f.trip_id = s.saga_id
+         LEFT JOIN cars.rentals c ON c.trip_id = s.saga_id
+         LEFT JOIN payments.payments p ON p.trip_id = s.saga_id
+         WHERE s.definition = 'travel'",
     )
     .fetch_all(pool)
     .await?;
@@ -81,7 +82,7 @@ pub async fn check(pool: &PgPool) -> anyhow::Result<Report> {
         let orphans = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT trip_id FROM {table} t
              WHERE status::text NOT IN ('cancelled', 'refunded')
-               AND NOT EXISTS (SELECT 1 FROM orchestrator.sagas s WHERE s.trip_id = t.trip_id)"
+               AND NOT EXISTS (SELECT 1 FROM orchestrator.sagas s WHERE s.saga_id = t.trip_id)"
         )))
         .fetch_all(pool)
         .await?;

@@ -11,6 +11,10 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use tokio::process::{Child, Command};
 
+/// The repository's saga definitions, which the orchestrators started here
+/// register (a service's own `SAGAS_DIR` overrides it).
+pub const SAGAS_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../sagas");
+
 /// One service process and how to start it again.
 pub struct Service {
     pub name: String,
@@ -47,6 +51,7 @@ impl Service {
             .open(&self.log)
             .with_context(|| format!("cannot open {}", self.log.display()))?;
         let child = Command::new(&self.binary)
+            .env("SAGAS_DIR", SAGAS_DIR)
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())

@@ -170,7 +170,7 @@ async fn a_crash_while_compensating_is_taken_over_by_another_process_after_the_l
     let saga = resumed_by(&mut env, other, "crash-3", "failPayment", "failed").await;
     assert!(interrupted(&saga, "CancelRentalReservation"), "{saga}");
     let owner: Option<String> =
-        sqlx::query_scalar("SELECT owner FROM orchestrator.sagas WHERE trip_id = 'crash-3'")
+        sqlx::query_scalar("SELECT owner FROM orchestrator.sagas WHERE saga_id = 'crash-3'")
             .fetch_one(env.db.pool())
             .await
             .unwrap();
@@ -244,7 +244,7 @@ async fn a_clean_stop_hands_the_leases_back() {
     let Env { db, cluster, .. } = env;
     cluster.stop().await.unwrap();
     let (owner, lease): (Option<String>, Option<String>) = sqlx::query_as(
-        "SELECT owner, lease_until::text FROM orchestrator.sagas WHERE trip_id = 'stop-1'",
+        "SELECT owner, lease_until::text FROM orchestrator.sagas WHERE saga_id = 'stop-1'",
     )
     .fetch_one(db.pool())
     .await

@@ -192,7 +192,7 @@ impl Env {
     /// The saga's log as `(step, status)` pairs, in order.
     pub async fn log(&self, trip_id: &str) -> Vec<(String, String)> {
         sqlx::query_as(
-            "SELECT step, status::text FROM orchestrator.saga_log WHERE trip_id = $1 ORDER BY seq",
+            "SELECT step, status::text FROM orchestrator.saga_log WHERE saga_id = $1 ORDER BY seq",
         )
         .bind(trip_id)
         .fetch_all(self.db.pool())

@@ -1,8 +1,13 @@
 //! The orchestrator's errors and the answers they become.
 
+use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use common::error::ErrorBody;
+use serde::Serialize;
+
+use crate::definition::Diagnostic;
+use crate::saga::engine::RegisterError;
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -13,20 +18,48 @@ pub enum Error {
     #[error("{0}")]
     InvalidTrip(String),
 
-    /// 400: a query parameter (wait, status, limit, before) is not acceptable.
+    /// 400: a saga's id or input does not fit its definition; the message
+    /// names each field.
+    #[error("{0}")]
+    InvalidInput(String),
+
+    /// 400: a query parameter (wait, status, limit, before, version) is not
+    /// acceptable.
     #[error("{0}")]
     InvalidQuery(String),
+
+    /// 400: the body is not a definition document (syntax or shape).
+    #[error("{0}")]
+    MalformedDefinition(String),
+
+    /// 422: the definition has errors; the body lists the diagnostics.
+    #[error("the definition has errors; fix each diagnostic and send it again")]
+    InvalidDefinition(Vec<Diagnostic>),
 
     /// 409: the trip has a saga already, started with other input.
     #[error("trip {trip_id} was started with different {}", fields.join(", "))]
     Conflict {
         trip_id: String,
-        fields: Vec<&'static str>,
+        fields: Vec<String>,
     },
+
+    /// 409: the saga id is taken (other input, another definition), or a
+    /// definition version exists with other content.
+    #[error("{0}")]
+    SagaConflict(String),
+
+    /// 409: a definition version exists with other content.
+    #[error("{0}")]
+    DefinitionConflict(String),
 
     /// 404: no saga for this trip.
     #[error("no saga for trip {0}")]
     NotFound(String),
+
+    /// 404: no saga, definition or version of that name; the message says
+    /// which.
+    #[error("{0}")]
+    Missing(String),
 
     /// 503 when the database is unreachable or does not answer (retry
     /// later), else 500; logged, answered opaquely.
@@ -36,10 +69,27 @@ pub enum Error {
     /// 503 when the database is unreachable (retry later), else 500; logged.
     #[error(transparent)]
     Write(#[from] crate::saga::writer::WriteError),
+}
 
-    /// 500: a stored saga cannot be read back; logged, answered opaquely.
-    #[error("stored saga is unreadable: {0}")]
-    Corrupt(String),
+impl From<RegisterError> for Error {
+    fn from(err: RegisterError) -> Self {
+        match err {
+            RegisterError::Invalid(diagnostics) => Error::InvalidDefinition(diagnostics),
+            conflict @ RegisterError::Conflict { .. } => {
+                Error::DefinitionConflict(conflict.to_string())
+            }
+            RegisterError::Database(err) => Error::Database(err),
+        }
+    }
+}
+
+/// The error body of a refused definition: the usual two fields and the
+/// diagnostics.
+#[derive(Serialize)]
+struct DiagnosticsBody<'a> {
+    error: &'static str,
+    message: String,
+    diagnostics: &'a [Diagnostic],
 }
 
 impl IntoResponse for Error {
@@ -50,16 +100,40 @@ impl IntoResponse for Error {
                 StatusCode::BAD_REQUEST,
                 ErrorBody::new("invalid_trip", message),
             ),
+            Error::InvalidInput(_) => (
+                StatusCode::BAD_REQUEST,
+                ErrorBody::new("invalid_input", message),
+            ),
             Error::InvalidQuery(_) => (
                 StatusCode::BAD_REQUEST,
                 ErrorBody::new("invalid_query", message),
             ),
+            Error::MalformedDefinition(_) => (
+                StatusCode::BAD_REQUEST,
+                ErrorBody::new("malformed_definition", message),
+            ),
+            Error::InvalidDefinition(diagnostics) => {
+                let body = DiagnosticsBody {
+                    error: "invalid_definition",
+                    message,
+                    diagnostics,
+                };
+                return (StatusCode::UNPROCESSABLE_ENTITY, Json(body)).into_response();
+            }
             Error::Conflict { .. } => (
                 StatusCode::CONFLICT,
                 ErrorBody::new(
                     "trip_conflict",
                     format!("{message}; send the same input to see that saga, or use a new tripID"),
                 ),
+            ),
+            Error::SagaConflict(_) => (
+                StatusCode::CONFLICT,
+                ErrorBody::new("saga_conflict", message),
+            ),
+            Error::DefinitionConflict(_) => (
+                StatusCode::CONFLICT,
+                ErrorBody::new("definition_conflict", message),
             ),
             Error::NotFound(_) => (
                 StatusCode::NOT_FOUND,
@@ -68,7 +142,8 @@ impl IntoResponse for Error {
                     format!("{message}; start it with GET /trip or POST /trips"),
                 ),
             ),
-            Error::Database(err) if crate::saga::executor::is_outage(err) => {
+            Error::Missing(_) => (StatusCode::NOT_FOUND, ErrorBody::new("not_found", message)),
+            Error::Database(err) if common::db::is_outage(err) => {
                 tracing::warn!(%err, "database unavailable");
                 unavailable()
             }
@@ -78,7 +153,6 @@ impl IntoResponse for Error {
                 unavailable()
             }
             Error::Write(err) => return common::error::internal(err),
-            Error::Corrupt(_) => return common::error::internal(&self),
         };
         body.into_response_with(status)
     }

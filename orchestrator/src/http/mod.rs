@@ -1,11 +1,15 @@
-//! The orchestrator's HTTP API: [`trips`] (start, read and list sagas) and
-//! the health probes.
+//! The orchestrator's HTTP API: [`sagas`] (start, read and list sagas of any
+//! definition), [`definitions`] (register, read, validate and dry-run
+//! definitions), [`trips`] (the travel sample's API, onto the `travel`
+//! definition) and the health probes.
 
 use axum::Router;
 
 use crate::AppState;
 
+pub mod definitions;
 mod error;
+pub mod sagas;
 pub mod trips;
 
 pub use error::{Error, Result};
@@ -13,5 +17,7 @@ pub use error::{Error, Result};
 pub(crate) fn router() -> Router<AppState> {
     Router::new()
         .merge(trips::router())
+        .merge(sagas::router())
+        .merge(definitions::router())
         .merge(common::health::router())
 }

@@ -1,12 +1,14 @@
-//! The travel saga: its names and statuses ([`model`]), its steps as data
-//! ([`definition`]), the executor that drives one saga ([`executor`]), and
-//! a saga as the API shows it ([`view`]).
+//! Running sagas: the statuses every saga shares ([`model`]), the engine
+//! that starts them and wakes the requests waiting for them ([`engine`]),
+//! the driving of one saga ([`drive`]), the takeover of sagas whose process
+//! stopped ([`recovery`]), the one batching writer of saga state
+//! ([`writer`]), and a saga as the API shows it ([`view`]).
 
-pub mod definition;
-pub mod executor;
+pub mod drive;
+pub mod engine;
 pub mod model;
+pub mod recovery;
 pub mod view;
 pub mod writer;
 
-pub use definition::{DEFINITION_VERSION, StepDef};
-pub use model::{SagaStatus, Step, StepEvent, Trip, TripInput};
+pub use model::{SagaStatus, StepEvent};

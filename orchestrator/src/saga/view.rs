@@ -4,18 +4,18 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use crate::saga::definition::forward_steps;
 use crate::saga::{SagaStatus, StepEvent};
 use crate::store::{LogRecord, SagaRecord};
 
 /// A saga in JSON.
 #[derive(Debug, Serialize)]
 pub struct SagaView {
-    pub trip_id: String,
-    pub run_type: String,
-    pub status: SagaStatus,
+    pub id: String,
+    pub definition: String,
     pub definition_version: i32,
+    pub status: SagaStatus,
     pub input: Value,
+    /// The answers of the forward steps that succeeded, by step name.
     pub outputs: Value,
     /// The steps that ran, in order.
     pub steps: Vec<StepView>,
@@ -39,13 +39,12 @@ pub struct StepView {
 
 impl SagaView {
     /// `logs` are the saga's log rows in `seq` order. The outputs are the
-    /// answers in the `succeeded` rows of forward steps.
-    pub fn new(saga: SagaRecord, logs: &[LogRecord]) -> Self {
-        let forward = forward_steps(&[saga.definition_version]);
+    /// answers in the `succeeded` rows of the steps `is_forward` names.
+    pub fn new(saga: SagaRecord, logs: &[LogRecord], is_forward: impl Fn(&str) -> bool) -> Self {
         let mut outputs = Map::new();
         let mut steps = Vec::new();
         for record in logs {
-            if record.status == StepEvent::Succeeded && forward.contains(&record.step.as_str()) {
+            if record.status == StepEvent::Succeeded && is_forward(&record.step) {
                 outputs.insert(record.step.clone(), record.detail.clone());
             }
             StepView::fold(
@@ -58,10 +57,10 @@ impl SagaView {
             );
         }
         Self {
-            trip_id: saga.trip_id,
-            run_type: saga.run_type,
-            status: saga.status,
+            id: saga.saga_id,
+            definition: saga.definition,
             definition_version: saga.definition_version,
+            status: saga.status,
             input: saga.input,
             outputs: Value::Object(outputs),
             steps,

@@ -37,7 +37,7 @@ pub struct WriteError {
 }
 
 /// When the write was made (the transaction's time, as written in the rows),
-/// or `None` when it was not (the trip exists, or the saga was fenced).
+/// or `None` when it was not (the saga exists, or the saga was fenced).
 pub type Written = Option<DateTime<Utc>>;
 
 type Reply = oneshot::Sender<Result<Written, WriteError>>;
@@ -82,7 +82,7 @@ impl Writer {
         answer.await.map_err(|_| closed())?
     }
 
-    /// Creates a saga; `Ok(None)` when the trip has one already.
+    /// Creates a saga; `Ok(None)` when one of that id exists already.
     pub async fn create(&self, new: NewSaga) -> Result<Written, WriteError> {
         self.submit(Job::Create(Box::new(new))).await
     }
@@ -122,19 +122,19 @@ async fn drain(
                 Err(_) => break,
             }
         }
-        // Requests for the same new trip may meet in one batch: the first
+        // Requests for the same new saga may meet in one batch: the first
         // creates it, the others find it exists.
         let mut seen = HashSet::new();
         let (mut creates, mut moves, mut replies) = (Vec::new(), Vec::new(), Vec::new());
         for (job, reply) in jobs {
             match job {
                 Job::Create(new) => {
-                    let trip_id = new.trip.trip_id.clone();
-                    let index = seen.insert(trip_id.clone()).then_some(creates.len());
+                    let saga_id = new.saga_id.clone();
+                    let index = seen.insert(saga_id.clone()).then_some(creates.len());
                     if index.is_some() {
                         creates.push(*new);
                     }
-                    replies.push((Entry::Create { trip_id, index }, reply));
+                    replies.push((Entry::Create { saga_id, index }, reply));
                 }
                 Job::Move(transition) => {
                     replies.push((Entry::Move(moves.len()), reply));
@@ -148,7 +148,7 @@ async fn drain(
             // batch is written again one saga at a time.
             Err(err) if !err.outage && creates.len() + moves.len() > 1 => {
                 tracing::warn!(%err, batch = replies.len(), "a batch failed; writing it one saga at a time");
-                // A second request for a trip created in this batch shares
+                // A second request for a saga created in this batch shares
                 // the fate of the first.
                 let mut first_creates: HashMap<String, Result<Written, WriteError>> =
                     HashMap::new();
@@ -158,7 +158,7 @@ async fn drain(
                 for (entry, reply) in replies {
                     let result = match &entry {
                         Entry::Create {
-                            trip_id,
+                            saga_id,
                             index: Some(i),
                         } => {
                             let alone = match &outage {
@@ -166,13 +166,13 @@ async fn drain(
                                 None => db.write(&owner, lease_secs, &creates[*i..=*i], &[]).await,
                             };
                             let result = answer(&alone, &entry, &moves);
-                            first_creates.insert(trip_id.clone(), result.clone());
+                            first_creates.insert(saga_id.clone(), result.clone());
                             result
                         }
                         Entry::Create {
-                            trip_id,
+                            saga_id,
                             index: None,
-                        } => match first_creates.get(trip_id) {
+                        } => match first_creates.get(saga_id) {
                             Some(Err(err)) => Err(err.clone()),
                             _ => Ok(None),
                         },
@@ -202,10 +202,10 @@ async fn drain(
 }
 
 /// A job of a batch: a create (`index` into the batch's creates, or none
-/// when an earlier job of the batch creates the same trip), or a move.
+/// when an earlier job of the batch creates the same saga), or a move.
 enum Entry {
     Create {
-        trip_id: String,
+        saga_id: String,
         index: Option<usize>,
     },
     Move(usize),
@@ -219,10 +219,10 @@ fn answer(
 ) -> Result<Written, WriteError> {
     let (made, applied) = written.as_ref().map_err(Clone::clone)?;
     Ok(match entry {
-        Entry::Create { trip_id, index } => made.get(trip_id).copied().filter(|_| index.is_some()),
+        Entry::Create { saga_id, index } => made.get(saga_id).copied().filter(|_| index.is_some()),
         Entry::Move(i) => {
             let t = &moves[*i];
-            applied.get(&(t.trip_id.clone(), t.version)).copied()
+            applied.get(&(t.saga_id.clone(), t.version)).copied()
         }
     })
 }
@@ -262,7 +262,7 @@ impl Connection {
             })
             .await;
         result.map_err(|err| {
-            let outage = crate::saga::executor::is_outage(&err);
+            let outage = common::db::is_outage(&err);
             if outage {
                 self.held = None;
             }

@@ -3,33 +3,38 @@
 
 use std::time::Duration;
 
-use orchestrator::saga::definition::Position;
-use orchestrator::saga::{Step, StepEvent, TripInput};
-use orchestrator::store::{self, LogEntry, Transition};
+use std::sync::Arc;
+
+use orchestrator::definition::Position;
+use orchestrator::saga::StepEvent;
+use orchestrator::store::{self, LogEntry, NewSaga, Transition};
 use serde_json::json;
 use testkit::TestDb;
 
-fn trip(id: &str) -> orchestrator::saga::Trip {
-    TripInput {
-        trip_id: Some(id.into()),
-        ..TripInput::default()
+/// A travel saga to create.
+fn saga(id: &str) -> NewSaga {
+    NewSaga {
+        saga_id: id.into(),
+        definition: "travel".into(),
+        version: 1,
+        input: Arc::new(json!({ "run_type": "success" })),
+        first_step: "ReserveFlight".into(),
+        deadline: None,
     }
-    .into_trip()
-    .unwrap()
 }
 
 fn succeeded_flight(seq: i32) -> Vec<LogEntry> {
     vec![
         LogEntry {
             seq,
-            step: Step::ReserveFlight,
+            step: "ReserveFlight".into(),
             event: StepEvent::Succeeded,
             attempt: 1,
             detail: json!({}),
         },
         LogEntry {
             seq: seq + 1,
-            step: Step::ReserveCarRental,
+            step: "ReserveCarRental".into(),
             event: StepEvent::Started,
             attempt: 1,
             detail: json!({}),
@@ -37,9 +42,9 @@ fn succeeded_flight(seq: i32) -> Vec<LogEntry> {
     ]
 }
 
-async fn log_len(db: &TestDb, trip_id: &str) -> i64 {
-    sqlx::query_scalar("SELECT count(*) FROM orchestrator.saga_log WHERE trip_id = $1")
-        .bind(trip_id)
+async fn log_len(db: &TestDb, saga_id: &str) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM orchestrator.saga_log WHERE saga_id = $1")
+        .bind(saga_id)
         .fetch_one(db.pool())
         .await
         .unwrap()
@@ -49,21 +54,15 @@ async fn log_len(db: &TestDb, trip_id: &str) -> i64 {
 async fn a_process_that_lost_its_lease_cannot_write() {
     let db = TestDb::new().await;
     let pool = db.pool();
-    let t = trip("fenced");
+    let t = saga("fenced");
     // Owner a's lease runs out at once.
+    assert!(store::create(pool, &t, "a", 0.0).await.unwrap());
     assert!(
-        store::create(pool, &t, Step::ReserveFlight, "a", 0.0, None)
-            .await
-            .unwrap()
-    );
-    assert!(
-        !store::create(pool, &t, Step::ReserveFlight, "a", 0.0, None)
-            .await
-            .unwrap(),
+        !store::create(pool, &t, "a", 0.0).await.unwrap(),
         "one saga per trip"
     );
 
-    let claimed = store::claim(pool, "b", None, 30.0, &[1], 10).await.unwrap();
+    let claimed = store::claim(pool, "b", None, 30.0, 10).await.unwrap();
     assert_eq!(claimed.len(), 1);
     let saga = &claimed[0];
     assert_eq!(
@@ -75,7 +74,7 @@ async fn a_process_that_lost_its_lease_cannot_write() {
         (1, StepEvent::Started, 1)
     );
     assert!(
-        store::claim(pool, "c", None, 30.0, &[1], 10)
+        store::claim(pool, "c", None, 30.0, 10)
             .await
             .unwrap()
             .is_empty(),
@@ -86,7 +85,7 @@ async fn a_process_that_lost_its_lease_cannot_write() {
     let log = succeeded_flight(2);
 
     let stale = Transition {
-        trip_id: "fenced".into(),
+        saga_id: "fenced".into(),
         version: 0,
         position: Position::Forward(1),
         log,
@@ -116,42 +115,32 @@ async fn a_restarted_process_reclaims_only_its_own_live_sagas() {
     let db = TestDb::new().await;
     let pool = db.pool();
     for (id, owner) in [("mine", "a"), ("theirs", "b")] {
-        assert!(
-            store::create(pool, &trip(id), Step::ReserveFlight, owner, 300.0, None)
-                .await
-                .unwrap()
-        );
+        assert!(store::create(pool, &saga(id), owner, 300.0).await.unwrap());
     }
     assert!(
-        store::claim(pool, "a", None, 30.0, &[1], 10)
+        store::claim(pool, "a", None, 30.0, 10)
             .await
             .unwrap()
             .is_empty(),
         "leases hold"
     );
     let restarted = store::now(pool).await.unwrap();
-    let claimed = store::claim(pool, "a", Some(restarted), 30.0, &[1], 10)
+    let claimed = store::claim(pool, "a", Some(restarted), 30.0, 10)
         .await
         .unwrap();
-    let ids: Vec<_> = claimed.iter().map(|c| c.trip_id.as_str()).collect();
+    let ids: Vec<_> = claimed.iter().map(|c| c.saga_id.as_str()).collect();
     assert_eq!(ids, ["mine"]);
     assert!(
-        store::claim(pool, "a", Some(restarted), 30.0, &[1], 10)
+        store::claim(pool, "a", Some(restarted), 30.0, 10)
             .await
             .unwrap()
             .is_empty(),
         "what it claimed since it restarted is not claimed again"
     );
-    assert!(
-        store::claim(pool, "a", None, 30.0, &[2], 10)
-            .await
-            .unwrap()
-            .is_empty()
-    );
 
     assert_eq!(store::release_leases(pool, "b").await.unwrap(), 1);
-    let claimed = store::claim(pool, "c", None, 30.0, &[1], 10).await.unwrap();
-    let ids: Vec<_> = claimed.iter().map(|c| c.trip_id.as_str()).collect();
+    let claimed = store::claim(pool, "c", None, 30.0, 10).await.unwrap();
+    let ids: Vec<_> = claimed.iter().map(|c| c.saga_id.as_str()).collect();
     assert_eq!(ids, ["theirs"], "a handed-back lease is free at once");
 }
 
@@ -160,17 +149,13 @@ async fn a_batch_applies_each_live_transition_and_fences_the_stale_ones() {
     let db = TestDb::new().await;
     let pool = db.pool();
     for id in ["one", "two", "three"] {
-        assert!(
-            store::create(pool, &trip(id), Step::ReserveFlight, "a", 30.0, None)
-                .await
-                .unwrap()
-        );
+        assert!(store::create(pool, &saga(id), "a", 30.0).await.unwrap());
     }
     let mv = |id: &str, version| {
         let mut log = succeeded_flight(2);
         log[0].detail = json!({ "booking_id": id });
         Transition {
-            trip_id: id.into(),
+            saga_id: id.into(),
             version,
             position: Position::Forward(1),
             log,
@@ -200,13 +185,13 @@ async fn a_batch_applies_each_live_transition_and_fences_the_stale_ones() {
 
     // A saga taken over gets its outputs back from the log.
     assert_eq!(store::release_leases(pool, "a").await.unwrap(), 3);
-    let claimed = store::claim(pool, "b", None, 30.0, &[1], 10).await.unwrap();
-    let one = claimed.iter().find(|c| c.trip_id == "one").unwrap();
+    let claimed = store::claim(pool, "b", None, 30.0, 10).await.unwrap();
+    let one = claimed.iter().find(|c| c.saga_id == "one").unwrap();
     assert_eq!(
         one.outputs,
         json!({ "ReserveFlight": { "booking_id": "one" } })
     );
-    let two = claimed.iter().find(|c| c.trip_id == "two").unwrap();
+    let two = claimed.iter().find(|c| c.saga_id == "two").unwrap();
     assert_eq!(two.outputs, json!({}));
 }
 
@@ -215,19 +200,11 @@ async fn one_statement_creates_sagas_and_moves_others() {
     let db = TestDb::new().await;
     let pool = db.pool();
     for id in ["old", "taken"] {
-        assert!(
-            store::create(pool, &trip(id), Step::ReserveFlight, "a", 30.0, None)
-                .await
-                .unwrap()
-        );
+        assert!(store::create(pool, &saga(id), "a", 30.0).await.unwrap());
     }
-    let new = |id: &str| store::NewSaga {
-        trip: trip(id),
-        first_step: Step::ReserveFlight,
-        deadline: None,
-    };
+    let new = |id: &str| saga(id);
     let mv = |version| Transition {
-        trip_id: "old".into(),
+        saga_id: "old".into(),
         version,
         position: Position::Forward(1),
         log: succeeded_flight(2),
@@ -260,14 +237,7 @@ async fn a_batch_of_transitions_finds_its_sagas_by_key_before_any_statistics() {
         .await
         .unwrap();
     let ids: Vec<String> = (0..2000).map(|i| format!("trip-{i}")).collect();
-    let new: Vec<_> = ids
-        .iter()
-        .map(|id| store::NewSaga {
-            trip: trip(id),
-            first_step: Step::ReserveFlight,
-            deadline: None,
-        })
-        .collect();
+    let new: Vec<_> = ids.iter().map(|id| saga(id)).collect();
     let (created, _) = store::write(&pool, &new, &[] as &[Transition], "a", 30.0)
         .await
         .unwrap();
@@ -275,7 +245,7 @@ async fn a_batch_of_transitions_finds_its_sagas_by_key_before_any_statistics() {
     let moves: Vec<_> = ids[..200]
         .iter()
         .map(|id| Transition {
-            trip_id: id.clone(),
+            saga_id: id.clone(),
             version: 0,
             position: Position::Forward(1),
             log: succeeded_flight(2),
@@ -309,11 +279,7 @@ async fn a_write_the_database_refuses_fails_alone_in_its_batch() {
     let db = TestDb::new().await;
     let pool = db.pool();
     for id in ["good", "bad"] {
-        assert!(
-            store::create(pool, &trip(id), Step::ReserveFlight, "a", 30.0, None)
-                .await
-                .unwrap()
-        );
+        assert!(store::create(pool, &saga(id), "a", 30.0).await.unwrap());
     }
     let writer = orchestrator::saga::writer::Writer::start(
         pool.clone(),
@@ -322,7 +288,7 @@ async fn a_write_the_database_refuses_fails_alone_in_its_batch() {
         Duration::from_secs(10),
     );
     let good = Transition {
-        trip_id: "good".into(),
+        saga_id: "good".into(),
         version: 0,
         position: Position::Forward(1),
         log: succeeded_flight(2),
@@ -331,7 +297,7 @@ async fn a_write_the_database_refuses_fails_alone_in_its_batch() {
     let mut log = succeeded_flight(2);
     log[1].seq = 2;
     let bad = Transition {
-        trip_id: "bad".into(),
+        saga_id: "bad".into(),
         version: 0,
         position: Position::Forward(1),
         log,
@@ -351,15 +317,11 @@ async fn a_write_the_database_refuses_fails_alone_in_its_batch() {
 async fn a_write_whose_answer_was_lost_is_found_by_its_first_log_row() {
     let db = TestDb::new().await;
     let pool = db.pool();
-    assert!(
-        store::create(pool, &trip("lost"), Step::ReserveFlight, "a", 30.0, None)
-            .await
-            .unwrap()
-    );
+    assert!(store::create(pool, &saga("lost"), "a", 30.0).await.unwrap());
     let mut log = succeeded_flight(2);
     log[0].detail = json!({ "booking_id": "b1" });
     let made = Transition {
-        trip_id: "lost".into(),
+        saga_id: "lost".into(),
         version: 0,
         position: Position::Forward(1),
         log,
@@ -392,11 +354,7 @@ async fn after_a_database_restart_the_writer_takes_a_new_connection() {
         30.0,
         Duration::from_secs(10),
     );
-    let new = |id: &str| store::NewSaga {
-        trip: trip(id),
-        first_step: Step::ReserveFlight,
-        deadline: None,
-    };
+    let new = |id: &str| saga(id);
     assert!(matches!(writer.create(new("before")).await, Ok(Some(_))));
 
     // The crash cuts the connection the writer holds, and those idle in the
@@ -440,11 +398,7 @@ async fn a_write_the_database_never_answers_fails_as_an_outage_and_the_next_goes
     let (proxy, pool) = through_a_silent_proxy(&db).await;
     let timeout = Duration::from_millis(500);
     let writer = orchestrator::saga::writer::Writer::start(pool.clone(), "a".into(), 30.0, timeout);
-    let new = |id: &str| store::NewSaga {
-        trip: trip(id),
-        first_step: Step::ReserveFlight,
-        deadline: None,
-    };
+    let new = |id: &str| saga(id);
     assert!(matches!(writer.create(new("before")).await, Ok(Some(_))));
 
     // Every connection open now, the writer's among them, stops answering
@@ -478,7 +432,7 @@ async fn a_write_the_database_never_answers_fails_as_an_outage_and_the_next_goes
         "{after:?} after {attempts} attempts"
     );
     let sagas: Vec<String> =
-        sqlx::query_scalar("SELECT trip_id FROM orchestrator.sagas ORDER BY trip_id")
+        sqlx::query_scalar("SELECT saga_id FROM orchestrator.sagas ORDER BY saga_id")
             .fetch_all(db.pool())
             .await
             .unwrap();
@@ -531,7 +485,7 @@ async fn a_query_the_database_never_answers_is_given_up_and_its_connection_close
         matches!(&unanswered, Err(sqlx::Error::Io(err)) if err.kind() == std::io::ErrorKind::TimedOut),
         "{unanswered:?}"
     );
-    assert!(orchestrator::saga::executor::is_outage(
+    assert!(orchestrator::saga::engine::is_outage(
         &unanswered.unwrap_err()
     ));
     closed(&proxy, closed_before).await;
@@ -550,7 +504,7 @@ async fn a_query_the_database_never_answers_is_given_up_and_its_connection_close
             .await
             .expect("a query hung")
         {
-            Err(err) if orchestrator::saga::executor::is_outage(&err) && attempts <= 10 => continue,
+            Err(err) if orchestrator::saga::engine::is_outage(&err) && attempts <= 10 => continue,
             other => break other,
         }
     };
@@ -570,20 +524,13 @@ async fn closed(proxy: &testkit::silent::SilentProxy, before: usize) {
 
 #[tokio::test]
 async fn a_read_the_database_never_answers_is_a_503_and_the_next_goes_through() {
-    use orchestrator::saga::executor::{Engine, EngineConfig};
+    use orchestrator::saga::engine::{Engine, EngineConfig};
 
     let db = TestDb::new().await;
     assert!(
-        store::create(
-            db.pool(),
-            &trip("read"),
-            Step::ReserveFlight,
-            "a",
-            30.0,
-            None
-        )
-        .await
-        .unwrap()
+        store::create(db.pool(), &saga("read"), "a", 30.0)
+            .await
+            .unwrap()
     );
     let (proxy, pool) = through_a_silent_proxy(&db).await;
     // Reads are given up after a third of the lease: 2 s.
@@ -592,12 +539,23 @@ async fn a_read_the_database_never_answers_is_a_503_and_the_next_goes_through() 
         lease: Duration::from_secs(6),
         retry: orchestrator::retry::RetryConfig::default(),
     };
-    let nobody = "http://127.0.0.1:9";
+    let nobody = |name: &str| orchestrator::participants::BaseUrl {
+        setting: name.into(),
+        url: "http://127.0.0.1:9".into(),
+    };
+    let urls = ["flights", "cars", "payments"]
+        .map(|name| (name.to_owned(), nobody(name)))
+        .into();
     let participants =
-        orchestrator::participants::Participants::new(nobody, nobody, nobody, config.lease, 1)
-            .unwrap();
+        orchestrator::participants::Participants::new(&urls, config.lease, 1).unwrap();
     let token = tokio_util::sync::CancellationToken::new();
     let engine = Engine::new(pool.clone(), participants, &config, token);
+    let travel = orchestrator::definition::Document::parse(
+        orchestrator::definition::TRAVEL_YAML,
+        orchestrator::definition::Format::Yaml,
+    )
+    .unwrap();
+    engine.register(travel).await.unwrap();
     let server = testkit::TestServer::start(orchestrator::app(orchestrator::AppState {
         engine: std::sync::Arc::clone(&engine),
         pool: pool.clone(),

@@ -7,19 +7,20 @@
 
 use std::borrow::Borrow;
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sqlx::PgPool;
 
-use crate::saga::definition::{Position, forward_steps};
-use crate::saga::{DEFINITION_VERSION, SagaStatus, Step, StepEvent, Trip};
+use crate::definition::Position;
+use crate::saga::{SagaStatus, StepEvent};
 
 /// A row of `orchestrator.sagas`.
 #[derive(Debug, Clone)]
 pub struct SagaRecord {
-    pub trip_id: String,
-    pub run_type: String,
+    pub saga_id: String,
+    pub definition: String,
     pub status: SagaStatus,
     pub definition_version: i32,
     pub cursor: i32,
@@ -33,7 +34,7 @@ pub struct SagaRecord {
 /// A row of `orchestrator.saga_log`.
 #[derive(Debug, Clone)]
 pub struct LogRecord {
-    pub trip_id: String,
+    pub saga_id: String,
     pub seq: i32,
     pub step: String,
     pub status: StepEvent,
@@ -42,11 +43,11 @@ pub struct LogRecord {
     pub at: DateTime<Utc>,
 }
 
-/// The sagas a batch created, by trip id, with the time written (the
+/// The sagas a batch created, by saga id, with the time written (the
 /// transaction's, as in the rows).
 pub type Created = HashMap<String, DateTime<Utc>>;
 
-/// The transitions a batch applied, by trip id and the version they moved
+/// The transitions a batch applied, by saga id and the version they moved
 /// from, with the time written.
 pub type Applied = HashMap<(String, i64), DateTime<Utc>>;
 
@@ -54,7 +55,7 @@ pub type Applied = HashMap<(String, i64), DateTime<Utc>>;
 #[derive(Debug, Clone)]
 pub struct LogEntry {
     pub seq: i32,
-    pub step: Step,
+    pub step: Arc<str>,
     pub event: StepEvent,
     pub attempt: i32,
     pub detail: Value,
@@ -63,7 +64,7 @@ pub struct LogEntry {
 /// One move of one saga.
 #[derive(Debug, Clone)]
 pub struct Transition {
-    pub trip_id: String,
+    pub saga_id: String,
     /// The version the mover read; the write succeeds only if it still holds.
     pub version: i64,
     pub position: Position,
@@ -73,35 +74,32 @@ pub struct Transition {
 /// A saga to create.
 #[derive(Debug, Clone)]
 pub struct NewSaga {
-    pub trip: Trip,
-    pub first_step: Step,
+    pub saga_id: String,
+    pub definition: Arc<str>,
+    pub version: i32,
+    /// The input, its defaults filled in.
+    pub input: Arc<Value>,
+    pub first_step: Arc<str>,
     pub deadline: Option<DateTime<Utc>>,
 }
 
-/// Inserts a new saga for `trip`, owned by `owner`, with its first step
-/// logged as started. Returns `false` if the trip has a saga already.
+/// Inserts `new`, owned by `owner`, with its first step logged as started.
+/// Returns `false` if a saga of that id exists already.
 pub async fn create(
     pool: &PgPool,
-    trip: &Trip,
-    first_step: Step,
+    new: &NewSaga,
     owner: &str,
     lease_secs: f64,
-    deadline: Option<DateTime<Utc>>,
 ) -> sqlx::Result<bool> {
-    let new = NewSaga {
-        trip: trip.clone(),
-        first_step,
-        deadline,
-    };
     let (created, _) = write(
         pool,
-        std::slice::from_ref(&new),
+        std::slice::from_ref(new),
         &[] as &[Transition],
         owner,
         lease_secs,
     )
     .await?;
-    Ok(created.contains_key(&trip.trip_id))
+    Ok(created.contains_key(&new.saga_id))
 }
 
 /// Applies `t` if the saga's version is still `t.version`. Returns `false`
@@ -109,7 +107,7 @@ pub async fn create(
 /// stop driving it.
 pub async fn transition(pool: &PgPool, t: &Transition, lease_secs: f64) -> sqlx::Result<bool> {
     let applied = transitions(pool, std::slice::from_ref(t), lease_secs).await?;
-    Ok(applied.contains_key(&(t.trip_id.clone(), t.version)))
+    Ok(applied.contains_key(&(t.saga_id.clone(), t.version)))
 }
 
 /// Applies a batch of transitions of different sagas in one statement: see
@@ -124,12 +122,12 @@ pub async fn transitions<T: Borrow<Transition>>(
 }
 
 /// Writes a batch in one statement (one round trip, one commit): the new
-/// sagas `creates` (of distinct trips), owned by `owner`, each with its
+/// sagas `creates` (of distinct ids), owned by `owner`, each with its
 /// first step logged as started, and the transitions `moves` of sagas
 /// created before, each applied only if its saga's version is still the
-/// one it read. Returns the trips created and the transitions applied (by
-/// trip id and the version they moved from), each with the time written
-/// (the transaction's); a trip that had a saga already is not created, a
+/// one it read. Returns the sagas created and the transitions applied (by
+/// saga id and the version they moved from), each with the time written
+/// (the transaction's); an id that had a saga already is not created, a
 /// fenced transition is not applied.
 ///
 /// Every part of the statement sees the same snapshot, so a move of a saga
@@ -143,18 +141,15 @@ pub async fn write<T: Borrow<Transition>>(
     owner: &str,
     lease_secs: f64,
 ) -> sqlx::Result<(Created, Applied)> {
-    let new_trips: Vec<&str> = creates.iter().map(|n| n.trip.trip_id.as_str()).collect();
-    let run_types: Vec<&str> = creates.iter().map(|n| n.trip.run_type.as_str()).collect();
-    let inputs = creates
-        .iter()
-        .map(|n| serde_json::to_value(&n.trip))
-        .collect::<Result<Vec<Value>, _>>()
-        .map_err(|err| sqlx::Error::Encode(Box::new(err)))?;
+    let new_ids: Vec<&str> = creates.iter().map(|n| n.saga_id.as_str()).collect();
+    let definitions: Vec<&str> = creates.iter().map(|n| &*n.definition).collect();
+    let definition_versions: Vec<i32> = creates.iter().map(|n| n.version).collect();
+    let inputs: Vec<&Value> = creates.iter().map(|n| &*n.input).collect();
     let deadlines: Vec<Option<DateTime<Utc>>> = creates.iter().map(|n| n.deadline).collect();
-    let first_steps: Vec<&str> = creates.iter().map(|n| n.first_step.as_str()).collect();
+    let first_steps: Vec<&str> = creates.iter().map(|n| &*n.first_step).collect();
 
     let moves: Vec<&Transition> = moves.iter().map(Borrow::borrow).collect();
-    let trip_ids: Vec<&str> = moves.iter().map(|t| t.trip_id.as_str()).collect();
+    let saga_ids: Vec<&str> = moves.iter().map(|t| t.saga_id.as_str()).collect();
     let versions: Vec<i64> = moves.iter().map(|t| t.version).collect();
     let statuses: Vec<&str> = moves.iter().map(|t| t.position.status().as_str()).collect();
     let cursors: Vec<i32> = moves.iter().map(|t| t.position.cursor()).collect();
@@ -162,10 +157,10 @@ pub async fn write<T: Borrow<Transition>>(
     let mut log = LogColumns::with_capacity(rows);
     for t in &moves {
         for e in &t.log {
-            log.trips.push(t.trip_id.as_str());
+            log.sagas.push(t.saga_id.as_str());
             log.versions.push(t.version);
             log.seqs.push(e.seq);
-            log.steps.push(e.step.as_str());
+            log.steps.push(&e.step);
             log.events.push(e.event.as_str());
             log.attempts.push(e.attempt);
             log.details.push(&e.detail);
@@ -173,25 +168,26 @@ pub async fn write<T: Borrow<Transition>>(
     }
     let rows = sqlx::query!(
         r#"WITH new AS (
-               SELECT * FROM unnest($1::text[], $2::text[], $3::jsonb[], $4::timestamptz[], $5::text[])
-                   AS n(trip_id, run_type, input, deadline, first_step)),
+               SELECT * FROM unnest($1::text[], $2::text[], $6::int4[], $3::jsonb[],
+                                    $4::timestamptz[], $5::text[])
+                   AS n(saga_id, definition, definition_version, input, deadline, first_step)),
            created AS (
                INSERT INTO orchestrator.sagas
-                   (trip_id, run_type, status, definition_version, cursor, input, owner, lease_until,
-                    deadline)
-               SELECT trip_id, run_type, 'running', $6, 0, input, $7,
+                   (saga_id, definition, status, definition_version, cursor, input, owner,
+                    lease_until, deadline)
+               SELECT saga_id, definition, 'running', definition_version, 0, input, $7,
                       now() + make_interval(secs => $8), deadline
                FROM new
-               ON CONFLICT (trip_id) DO NOTHING
-               RETURNING trip_id),
+               ON CONFLICT (saga_id) DO NOTHING
+               RETURNING saga_id),
            created_log AS (
-               INSERT INTO orchestrator.saga_log (trip_id, seq, step, status, attempt, detail)
-               SELECT n.trip_id, 1, n.first_step, 'started', 1,
-                      jsonb_build_object('idempotency_key', n.trip_id || ':' || n.first_step)
-               FROM new n WHERE n.trip_id IN (SELECT trip_id FROM created)),
+               INSERT INTO orchestrator.saga_log (saga_id, seq, step, status, attempt, detail)
+               SELECT n.saga_id, 1, n.first_step, 'started', 1,
+                      jsonb_build_object('idempotency_key', n.saga_id || ':' || n.first_step)
+               FROM new n WHERE n.saga_id IN (SELECT saga_id FROM created)),
            moves AS (
                SELECT * FROM unnest($9::text[], $10::int8[], $11::text[], $12::int4[])
-                   AS m(trip_id, version, status, cursor)),
+                   AS m(saga_id, version, status, cursor)),
            moved AS (
                UPDATE orchestrator.sagas s
                SET status = m.status::orchestrator.saga_status,
@@ -202,34 +198,34 @@ pub async fn write<T: Borrow<Transition>>(
                    owner = CASE WHEN m.status IN ('succeeded', 'failed') THEN NULL ELSE s.owner END,
                    updated_at = now()
                FROM moves m
-               WHERE s.trip_id = m.trip_id AND s.version = m.version
-               RETURNING s.trip_id, m.version AS from_version),
+               WHERE s.saga_id = m.saga_id AND s.version = m.version
+               RETURNING s.saga_id, m.version AS from_version),
            moved_log AS (
-               INSERT INTO orchestrator.saga_log (trip_id, seq, step, status, attempt, detail)
-               SELECT l.trip_id, l.seq, l.step, l.status::orchestrator.step_event, l.attempt, l.detail
+               INSERT INTO orchestrator.saga_log (saga_id, seq, step, status, attempt, detail)
+               SELECT l.saga_id, l.seq, l.step, l.status::orchestrator.step_event, l.attempt, l.detail
                FROM unnest($13::text[], $14::int8[], $15::int4[], $16::text[], $17::text[],
                            $18::int4[], $19::jsonb[])
-                    AS l(trip_id, version, seq, step, status, attempt, detail)
+                    AS l(saga_id, version, seq, step, status, attempt, detail)
                -- Only the rows of the moves applied: a stale mover's rows
                -- for the same saga may be in the same batch.
-               WHERE (l.trip_id, l.version) IN (SELECT trip_id, from_version FROM moved))
-           -- A created trip comes back without a version.
-           SELECT trip_id AS "trip_id!", NULL::int8 AS from_version, now() AS "at!" FROM created
+               WHERE (l.saga_id, l.version) IN (SELECT saga_id, from_version FROM moved))
+           -- A created saga comes back without a version.
+           SELECT saga_id AS "saga_id!", NULL::int8 AS from_version, now() AS "at!" FROM created
            UNION ALL
-           SELECT trip_id, from_version, now() FROM moved"#,
-        &new_trips as &[&str],
-        &run_types as &[&str],
-        &inputs,
+           SELECT saga_id, from_version, now() FROM moved"#,
+        &new_ids as &[&str],
+        &definitions as &[&str],
+        &inputs as &[&Value],
         &deadlines as &[Option<DateTime<Utc>>],
         &first_steps as &[&str],
-        DEFINITION_VERSION,
+        &definition_versions,
         owner,
         lease_secs,
-        &trip_ids as &[&str],
+        &saga_ids as &[&str],
         &versions,
         &statuses as &[&str],
         &cursors,
-        &log.trips as &[&str],
+        &log.sagas as &[&str],
         &log.versions,
         &log.seqs,
         &log.steps as &[&str],
@@ -242,8 +238,8 @@ pub async fn write<T: Borrow<Transition>>(
     let (mut created, mut applied) = (Created::new(), Applied::new());
     for row in rows {
         match row.from_version {
-            None => created.insert(row.trip_id, row.at),
-            Some(version) => applied.insert((row.trip_id, version), row.at),
+            None => created.insert(row.saga_id, row.at),
+            Some(version) => applied.insert((row.saga_id, version), row.at),
         };
     }
     Ok((created, applied))
@@ -252,7 +248,7 @@ pub async fn write<T: Borrow<Transition>>(
 /// The log rows of a batch of transitions, a column each, as the statement
 /// takes them.
 struct LogColumns<'a> {
-    trips: Vec<&'a str>,
+    sagas: Vec<&'a str>,
     versions: Vec<i64>,
     seqs: Vec<i32>,
     steps: Vec<&'a str>,
@@ -264,7 +260,7 @@ struct LogColumns<'a> {
 impl LogColumns<'_> {
     fn with_capacity(rows: usize) -> Self {
         Self {
-            trips: Vec::with_capacity(rows),
+            sagas: Vec::with_capacity(rows),
             versions: Vec::with_capacity(rows),
             seqs: Vec::with_capacity(rows),
             steps: Vec::with_capacity(rows),
@@ -287,11 +283,11 @@ pub async fn was_written(
     };
     sqlx::query_scalar!(
         r#"SELECT at FROM orchestrator.saga_log
-           WHERE trip_id = $1 AND seq = $2 AND step = $3
+           WHERE saga_id = $1 AND seq = $2 AND step = $3
              AND status = $4::text::orchestrator.step_event AND attempt = $5 AND detail = $6"#,
-        t.trip_id,
+        t.saga_id,
         first.seq,
-        first.step.as_str(),
+        &*first.step,
         first.event.as_str(),
         first.attempt,
         first.detail,
@@ -307,28 +303,29 @@ pub async fn now(pool: &PgPool) -> sqlx::Result<DateTime<Utc>> {
         .await
 }
 
-/// The saga of `trip_id`, if any.
-#[tracing::instrument(skip_all, fields(%trip_id), err)]
+/// The saga `saga_id`, if any.
+#[tracing::instrument(skip_all, fields(%saga_id), err)]
 pub async fn find(
     db: impl sqlx::PgExecutor<'_>,
-    trip_id: &str,
+    saga_id: &str,
 ) -> sqlx::Result<Option<SagaRecord>> {
     sqlx::query_as!(
         SagaRecord,
-        r#"SELECT trip_id, run_type, status AS "status: SagaStatus", definition_version, cursor,
+        r#"SELECT saga_id, definition, status AS "status: SagaStatus", definition_version, cursor,
                   input, version, owner, created_at, updated_at
-           FROM orchestrator.sagas WHERE trip_id = $1"#,
-        trip_id,
+           FROM orchestrator.sagas WHERE saga_id = $1"#,
+        saga_id,
     )
     .fetch_optional(db)
     .await
 }
 
-/// A page of sagas, newest first, optionally of one status, strictly before
-/// the cursor `(created_at, trip_id)`.
+/// A page of sagas, newest first, optionally of one definition and one
+/// status, strictly before the cursor `(created_at, saga_id)`.
 #[tracing::instrument(skip_all, err)]
 pub async fn list(
     db: impl sqlx::PgExecutor<'_>,
+    definition: Option<&str>,
     status: Option<SagaStatus>,
     before: Option<(DateTime<Utc>, String)>,
     limit: i64,
@@ -336,41 +333,43 @@ pub async fn list(
     let (before_at, before_id) = before.unzip();
     sqlx::query_as!(
         SagaRecord,
-        r#"SELECT trip_id, run_type, status AS "status: SagaStatus", definition_version, cursor,
+        r#"SELECT saga_id, definition, status AS "status: SagaStatus", definition_version, cursor,
                   input, version, owner, created_at, updated_at
            FROM orchestrator.sagas
            WHERE ($1::text IS NULL OR status = $1::text::orchestrator.saga_status)
-             AND ($2::timestamptz IS NULL OR (created_at, trip_id) < ($2, $3::text))
-           ORDER BY created_at DESC, trip_id DESC
+             AND ($2::timestamptz IS NULL OR (created_at, saga_id) < ($2, $3::text))
+             AND ($5::text IS NULL OR definition = $5)
+           ORDER BY created_at DESC, saga_id DESC
            LIMIT $4"#,
         status.map(SagaStatus::as_str),
         before_at,
         before_id,
         limit,
+        definition,
     )
     .fetch_all(db)
     .await
 }
 
-/// The log of every saga in `trip_ids`, in order within each saga.
+/// The log of every saga in `saga_ids`, in order within each saga.
 #[tracing::instrument(skip_all, err)]
 pub async fn logs(
     db: impl sqlx::PgExecutor<'_>,
-    trip_ids: &[String],
+    saga_ids: &[String],
 ) -> sqlx::Result<Vec<LogRecord>> {
     sqlx::query_as!(
         LogRecord,
-        // One key lookup per trip (a lateral join on equality): `= ANY($1)`
+        // One key lookup per saga (a lateral join on equality): `= ANY($1)`
         // can be planned as a scan of the whole log.
-        r#"SELECT l.trip_id AS "trip_id!", l.seq AS "seq!", l.step AS "step!",
+        r#"SELECT l.saga_id AS "saga_id!", l.seq AS "seq!", l.step AS "step!",
                   l.status AS "status!: StepEvent", l.attempt AS "attempt!", l.detail AS "detail!",
                   l.at AS "at!"
-           FROM unnest($1::text[]) AS t(trip_id)
+           FROM unnest($1::text[]) AS t(saga_id)
            CROSS JOIN LATERAL (
-               SELECT trip_id, seq, step, status, attempt, detail, at
-               FROM orchestrator.saga_log WHERE trip_id = t.trip_id ORDER BY seq) l
-           ORDER BY l.trip_id, l.seq"#,
-        trip_ids,
+               SELECT saga_id, seq, step, status, attempt, detail, at
+               FROM orchestrator.saga_log WHERE saga_id = t.saga_id ORDER BY seq) l
+           ORDER BY l.saga_id, l.seq"#,
+        saga_ids,
     )
     .fetch_all(db)
     .await
@@ -393,12 +392,14 @@ pub async fn release_leases(pool: &PgPool, owner: &str) -> sqlx::Result<u64> {
 /// An unfinished saga this process has just claimed.
 #[derive(Debug, Clone)]
 pub struct Claimed {
-    pub trip_id: String,
+    pub saga_id: String,
+    pub definition: String,
     pub status: SagaStatus,
     pub definition_version: i32,
     pub cursor: i32,
     pub input: Value,
-    /// The answers of the forward steps that succeeded, by step name.
+    /// The answers of the steps that succeeded, by step name (the
+    /// compensations' among them: the caller keeps its forward steps').
     pub outputs: Value,
     /// The version after the claim: the claimer's fence.
     pub version: i64,
@@ -422,17 +423,15 @@ pub async fn claim(
     owner: &str,
     own_before: Option<DateTime<Utc>>,
     lease_secs: f64,
-    versions: &[i32],
     limit: i64,
 ) -> sqlx::Result<Vec<Claimed>> {
     sqlx::query_as!(
         Claimed,
         r#"WITH candidates AS (
-               SELECT trip_id, owner FROM orchestrator.sagas
+               SELECT saga_id, owner FROM orchestrator.sagas
                WHERE status IN ('running', 'compensating')
-                 AND definition_version = ANY($4)
                  AND (lease_until IS NULL OR lease_until < now()
-                      OR (owner = $1 AND updated_at < $5::timestamptz))
+                      OR (owner = $1 AND updated_at < $4::timestamptz))
                ORDER BY lease_until NULLS FIRST
                LIMIT $3
                FOR UPDATE SKIP LOCKED),
@@ -441,10 +440,11 @@ pub async fn claim(
                SET owner = $1, lease_until = now() + make_interval(secs => $2),
                    version = s.version + 1, updated_at = now()
                FROM candidates c
-               WHERE s.trip_id = c.trip_id
-               RETURNING s.trip_id, s.status, s.definition_version, s.cursor, s.input,
-                         s.version, c.owner AS previous_owner, s.deadline)
-           SELECT c.trip_id AS "trip_id!", c.status AS "status!: SagaStatus",
+               WHERE s.saga_id = c.saga_id
+               RETURNING s.saga_id, s.definition, s.status, s.definition_version, s.cursor,
+                         s.input, s.version, c.owner AS previous_owner, s.deadline)
+           SELECT c.saga_id AS "saga_id!", c.definition AS "definition!",
+                  c.status AS "status!: SagaStatus",
                   c.definition_version AS "definition_version!", c.cursor AS "cursor!",
                   c.input AS "input!", o.outputs AS "outputs!", c.version AS "version!",
                   c.previous_owner, c.deadline,
@@ -452,17 +452,15 @@ pub async fn claim(
            FROM claimed c
            CROSS JOIN LATERAL (
                SELECT seq, status, attempt FROM orchestrator.saga_log
-               WHERE trip_id = c.trip_id ORDER BY seq DESC LIMIT 1) l
+               WHERE saga_id = c.saga_id ORDER BY seq DESC LIMIT 1) l
            CROSS JOIN LATERAL (
                SELECT coalesce(jsonb_object_agg(step, detail), '{}') AS outputs
                FROM orchestrator.saga_log
-               WHERE trip_id = c.trip_id AND status = 'succeeded' AND step = ANY($6)) o"#,
+               WHERE saga_id = c.saga_id AND status = 'succeeded') o"#,
         owner,
         lease_secs,
         limit,
-        versions,
         own_before,
-        &forward_steps(versions) as &[&str],
     )
     .fetch_all(db)
     .await

@@ -1,0 +1,394 @@
+//! Sagas of any definition: start one (`POST /sagas/{definition}`), read
+//! one (`GET /sagas/{definition}/{id}`), list them (`GET /sagas`).
+//!
+//! Starting is idempotent by saga id: the same id with the same input joins
+//! the saga and starts nothing; with other input, or an id another
+//! definition uses, it is a 409.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use chrono::{DateTime, Utc};
+use common::extract::{Json, Path, Query};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::{Error, Result};
+use crate::AppState;
+use crate::definition::Definition;
+use crate::saga::SagaStatus;
+use crate::saga::engine::Start;
+use crate::saga::view::SagaView;
+use crate::store;
+
+/// The longest `?wait=` accepted, in seconds.
+pub const MAX_WAIT_SECS: u64 = 60;
+const DEFAULT_LIMIT: i64 = 50;
+const MAX_LIMIT: i64 = 500;
+/// The longest deadline accepted: a week.
+pub const MAX_DEADLINE_SECS: u64 = 7 * 24 * 3600;
+
+pub(crate) fn router() -> Router<AppState> {
+    Router::new()
+        .route("/sagas", get(list))
+        .route("/sagas/{definition}", post(start))
+        .route("/sagas/{definition}/{id}", get(show))
+}
+
+#[derive(Debug, Deserialize)]
+struct StartQuery {
+    wait: Option<String>,
+    version: Option<String>,
+}
+
+/// `POST /sagas/{definition}`'s body.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StartBody {
+    /// Default: a new UUID.
+    id: Option<String>,
+    #[serde(default)]
+    input: Option<Value>,
+    /// Seconds the forward steps may take before the saga compensates.
+    deadline_secs: Option<u64>,
+}
+
+#[tracing::instrument(skip_all, fields(%definition, id = body.id))]
+async fn start(
+    State(state): State<AppState>,
+    Path(definition): Path<String>,
+    Query(query): Query<StartQuery>,
+    Json(body): Json<StartBody>,
+) -> Result<Response> {
+    let wait = state.wait(query.wait.as_deref())?;
+    let version = query
+        .version
+        .as_deref()
+        .map(|v| {
+            v.parse::<i32>().ok().filter(|v| *v > 0).ok_or_else(|| {
+                Error::InvalidQuery(format!("version={v:?} is not a positive whole number"))
+            })
+        })
+        .transpose()?;
+    let definition = state.definition(&definition, version).await?;
+    let id = body.id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    common::wire::validate_trip_id(&id)
+        .map_err(|err| Error::InvalidInput(err.replace("trip id", "saga id")))?;
+    let input = definition
+        .prepare_input(
+            body.input
+                .unwrap_or_else(|| Value::Object(Default::default())),
+        )
+        .map_err(Error::InvalidInput)?;
+    let deadline_secs = body.deadline_secs.or(state.default_deadline_secs);
+    let joined = start_or_join(&state, definition, id, input, deadline_secs, wait)
+        .await
+        .map_err(|err| match err {
+            Error::Conflict { trip_id, fields } => Error::SagaConflict(format!(
+                "saga {trip_id} was started with different {}; send the same input to see that saga, or use a new id",
+                fields.join(", ")
+            )),
+            other => other,
+        })?;
+    let location = format!("/sagas/{}/{}", joined.view.definition, joined.view.id);
+    Ok(joined.respond(&*joined.view, &location))
+}
+
+/// A saga started or joined, and whether it has ended.
+pub(crate) struct Joined {
+    pub view: Arc<SagaView>,
+    pub ended: bool,
+}
+
+impl Joined {
+    /// 200 with `body` once the saga has ended; else 202 with `Location`.
+    pub fn respond(&self, body: &impl Serialize, location: &str) -> Response {
+        if self.ended {
+            return Json(body).into_response();
+        }
+        let mut response = (StatusCode::ACCEPTED, Json(body)).into_response();
+        if let Ok(location) = HeaderValue::from_str(location) {
+            response.headers_mut().insert(header::LOCATION, location);
+        }
+        response
+    }
+}
+
+/// Starts the saga `id` of `definition` with `input` (its defaults filled
+/// in), or joins the one of that id if it has the same input, then waits up
+/// to `wait` for it to end.
+pub(crate) async fn start_or_join(
+    state: &AppState,
+    definition: Arc<Definition>,
+    id: String,
+    input: Value,
+    deadline_secs: Option<u64>,
+    wait: Duration,
+) -> Result<Joined> {
+    if deadline_secs.is_some_and(|secs| secs == 0 || secs > MAX_DEADLINE_SECS) {
+        return Err(Error::InvalidInput(format!(
+            "deadline_secs must be from 1 to {MAX_DEADLINE_SECS}"
+        )));
+    }
+    let deadline = deadline_secs
+        .and_then(|secs| chrono::Duration::try_seconds(i64::try_from(secs).ok()?))
+        .map(|secs| Utc::now() + secs);
+    let input = Arc::new(input);
+    let start = Start {
+        definition: Arc::clone(&definition),
+        id: id.clone(),
+        input: Arc::clone(&input),
+        deadline,
+    };
+    if !state.engine.start(start).await? {
+        // The id has a saga already: join it if it is the same saga.
+        let existing = state
+            .engine
+            .bounded(async |conn| store::find(conn, &id).await)
+            .await?
+            .ok_or_else(|| Error::Missing(format!("saga {id} is gone")))?;
+        if existing.definition != *definition.name {
+            return Err(Error::SagaConflict(format!(
+                "id {id} is taken by a saga of definition {}; use a new id",
+                existing.definition
+            )));
+        }
+        let fields = differing_fields(&existing.input, &input);
+        if !fields.is_empty() {
+            return Err(Error::Conflict {
+                trip_id: id,
+                fields,
+            });
+        }
+    }
+    if let Some(ended) = state.engine.wait_for_end(&id, wait).await? {
+        return Ok(Joined {
+            view: ended,
+            ended: true,
+        });
+    }
+    let view = load(state, &id).await?;
+    Ok(Joined {
+        ended: view.status.is_terminal(),
+        view: Arc::new(view),
+    })
+}
+
+/// The top-level fields in which two inputs differ, by name.
+fn differing_fields(a: &Value, b: &Value) -> Vec<String> {
+    let (Some(a), Some(b)) = (a.as_object(), b.as_object()) else {
+        return if a == b { vec![] } else { vec!["input".into()] };
+    };
+    let mut names: Vec<&String> = a.keys().chain(b.keys()).collect();
+    names.sort();
+    names.dedup();
+    names
+        .into_iter()
+        .filter(|name| a.get(*name) != b.get(*name))
+        .cloned()
+        .collect()
+}
+
+impl AppState {
+    /// `?wait=` in seconds, or the configured default.
+    pub(crate) fn wait(&self, wait: Option<&str>) -> Result<Duration> {
+        let Some(wait) = wait else {
+            return Ok(self.trip_wait);
+        };
+        match wait.parse::<u64>() {
+            Ok(secs) if secs <= MAX_WAIT_SECS => Ok(Duration::from_secs(secs)),
+            _ => Err(Error::InvalidQuery(format!(
+                "wait={wait:?} is not a whole number of seconds from 0 to {MAX_WAIT_SECS}"
+            ))),
+        }
+    }
+
+    /// Version `version` of the definition `name` (the newest when None).
+    pub(crate) async fn definition(
+        &self,
+        name: &str,
+        version: Option<i32>,
+    ) -> Result<Arc<Definition>> {
+        self.engine
+            .definition(name, version)
+            .await?
+            .ok_or_else(|| {
+                Error::Missing(match version {
+                    Some(v) => format!("definition {name} has no version {v}; GET /definitions/{name} lists its versions"),
+                    None => format!("no definition {name}; register one with PUT /definitions/{name}"),
+                })
+            })
+    }
+}
+
+/// The saga `id`, with its steps.
+pub(crate) async fn load(state: &AppState, id: &str) -> Result<SagaView> {
+    let read = state.engine.bounded(async |conn| {
+        let Some(saga) = store::find(&mut *conn, id).await? else {
+            return Ok(None);
+        };
+        let logs = store::logs(&mut *conn, &[id.to_owned()]).await?;
+        Ok(Some((saga, logs)))
+    });
+    let (saga, logs) = read
+        .await?
+        .ok_or_else(|| Error::Missing(format!("no saga {id}")))?;
+    view(state, saga, &logs).await
+}
+
+/// The saga as the API shows it: its definition tells its forward steps.
+async fn view(
+    state: &AppState,
+    saga: store::SagaRecord,
+    logs: &[store::LogRecord],
+) -> Result<SagaView> {
+    let definition = state
+        .engine
+        .definition(&saga.definition, Some(saga.definition_version))
+        .await?;
+    Ok(SagaView::new(saga, logs, |step| {
+        definition.as_ref().is_none_or(|d| d.is_forward(step))
+    }))
+}
+
+#[tracing::instrument(skip_all, fields(%definition, %id))]
+async fn show(
+    State(state): State<AppState>,
+    Path((definition, id)): Path<(String, String)>,
+) -> Result<Json<SagaView>> {
+    common::wire::validate_trip_id(&id)
+        .map_err(|err| Error::InvalidInput(err.replace("trip id", "saga id")))?;
+    let saga = load(&state, &id).await?;
+    if saga.definition != definition {
+        return Err(Error::Missing(format!(
+            "no saga {id} of definition {definition}"
+        )));
+    }
+    Ok(Json(saga))
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct ListQuery {
+    definition: Option<String>,
+    status: Option<String>,
+    limit: Option<String>,
+    before: Option<String>,
+}
+
+/// A page of sagas.
+#[derive(Debug, Serialize)]
+pub(crate) struct Page<T> {
+    pub sagas: Vec<T>,
+    /// Pass as `before` for the next page; `null` on the last page.
+    pub next: Option<String>,
+}
+
+#[tracing::instrument(skip_all)]
+async fn list(
+    State(state): State<AppState>,
+    Query(query): Query<ListQuery>,
+) -> Result<Json<Page<SagaView>>> {
+    page(&state, query, None).await.map(Json)
+}
+
+/// A page of sagas, newest first, of `definition` when given (overriding
+/// the query's).
+pub(crate) async fn page(
+    state: &AppState,
+    query: ListQuery,
+    definition: Option<&str>,
+) -> Result<Page<SagaView>> {
+    let status = query
+        .status
+        .as_deref()
+        .map(str::parse::<SagaStatus>)
+        .transpose()
+        .map_err(Error::InvalidQuery)?;
+    let limit = match query.limit.as_deref() {
+        None => DEFAULT_LIMIT,
+        Some(limit) => limit
+            .parse::<i64>()
+            .ok()
+            .filter(|n| (1..=MAX_LIMIT).contains(n))
+            .ok_or_else(|| {
+                Error::InvalidQuery(format!(
+                    "limit={limit:?} is not a whole number from 1 to {MAX_LIMIT}"
+                ))
+            })?,
+    };
+    let before = query.before.as_deref().map(decode_cursor).transpose()?;
+    let definition = definition.or(query.definition.as_deref());
+    let (sagas, logs) = state
+        .engine
+        .bounded(async |conn| {
+            let sagas = store::list(&mut *conn, definition, status, before, limit).await?;
+            let ids: Vec<String> = sagas.iter().map(|s| s.saga_id.clone()).collect();
+            let logs = store::logs(&mut *conn, &ids).await?;
+            Ok((sagas, logs))
+        })
+        .await?;
+    let next = (i64::try_from(sagas.len()).unwrap_or(i64::MAX) == limit)
+        .then(|| {
+            sagas
+                .last()
+                .map(|s| encode_cursor(s.created_at, &s.saga_id))
+        })
+        .flatten();
+    let mut views = Vec::with_capacity(sagas.len());
+    for saga in sagas {
+        let own: Vec<_> = logs
+            .iter()
+            .filter(|l| l.saga_id == saga.saga_id)
+            .cloned()
+            .collect();
+        views.push(view(state, saga, &own).await?);
+    }
+    Ok(Page { sagas: views, next })
+}
+
+/// A page cursor: `<created_at in microseconds>.<saga id>`.
+fn encode_cursor(created_at: DateTime<Utc>, id: &str) -> String {
+    format!("{}.{id}", created_at.timestamp_micros())
+}
+
+fn decode_cursor(cursor: &str) -> Result<(DateTime<Utc>, String)> {
+    cursor
+        .split_once('.')
+        .and_then(|(micros, id)| {
+            let at = DateTime::from_timestamp_micros(micros.parse().ok()?)?;
+            Some((at, id.to_owned()))
+        })
+        .ok_or_else(|| {
+            Error::InvalidQuery(format!(
+                "before={cursor:?} is not a cursor; pass the `next` value of the previous page"
+            ))
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn cursors_round_trip() {
+        let at = DateTime::from_timestamp_micros(1_700_000_000_123_456).unwrap();
+        let cursor = encode_cursor(at, "trip.1:a");
+        assert_eq!(decode_cursor(&cursor).unwrap(), (at, "trip.1:a".to_owned()));
+        assert!(decode_cursor("nonsense").is_err());
+    }
+
+    #[test]
+    fn differing_fields_are_named() {
+        let a = json!({"x": 1, "y": 2, "z": 3});
+        let b = json!({"x": 1, "y": 5, "w": 0});
+        assert_eq!(differing_fields(&a, &b), ["w", "y", "z"]);
+        assert!(differing_fields(&a, &a).is_empty());
+    }
+}

@@ -1,0 +1,353 @@
+//! Driving one saga: call the action at the saga's position, retry it by
+//! the policy, then record its outcome and the start of the next action in
+//! one fenced write, and move on. The fast path never polls the database.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use backon::{ExponentialBuilder, Retryable};
+use chrono::{DateTime, Utc};
+use serde_json::{Value, json};
+use tokio::sync::watch;
+
+use super::engine::{Engine, Progress, is_outage};
+use super::model::{SagaStatus, StepEvent};
+use super::view::{SagaView, StepView};
+use crate::definition::template::Scope;
+use crate::definition::{Action, Definition, Outputs, Position};
+use crate::store::{self, LogEntry, Transition};
+
+/// The API's view of a saga this process started, kept up as it is written.
+pub(super) struct Shown {
+    pub(super) steps: Vec<StepView>,
+    pub(super) created_at: DateTime<Utc>,
+    pub(super) updated_at: DateTime<Utc>,
+}
+
+/// A saga being driven: where it is and what it needs for its next call.
+pub(super) struct Run {
+    pub(super) id: String,
+    pub(super) definition: Arc<Definition>,
+    pub(super) input: Arc<Value>,
+    pub(super) position: Position,
+    pub(super) version: i64,
+    pub(super) outputs: Outputs,
+    /// The `seq` of the next log row.
+    pub(super) next_seq: i32,
+    /// The attempt number of the current action.
+    pub(super) attempt: i32,
+    /// When the forward steps must have finished, if the saga set one.
+    pub(super) deadline: Option<DateTime<Utc>>,
+    /// Set when the saga was taken over: what to log about the attempt the
+    /// previous owner may have left in flight.
+    pub(super) interrupted: Option<Value>,
+    /// Kept for a saga started here; a saga taken over is read back instead.
+    pub(super) shown: Option<Shown>,
+}
+
+impl Run {
+    /// What the templates of this saga's calls see.
+    fn scope(&self) -> Scope<'_> {
+        Scope {
+            input: &self.input,
+            saga_id: &self.id,
+            definition: &self.definition.name,
+            version: self.definition.version,
+            steps: &self.outputs,
+        }
+    }
+
+    /// The ended saga as the API shows it, if this driver saw all of it.
+    fn ended_view(&mut self) -> Option<Arc<SagaView>> {
+        let shown = self.shown.take()?;
+        Some(Arc::new(SagaView {
+            id: self.id.clone(),
+            definition: self.definition.name.to_string(),
+            definition_version: self.definition.version,
+            status: self.position.status(),
+            input: Value::clone(&self.input),
+            outputs: Value::Object(std::mem::take(&mut self.outputs)),
+            steps: shown.steps,
+            created_at: shown.created_at,
+            updated_at: shown.updated_at,
+        }))
+    }
+}
+
+/// Why driving stopped before the saga ended.
+pub(super) enum Stop {
+    /// The process is shutting down; the saga resumes elsewhere or later.
+    Shutdown,
+    /// Another process owns the saga now.
+    Fenced,
+    /// The database refused the write for good (a bug, not an outage).
+    Failed(String),
+}
+
+impl Engine {
+    pub(super) async fn drive(
+        &self,
+        mut run: Run,
+        progress: &watch::Sender<Progress>,
+    ) -> Result<SagaStatus, Stop> {
+        // The actions are borrowed from this handle, not from `run`, which
+        // each write updates.
+        let definition = Arc::clone(&run.definition);
+        let steps = &definition.steps;
+        if let Some(detail) = run.interrupted.take()
+            && let Some(action) = run.position.action(steps)
+        {
+            self.log_retry(&mut run, action, detail).await?;
+            run.attempt += 1;
+        }
+        while let Some(action) = run.position.action(steps) {
+            let forward = matches!(run.position, Position::Forward(_));
+            let outcome = self.attempt_until_done(&mut run, action, forward).await?;
+            let succeeded = outcome.is_ok();
+            let next = run.position.next(steps, succeeded);
+            // A forward step's answer is logged and kept for later steps.
+            let (event, detail, output) = match outcome {
+                Ok(answer) if forward => (StepEvent::Succeeded, answer.clone(), Some(answer)),
+                Ok(answer) => (StepEvent::Succeeded, answer, None),
+                Err(detail) => (StepEvent::Failed, detail, None),
+            };
+            let mut log = vec![LogEntry {
+                seq: run.next_seq,
+                step: Arc::clone(&action.step),
+                event,
+                attempt: run.attempt,
+                detail,
+            }];
+            if let Some(next_action) = next.action(steps) {
+                log.push(LogEntry {
+                    seq: run.next_seq + 1,
+                    step: Arc::clone(&next_action.step),
+                    event: StepEvent::Started,
+                    attempt: 1,
+                    detail: json!({ "idempotency_key": format!("{}:{}", run.id, next_action.step) }),
+                });
+            }
+            let logged = i32::try_from(log.len()).unwrap_or(i32::MAX);
+            self.record(&mut run, next, log).await?;
+            if let Some(answer) = output {
+                run.outputs.insert(action.step.to_string(), answer);
+            }
+            run.version += 1;
+            run.next_seq += logged;
+            run.position = next;
+            run.attempt = 1;
+            let status = next.status();
+            let ended = if status.is_terminal() {
+                run.ended_view()
+            } else {
+                None
+            };
+            progress.send_replace(Progress { status, ended });
+        }
+        Ok(run.position.status())
+    }
+
+    /// Calls `action` until it succeeds, fails for good, or (forward steps
+    /// only) its attempts are spent. Each failed attempt that will be
+    /// retried is logged as `retrying`.
+    async fn attempt_until_done(
+        &self,
+        run: &mut Run,
+        action: &Action,
+        forward: bool,
+    ) -> Result<Result<Value, Value>, Stop> {
+        let mut attempts = match (forward, action.max_attempts) {
+            (false, _) => self.compensation.attempts(),
+            (true, None) => self.forward.attempts(),
+            (true, Some(max)) => self.forward.with_max_attempts(max).attempts(),
+        };
+        // Only forward steps race the saga's deadline: once it has passed,
+        // the saga compensates instead of going on.
+        let deadline = run.deadline.filter(|_| forward);
+        let remaining = || deadline.map(|at| (at - Utc::now()).to_std().unwrap_or_default());
+        loop {
+            if remaining() == Some(Duration::ZERO) {
+                return Ok(Err(deadline_passed(run, action, None)));
+            }
+            // Wait for a turn, keeping one's place in line. A wait is not an
+            // attempt: however long the line, it spends none. Each time it
+            // runs past an attempt's time it is logged, which renews the
+            // saga's lease.
+            let mut turn = std::pin::pin!(self.participants.turn(&action.participant));
+            let turn = loop {
+                tokio::select! {
+                    turn = &mut turn => break turn,
+                    () = tokio::time::sleep(self.participants.queue_timeout()) => {
+                        let waited = json!({
+                            "error": "queue wait",
+                            "message": "waiting for a turn (PARTICIPANT_MAX_IN_FLIGHT calls in flight to this participant); still in line",
+                        });
+                        self.log_retry(run, action, waited).await?;
+                    }
+                    () = sleep_or_forever(remaining()) => return Ok(Err(deadline_passed(run, action, None))),
+                    () = self.shutdown.cancelled() => return Err(Stop::Shutdown),
+                }
+            };
+            let scope = run.scope();
+            let result = tokio::select! {
+                result = self.participants.call(action, &scope, turn) => result,
+                () = sleep_or_forever(remaining()) => return Ok(Err(deadline_passed(run, action, None))),
+                () = self.shutdown.cancelled() => return Err(Stop::Shutdown),
+            };
+            let failure = match result {
+                Ok(answer) => return Ok(Ok(answer)),
+                Err(failure) => failure,
+            };
+            // A forward step's business failure is final; a compensation
+            // cannot fail for business reasons, so it is retried whatever
+            // the answer.
+            let Some(delay) = attempts.after_failure(failure.transient) else {
+                return Ok(Err(failure.detail));
+            };
+            if deadline.is_some_and(|at| Utc::now() + delay >= at) {
+                return Ok(Err(deadline_passed(run, action, Some(failure.detail))));
+            }
+            tracing::warn!(
+                saga_id = %run.id,
+                step = %action.step,
+                attempt = run.attempt,
+                ?delay,
+                detail = %failure.detail,
+                "attempt failed, will retry"
+            );
+            self.log_retry(run, action, failure.detail).await?;
+            run.attempt += 1;
+            tokio::select! {
+                () = tokio::time::sleep(delay) => {}
+                () = self.shutdown.cancelled() => return Err(Stop::Shutdown),
+            }
+        }
+    }
+
+    /// Logs a `retrying` row for the step being tried (its attempt number
+    /// unchanged), renewing the saga's lease.
+    pub(super) async fn log_retry(
+        &self,
+        run: &mut Run,
+        action: &Action,
+        detail: Value,
+    ) -> Result<(), Stop> {
+        let log = [LogEntry {
+            seq: run.next_seq,
+            step: Arc::clone(&action.step),
+            event: StepEvent::Retrying,
+            attempt: run.attempt,
+            detail,
+        }];
+        let position = run.position;
+        self.record(run, position, log.into()).await?;
+        run.version += 1;
+        run.next_seq += 1;
+        Ok(())
+    }
+
+    /// Writes one transition, retrying while the database is unreachable,
+    /// and adds it to the saga's view when one is kept.
+    async fn record(
+        &self,
+        run: &mut Run,
+        position: Position,
+        log: Vec<LogEntry>,
+    ) -> Result<(), Stop> {
+        let transition = Arc::new(Transition {
+            saga_id: run.id.clone(),
+            version: run.version,
+            position,
+            log,
+        });
+        let retried = AtomicBool::new(false);
+        let write = (|| self.writer.write(Arc::clone(&transition)))
+            .retry(until_the_database_is_back())
+            .when(|err| err.outage)
+            .notify(|err, delay| {
+                retried.store(true, Ordering::Relaxed);
+                tracing::warn!(%err, ?delay, "cannot record a saga step, retrying");
+            });
+        let written = tokio::select! {
+            written = write => written.map_err(|err| Stop::Failed(err.message))?,
+            () = self.shutdown.cancelled() => return Err(Stop::Shutdown),
+        };
+        let at = match written {
+            Some(at) => at,
+            // A write that failed as an outage may have committed all the
+            // same (its answer was lost): then its retry is fenced by the
+            // write itself. Its first log row tells.
+            None if retried.load(Ordering::Relaxed) => {
+                let check = (|| {
+                    self.bounded(async |conn| {
+                        store::was_written(conn, &transition).await
+                    })
+                })
+                    .retry(until_the_database_is_back())
+                    .when(is_outage)
+                    .notify(|err, delay| {
+                        tracing::warn!(%err, ?delay, "cannot check whether a retried write was made, retrying");
+                    });
+                // Boxed: the check is rare, and its future (a pool acquire
+                // among it) would otherwise make every saga's larger by as
+                // much (docs/benchmarks.md has the figures).
+                let checked = tokio::select! {
+                    checked = Box::pin(check) => checked,
+                    () = self.shutdown.cancelled() => return Err(Stop::Shutdown),
+                };
+                match checked {
+                    Ok(Some(at)) => at,
+                    Ok(None) => return Err(Stop::Fenced),
+                    Err(err) => return Err(Stop::Failed(err.to_string())),
+                }
+            }
+            None => return Err(Stop::Fenced),
+        };
+        if let Some(shown) = &mut run.shown {
+            for entry in &transition.log {
+                StepView::fold(
+                    &mut shown.steps,
+                    &entry.step,
+                    entry.event,
+                    entry.attempt,
+                    &entry.detail,
+                    at,
+                );
+            }
+            shown.updated_at = at;
+        }
+        Ok(())
+    }
+}
+
+/// How a saga's write (or the check of one) is retried through a database
+/// outage: with capped backoff, for as long as it lasts.
+pub(super) fn until_the_database_is_back() -> ExponentialBuilder {
+    ExponentialBuilder::new()
+        .with_min_delay(Duration::from_millis(50))
+        .with_max_delay(Duration::from_secs(2))
+        .with_jitter()
+        .without_max_times()
+}
+
+/// What a forward step records when the saga's deadline stops it.
+fn deadline_passed(run: &Run, action: &Action, last: Option<Value>) -> Value {
+    json!({
+        "error": "deadline",
+        "message": format!(
+            "the saga's deadline ({}) passes before {} can succeed; compensating",
+            run.deadline.map(|at| at.to_rfc3339()).unwrap_or_default(),
+            action.step
+        ),
+        "last_failure": last,
+    })
+}
+
+/// Sleeps for `duration`, or forever when there is none.
+async fn sleep_or_forever(duration: Option<Duration>) {
+    match duration {
+        Some(duration) => tokio::time::sleep(duration).await,
+        None => std::future::pending().await,
+    }
+}
