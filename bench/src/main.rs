@@ -151,8 +151,14 @@ async fn main() -> anyhow::Result<()> {
     let mut candidate = None;
     if args.candidate_bin_dir.is_some() || !args.candidate_env.is_empty() {
         let port = free_port()?;
-        // Its own lease owner: by default both would be the host.
-        let mut extra = vec![("ORCHESTRATOR_ID", "bench-candidate")];
+        // Its own lease owner: by default both would be the host. Its own
+        // database for its schema, on the same server, so that a build with
+        // other migrations can be compared.
+        let candidate_db = cluster.candidate_database().await?;
+        let mut extra = vec![
+            ("ORCHESTRATOR_ID", "bench-candidate"),
+            ("DATABASE_URL", candidate_db.as_str()),
+        ];
         for pair in &args.candidate_env {
             extra.push(
                 pair.split_once('=')
@@ -526,18 +532,31 @@ impl Cluster {
         ))
     }
 
-    /// Kills what is left of the participants, drops the database, stops the
+    /// A database of its own for the candidate orchestrator (`<name>_candidate`),
+    /// on the same server; its URL.
+    async fn candidate_database(&self) -> anyhow::Result<String> {
+        let name = format!("{}_candidate", self.name);
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&self.admin)
+            .await?;
+        let mut url = url::Url::parse(&self.db_url)?;
+        url.set_path(&name);
+        Ok(url.to_string())
+    }
+
+    /// Kills what is left of the participants, drops the databases, stops the
     /// private PostgreSQL and removes the logs.
     async fn stop(mut self) -> anyhow::Result<()> {
         for service in &mut self.participants {
             service.kill().await;
         }
-        sqlx::query(sqlx::AssertSqlSafe(format!(
-            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-            self.name
-        )))
-        .execute(&self.admin)
-        .await?;
+        for db in [self.name.clone(), format!("{}_candidate", self.name)] {
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "DROP DATABASE IF EXISTS {db} WITH (FORCE)"
+            )))
+            .execute(&self.admin)
+            .await?;
+        }
         self.admin.close().await;
         if let Some(pg) = self.private {
             tokio::task::spawn_blocking(move || pg.stop()).await?;
@@ -829,8 +848,8 @@ struct PgCounters {
 
 async fn pg_counters(pool: &PgPool, db: &str) -> anyhow::Result<PgCounters> {
     let (xacts, wal_syncs, wal_bytes): (i64, i64, f64) = sqlx::query_as(
-        "SELECT (SELECT (xact_commit + xact_rollback)::int8 FROM pg_stat_database
-                 WHERE datname = $1),
+        "SELECT (SELECT sum(xact_commit + xact_rollback)::int8 FROM pg_stat_database
+                 WHERE datname IN ($1, $1 || '_candidate')),
                 wal_sync, wal_bytes::float8
          FROM pg_stat_wal",
     )

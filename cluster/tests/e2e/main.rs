@@ -2,7 +2,9 @@
 
 mod bad_input;
 mod crashes;
+mod definitions;
 mod faults;
 mod flows;
+mod hangups;
 mod overload;
 mod support;

@@ -189,6 +189,23 @@ impl Env {
         Self::answer(request.send().await.expect("POST")).await
     }
 
+    /// Sends `body` to `path` with `method` and `Content-Type: content_type`.
+    pub async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        content_type: &str,
+        body: String,
+    ) -> Answer {
+        let url = format!("{}{path}", self.cluster.orchestrator_url);
+        let request = self
+            .http
+            .request(method, url)
+            .header("content-type", content_type)
+            .body(body);
+        Self::answer(request.send().await.expect("send")).await
+    }
+
     /// The saga's log as `(step, status)` pairs, in order.
     pub async fn log(&self, trip_id: &str) -> Vec<(String, String)> {
         sqlx::query_as(

@@ -621,3 +621,115 @@ async fn a_read_the_database_never_answers_is_a_503_and_the_next_goes_through() 
     closed(&proxy, closed_before).await;
     engine.stop(false).await;
 }
+
+/// `orchestrator validate` and `orchestrator dry-run`, as a user runs them:
+/// no database, no server.
+mod cli {
+    use std::process::Command;
+
+    const BIN: &str = env!("CARGO_BIN_EXE_orchestrator");
+    const TRAVEL: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../sagas/travel.yaml");
+
+    fn run(args: &[&str]) -> (i32, String) {
+        let out = Command::new(BIN)
+            .args(args)
+            .env_remove("DATABASE_URL")
+            .output()
+            .expect("run the orchestrator binary");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        (out.status.code().unwrap_or(-1), text)
+    }
+
+    #[test]
+    fn validate_exits_1_on_errors_and_names_each() {
+        let (code, out) = run(&["validate", TRAVEL]);
+        assert_eq!(code, 0, "{out}");
+        assert!(out.contains("travel.yaml: valid"), "{out}");
+
+        let dir = std::env::temp_dir().join(format!("cli-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let bad = dir.join("bad.yaml");
+        let text = std::fs::read_to_string(TRAVEL).unwrap().replace(
+            "steps.ReserveFlight.booking_id }}'\n        car",
+            "steps.ConfirmFlight.booking_id }}'\n        car",
+        );
+        std::fs::write(&bad, text).unwrap();
+        let (code, out) = run(&["validate", TRAVEL, bad.to_str().unwrap()]);
+        assert_eq!(code, 1, "{out}");
+        assert!(
+            out.contains("bad.yaml: error later_step at steps[2].call.body.flight_booking_id"),
+            "{out}"
+        );
+        let (code, out) = run(&["validate", "/nonexistent.yaml"]);
+        assert_eq!(code, 1, "{out}");
+    }
+
+    #[test]
+    fn dry_run_prints_the_calls_in_order() {
+        let (code, out) = run(&[
+            "dry-run",
+            TRAVEL,
+            "--id",
+            "trip-7",
+            "--input",
+            r#"{"run_type": "failPayment"}"#,
+            "--outcome",
+            "ProcessPayment=422",
+        ]);
+        assert_eq!(code, 0, "{out}");
+        let run: serde_json::Value = serde_json::from_str(&out).expect(&out);
+        let steps: Vec<&str> = run["calls"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["step"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            steps,
+            [
+                "ReserveFlight",
+                "ReserveCarRental",
+                "ProcessPayment",
+                "RefundPayment",
+                "CancelRentalReservation",
+                "CancelFlightReservation"
+            ]
+        );
+        assert_eq!(run["status"], "failed");
+        assert_eq!(
+            run["calls"][3]["url"],
+            "http://payments/payments/trip-7/refund"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_definition_file_with_errors_stops_the_start_with_its_diagnostics() {
+    let db = TestDb::new().await;
+    let dir = std::env::temp_dir().join(format!("bad-sagas-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let text =
+        orchestrator::definition::TRAVEL_YAML.replace("participant: cars", "participant: boats");
+    std::fs::write(dir.join("travel.yaml"), text).unwrap();
+    let nobody = "http://127.0.0.1:9";
+    let mut config = orchestrator::Config::new(db.url(), nobody, nobody, nobody);
+    config.sagas_dir = dir;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let err = orchestrator::run(config, listener, std::future::pending())
+        .await
+        .expect_err("the start stops");
+    let message = format!("{err:#}");
+    assert!(message.contains("travel.yaml has errors"), "{message}");
+    assert!(
+        message.contains("unknown_participant at steps[1].call.participant"),
+        "{message}"
+    );
+    assert_eq!(
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM orchestrator.definitions")
+            .fetch_one(db.pool())
+            .await
+            .unwrap(),
+        0
+    );
+}
