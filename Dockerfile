@@ -17,5 +17,9 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/*
 COPY --from=build /usr/local/bin/orchestrator /usr/local/bin/flights-svc \
                   /usr/local/bin/cars-svc /usr/local/bin/payments-svc /usr/local/bin/
+# The saga definitions the orchestrator registers at start-up; mount another
+# folder over it (or set SAGAS_DIR) for sagas of your own.
+COPY sagas /etc/sagas
+ENV SAGAS_DIR=/etc/sagas
 USER nobody
 CMD ["orchestrator"]
