@@ -16,6 +16,7 @@ use common::extract::{Json, Path, Query};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use super::sagas::checked;
 use super::{Error, Result};
 use crate::AppState;
 use crate::definition::dry_run::{self, DryRun, Outcome};
@@ -236,14 +237,7 @@ async fn dry_run(
         }
     }
     let id = body.id.unwrap_or_else(|| "dry-run".to_owned());
-    common::wire::validate_trip_id(&id)
-        .map_err(|err| Error::InvalidInput(err.replace("trip id", "saga id")))?;
-    let input = definition
-        .prepare_input(
-            body.input
-                .unwrap_or_else(|| Value::Object(Default::default())),
-        )
-        .map_err(Error::InvalidInput)?;
+    let (id, input) = checked(&definition, id, body.input)?;
     let participants = state.engine.participants();
     let run = dry_run::run(
         &definition,

@@ -77,14 +77,7 @@ async fn start(
         .transpose()?;
     let definition = state.definition(&definition, version).await?;
     let id = body.id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-    common::wire::validate_trip_id(&id)
-        .map_err(|err| Error::InvalidInput(err.replace("trip id", "saga id")))?;
-    let input = definition
-        .prepare_input(
-            body.input
-                .unwrap_or_else(|| Value::Object(Default::default())),
-        )
-        .map_err(Error::InvalidInput)?;
+    let (id, input) = checked(&definition, id, body.input)?;
     let deadline_secs = body.deadline_secs.or(state.default_deadline_secs);
     let joined = start_or_join(&state, definition, id, input, deadline_secs, wait)
         .await
@@ -97,6 +90,20 @@ async fn start(
         })?;
     let location = format!("/sagas/{}/{}", joined.view.definition, joined.view.id);
     Ok(joined.respond(&*joined.view, &location))
+}
+
+/// Checks a saga id, and fills in and checks an input for `definition`.
+pub(crate) fn checked(
+    definition: &Definition,
+    id: String,
+    input: Option<Value>,
+) -> Result<(String, Value)> {
+    common::wire::validate_trip_id(&id)
+        .map_err(|err| Error::InvalidInput(err.replace("trip id", "saga id")))?;
+    let input = definition
+        .prepare_input(input.unwrap_or_else(|| Value::Object(Default::default())))
+        .map_err(Error::InvalidInput)?;
+    Ok((id, input))
 }
 
 /// A saga started or joined, and whether it has ended.
