@@ -27,6 +27,16 @@ struct Args {
     #[arg(long, env = "TRIP_WAIT_SECS", default_value_t = 10)]
     trip_wait_secs: u64,
 
+    /// The folder of saga definitions to register (`*.yaml`, `*.yml`,
+    /// `*.json`); the repository's `sagas/` by default.
+    #[arg(long, env = "SAGAS_DIR")]
+    sagas_dir: Option<std::path::PathBuf>,
+
+    /// A participant of your own definitions, as `name=url`; repeatable.
+    /// `PARTICIPANT_<NAME>_URL` variables are read too.
+    #[arg(long = "participant", value_name = "NAME=URL")]
+    participants: Vec<String>,
+
     #[command(flatten)]
     retry: orchestrator::retry::RetryConfig,
 
@@ -52,9 +62,15 @@ async fn main() -> anyhow::Result<()> {
     };
     let retry = args.retry.clone();
     let trip_wait_secs = args.trip_wait_secs;
+    let mut participants = orchestrator::participant_urls_from_env();
+    participants.extend(args.participants);
     let cluster = Cluster::start(&database_url, listeners, &[], |config| {
         config.retry = retry;
         config.trip_wait_secs = trip_wait_secs;
+        config.participants.extend(participants);
+        if let Some(dir) = args.sagas_dir {
+            config.sagas_dir = dir;
+        }
     })
     .await?;
 

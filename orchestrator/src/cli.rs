@@ -1,6 +1,6 @@
-//! `orchestrator validate <file>...` and `orchestrator dry-run <file>`: the
-//! checks and the dry run of the API, on files, with no database and no
-//! server.
+//! `orchestrator validate <file>...`, `orchestrator dry-run <file>` and
+//! `orchestrator schema`: the checks, the dry run and the document's JSON
+//! Schema of the API, on files, with no database and no server.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -40,16 +40,23 @@ pub enum Tool {
         #[arg(long, env = "STEP_MAX_ATTEMPTS", default_value_t = 4)]
         step_max_attempts: usize,
     },
+    /// Print the JSON Schema of a definition document.
+    Schema,
 }
 
 /// Whether the process was asked for a tool rather than the server.
 pub fn is_tool(first_arg: Option<&str>) -> bool {
-    matches!(first_arg, Some("validate" | "dry-run"))
+    matches!(first_arg, Some("validate" | "dry-run" | "schema"))
 }
 
 /// Runs a tool; its exit status is 1 when a definition has errors.
 pub fn main(tool: Tool) -> anyhow::Result<ExitCode> {
     match tool {
+        Tool::Schema => {
+            let schema = crate::definition::document::json_schema();
+            println!("{}", serde_json::to_string_pretty(&schema)?);
+            Ok(ExitCode::SUCCESS)
+        }
         Tool::Validate { files } => {
             let mut failed = false;
             for file in files {

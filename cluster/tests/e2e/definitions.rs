@@ -680,6 +680,15 @@ async fn definitions_are_registered_once_per_version_and_read_back() {
         (&fine.body["valid"], &fine.body["diagnostics"]),
         (&json!(true), &json!([]))
     );
+
+    // The document's JSON Schema, as published in the repository.
+    let schema = env.get("/definitions/schema").await;
+    assert_eq!(schema.status, StatusCode::OK);
+    assert_eq!(
+        schema.body,
+        orchestrator::definition::document::json_schema()
+    );
+    assert_eq!(schema.body["title"], "Saga definition");
     s.env.finish().await;
 }
 
@@ -888,4 +897,66 @@ async fn sagas_in_flight_finish_on_their_version_through_a_crash_and_a_new_folde
         "{new}"
     );
     s.env.finish().await;
+}
+
+/// The native runner with a saga of the user's own: `SAGAS_DIR` and the
+/// participants' URLs (a flag and a variable), then the saga started and
+/// compensated over real HTTP.
+#[tokio::test]
+async fn the_native_runner_runs_a_saga_of_your_own() {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+
+    let db = testkit::TestDb::new().await;
+    let shop = Shop::default();
+    let store = testkit::TestServer::start(participant(shop.clone(), "store")).await;
+    let bank = testkit::TestServer::start(participant(shop.clone(), "bank")).await;
+    let dir = sagas_dir(&[("shop.yaml", SHOP_V1)]);
+    let mut runner = tokio::process::Command::new(env!("CARGO_BIN_EXE_cluster"))
+        .args(["--port", "0", "--participant"])
+        .arg(format!("store={}", store.url))
+        .env("PARTICIPANT_BANK_URL", &bank.url)
+        .env("SAGAS_DIR", &dir)
+        .env("DATABASE_URL", db.url())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start the runner");
+    let mut lines = BufReader::new(runner.stdout.take().unwrap()).lines();
+    let orchestrator = tokio::time::timeout(Duration::from_secs(60), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if let Some(url) = line.trim().strip_prefix("orchestrator") {
+                return url.trim().to_owned();
+            }
+        }
+        panic!("the runner ended without printing its URLs")
+    })
+    .await
+    .expect("the runner is up within a minute");
+
+    let answer = reqwest::Client::new()
+        .post(format!("{orchestrator}/sagas/shop?wait=10"))
+        .json(&json!({"id": "mine-1", "input": {"fail": "charge"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), StatusCode::OK);
+    let saga: Value = answer.json().await.unwrap();
+    assert_eq!(saga["status"], "failed", "{saga}");
+    assert_eq!(
+        steps(&saga),
+        pairs(&[
+            ("PlaceOrder", "succeeded"),
+            ("Charge", "failed"),
+            ("Refund", "succeeded"),
+            ("CancelOrder", "succeeded"),
+        ])
+    );
+    let undone: Vec<String> = shop
+        .calls_to("/cancel")
+        .into_iter()
+        .chain(shop.calls_to("/refund"))
+        .map(|c| c.key)
+        .collect();
+    assert_eq!(undone, ["mine-1:CancelOrder", "mine-1:Refund"]);
+    runner.kill().await.unwrap();
 }

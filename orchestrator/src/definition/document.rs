@@ -3,35 +3,43 @@
 
 use std::collections::BTreeMap;
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 /// A saga definition document.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(title = "Saga definition")]
 pub struct Document {
     /// The definition's name: `POST /sagas/{name}` starts one.
+    #[schemars(pattern(NAME_PATTERN))]
     pub name: String,
     /// A positive version; (name, version) is immutable once registered.
+    #[schemars(range(min = 1))]
     pub version: i32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
     /// The participants the steps call, by name; each one's base URL comes
     /// from `PARTICIPANT_<NAME>_URL`.
+    #[schemars(inner(pattern(PARTICIPANT_PATTERN)))]
     pub participants: Vec<String>,
     /// The JSON Schema of the saga's input; `default`s are filled in before
     /// it is checked. None: any object.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub input: Option<Value>,
     /// The forward steps, in order.
+    #[schemars(length(min = 1))]
     pub steps: Vec<StepDoc>,
 }
 
 /// One forward step.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StepDoc {
+    /// An identifier, so that `steps.<name>.<field>` reads its answer.
+    #[schemars(pattern(STEP_PATTERN))]
     pub name: String,
     pub call: CallDoc,
     /// What undoes the step; a step may have none.
@@ -39,21 +47,25 @@ pub struct StepDoc {
     pub compensation: Option<CompensationDoc>,
     /// Time limit of one attempt, such as `2s` or `500ms`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(pattern(DURATION_PATTERN))]
     pub timeout: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry: Option<RetryDoc>,
     /// Answer statuses that fail the step at once; every other failure is
     /// retried. Default: every 4xx but 408 and 429.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(inner(range(min = 300, max = 599)))]
     pub business_failure: Option<Vec<u16>>,
 }
 
 /// A templated HTTP call.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CallDoc {
+    /// One of the document's `participants`.
     pub participant: String,
     #[serde(default = "post")]
+    #[schemars(pattern(METHOD_PATTERN))]
     pub method: String,
     /// The path under the participant's base URL; may hold templates.
     pub path: String,
@@ -63,27 +75,51 @@ pub struct CallDoc {
 }
 
 /// A compensation: a named call, retried until it succeeds.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CompensationDoc {
+    /// Its step name in the log and the API.
+    #[schemars(pattern(STEP_PATTERN))]
     pub name: String,
+    /// One of the document's `participants`.
     pub participant: String,
     #[serde(default = "post")]
+    #[schemars(pattern(METHOD_PATTERN))]
     pub method: String,
+    /// The path under the participant's base URL; may hold templates.
     pub path: String,
+    /// The JSON body; every string in it may hold templates.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub body: Option<Value>,
+    /// Time limit of one attempt, such as `2s` or `500ms`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(pattern(DURATION_PATTERN))]
     pub timeout: Option<String>,
 }
 
 /// A step's retry settings, over the orchestrator's defaults.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RetryDoc {
     /// Attempts of the forward call, the first included.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
     pub max_attempts: Option<u32>,
+}
+
+// The published JSON Schema's patterns: what an editor can check as the
+// author types. `validate` is the authority and says more (references,
+// templates, URLs), with a path for each error.
+const NAME_PATTERN: &str = "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$";
+const PARTICIPANT_PATTERN: &str = "^[a-z][a-z0-9_]{0,63}$";
+const STEP_PATTERN: &str = "^[A-Za-z][A-Za-z0-9_]{0,63}$";
+const METHOD_PATTERN: &str = "^(GET|POST|PUT|PATCH|DELETE|get|post|put|patch|delete)$";
+const DURATION_PATTERN: &str = "^\\s*[0-9]*\\.?[0-9]+\\s*(ms|s|m)$";
+
+/// The JSON Schema of a document (draft 2020-12), as published in
+/// `docs/definition.schema.json` and at `GET /definitions/schema`.
+pub fn json_schema() -> Value {
+    schemars::schema_for!(Document).to_value()
 }
 
 fn post() -> String {
@@ -204,6 +240,55 @@ steps:
         assert_eq!(yaml.digest(), json.digest());
         assert_eq!(yaml.steps[0].call.method, "POST");
         assert!(yaml.digest().starts_with("sha256:"));
+    }
+
+    /// The schema in the repository is the one the code publishes.
+    #[test]
+    fn the_published_schema_is_current() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../docs/definition.schema.json"
+        );
+        let published: Value =
+            serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        assert!(
+            published == json_schema(),
+            "docs/definition.schema.json is stale: run \
+             cargo run -p orchestrator -- schema > docs/definition.schema.json"
+        );
+    }
+
+    #[test]
+    fn the_schema_takes_the_travel_saga_and_refuses_what_the_model_refuses() {
+        let schema = jsonschema::validator_for(&json_schema()).unwrap();
+        let travel: Value = serde_saphyr::from_str(crate::definition::TRAVEL_YAML).unwrap();
+        let errors: Vec<String> = schema.iter_errors(&travel).map(|e| e.to_string()).collect();
+        assert!(errors.is_empty(), "{errors:?}");
+
+        for (change, why) in [
+            (serde_json::json!({"stpes": []}), "unknown field"),
+            (serde_json::json!({"version": 0}), "version below 1"),
+            (
+                serde_json::json!({"participants": ["Flights"]}),
+                "participant name",
+            ),
+            (serde_json::json!({"steps": []}), "no steps"),
+        ] {
+            let mut doc = travel.clone();
+            for (key, value) in change.as_object().unwrap() {
+                doc[key] = value.clone();
+            }
+            assert!(!schema.is_valid(&doc), "{why}: {doc}");
+        }
+        let mut doc = travel.clone();
+        doc["steps"][0]["timeout"] = "soon".into();
+        assert!(!schema.is_valid(&doc), "a timeout that is no duration");
+        let mut doc = travel;
+        doc["steps"][2]["business_failure"] = serde_json::json!([200]);
+        assert!(
+            !schema.is_valid(&doc),
+            "a success status as a business failure"
+        );
     }
 
     #[test]

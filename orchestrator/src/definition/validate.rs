@@ -215,8 +215,20 @@ pub fn url_setting(participant: &str) -> String {
     format!("PARTICIPANT_{}_URL", participant.to_ascii_uppercase())
 }
 
+/// Names the API's own routes take under `/definitions/`.
+pub const RESERVED_NAMES: [&str; 2] = ["schema", "validate"];
+
 fn check_names(doc: &Document, out: &mut Vec<Diagnostic>) {
-    if !is_name(&doc.name) {
+    if RESERVED_NAMES.contains(&doc.name.as_str()) {
+        out.push(Diagnostic::error(
+            "invalid_name",
+            "name",
+            format!(
+                "{:?} is taken by the API (/definitions/{}): choose another name",
+                doc.name, doc.name
+            ),
+        ));
+    } else if !is_name(&doc.name) {
         out.push(Diagnostic::error(
             "invalid_name",
             "name",
@@ -625,6 +637,17 @@ mod tests {
     #[test]
     fn the_travel_saga_is_valid_without_warnings() {
         assert_eq!(diagnostics(TRAVEL_YAML), vec![]);
+    }
+
+    #[test]
+    fn names_the_api_takes_are_refused() {
+        for name in RESERVED_NAMES {
+            let yaml = TRAVEL_YAML.replacen("name: travel", &format!("name: {name}"), 1);
+            assert_eq!(
+                diagnostics(&yaml),
+                vec![(Severity::Error, "invalid_name", "name".to_owned())]
+            );
+        }
     }
 
     #[test]

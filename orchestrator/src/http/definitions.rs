@@ -1,6 +1,7 @@
 //! Saga definitions: list and read them (`GET /definitions[/{name}[/{version}]]`),
 //! register one (`PUT /definitions/{name}`, YAML or JSON), check one without
-//! registering it (`POST /definitions/validate`), and try one without
+//! registering it (`POST /definitions/validate`), read the document's JSON
+//! Schema (`GET /definitions/schema`), and try one without
 //! calling anything (`POST /definitions/{name}/dry-run`).
 
 use std::collections::BTreeMap;
@@ -29,6 +30,7 @@ pub(crate) fn router() -> Router<AppState> {
     Router::new()
         .route("/definitions", get(list))
         .route("/definitions/validate", post(check))
+        .route("/definitions/schema", get(schema))
         .route("/definitions/{name}", get(versions).put(register))
         .route("/definitions/{name}/dry-run", post(dry_run))
         .route("/definitions/{name}/{version}", get(document))
@@ -42,6 +44,11 @@ fn parse(headers: &HeaderMap, body: &Bytes) -> std::result::Result<Document, Str
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok());
     Document::parse(text, Format::from_content_type(content_type)).map_err(|err| err.message)
+}
+
+/// The JSON Schema of a definition document, for editors and linters.
+async fn schema() -> Json<Value> {
+    Json(crate::definition::document::json_schema())
 }
 
 #[derive(Debug, Serialize)]

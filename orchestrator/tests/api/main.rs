@@ -622,7 +622,7 @@ async fn a_read_the_database_never_answers_is_a_503_and_the_next_goes_through() 
     engine.stop(false).await;
 }
 
-/// `orchestrator validate` and `orchestrator dry-run`, as a user runs them:
+/// `orchestrator validate`, `dry-run` and `schema`, as a user runs them:
 /// no database, no server.
 mod cli {
     use std::process::Command;
@@ -663,6 +663,20 @@ mod cli {
         );
         let (code, out) = run(&["validate", "/nonexistent.yaml"]);
         assert_eq!(code, 1, "{out}");
+    }
+
+    #[test]
+    fn schema_prints_the_published_json_schema() {
+        let (code, out) = run(&["schema"]);
+        assert_eq!(code, 0, "{out}");
+        let printed: serde_json::Value = serde_json::from_str(&out).expect(&out);
+        let published = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../docs/definition.schema.json"
+        );
+        let published: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(published).unwrap()).unwrap();
+        assert_eq!(printed, published);
     }
 
     #[test]
