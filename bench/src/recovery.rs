@@ -201,7 +201,10 @@ async fn phases(
     // attempts (hence a wait for that one slot) long enough that no step
     // fails for waiting before the kill; 9 s keeps the default lease valid
     // (it must exceed two attempts and the longest retry delay).
+    // It takes every trip (MAX_ACTIVE_SAGAS), so that all N are in flight
+    // at the kill; the restarted one has the default slots.
     let port = free_port()?;
+    let slots = n.to_string();
     let mut slow = cluster.orchestrator(
         args,
         port,
@@ -209,6 +212,7 @@ async fn phases(
             ("ORCHESTRATOR_ID", ORCHESTRATOR_ID),
             ("PARTICIPANT_MAX_IN_FLIGHT", "1"),
             ("ATTEMPT_TIMEOUT_MS", "9000"),
+            ("MAX_ACTIVE_SAGAS", &slots),
         ],
     )?;
     slow.start()?;

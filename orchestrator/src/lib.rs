@@ -141,6 +141,9 @@ pub struct Config {
     pub retry: retry::RetryConfig,
 
     #[command(flatten)]
+    pub limits: saga::admission::Limits,
+
+    #[command(flatten)]
     pub common: common::config::CommonConfig,
 }
 
@@ -162,6 +165,7 @@ impl Config {
             recovery_interval_ms: 1_000,
             participant_max_in_flight: 64,
             retry: retry::RetryConfig::default(),
+            limits: saga::admission::Limits::default(),
             common: common::config::CommonConfig::new(database_url),
         }
     }
@@ -328,6 +332,7 @@ pub async fn run(
             owner: config.owner(),
             lease: Duration::from_secs(config.lease_secs),
             retry: config.retry.clone(),
+            limits: config.limits.clone(),
         },
         token.clone(),
     );
@@ -335,10 +340,11 @@ pub async fn run(
         register_at_start(&engine, &path, doc).await?;
     }
     engine.refresh_definitions().await?;
-    engine.reclaim_own().await?;
-    let recovery = tokio::spawn(
-        Arc::clone(&engine).recover(Duration::from_millis(config.recovery_interval_ms)),
-    );
+    let started = engine.reclaim_own().await?;
+    let recovery = tokio::spawn(Arc::clone(&engine).recover(
+        Duration::from_millis(config.recovery_interval_ms),
+        Some(started),
+    ));
     let state = AppState {
         engine: Arc::clone(&engine),
         pool,

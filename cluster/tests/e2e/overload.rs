@@ -1,8 +1,13 @@
 //! More sagas than calls allowed in flight to a participant: they wait their
 //! turn in line, and a wait, however long, spends none of a step's attempts.
+//! More starts than slots: refused at once, before anything is written, and
+//! sagas taken over take slots as new ones do.
 
+use cluster::Participant;
 use faultproxy::{Hold, HoldAt};
 use reqwest::StatusCode;
+use reqwest::header::RETRY_AFTER;
+use serde_json::json;
 
 use crate::support::{Env, holding, step};
 
@@ -47,6 +52,133 @@ async fn a_saga_waiting_in_line_longer_than_an_attempt_spends_no_attempt_and_suc
     }
     proxies.flights.release();
     holding(&proxies.flights, 0).await;
+    testkit::invariant::check(env.db.pool())
+        .await
+        .unwrap()
+        .assert_clean();
+    env.finish().await;
+}
+
+#[tokio::test]
+async fn a_start_past_the_slots_is_refused_at_once_and_a_duplicate_still_answered() {
+    let (env, proxies) = Env::start_proxied(|c| {
+        c.limits.max_active_sagas = 2;
+        c.limits.start_queue_ms = 100;
+        // The held calls keep their slots until they are let go.
+        c.retry.attempt_timeout_ms = 5_000;
+    })
+    .await;
+    proxies.flights.hold(Hold {
+        path: "/reservations".into(),
+        at: HoldAt::Request,
+        count: 2,
+    });
+    for trip_id in ["slot-1", "slot-2"] {
+        let answer = env.get(&format!("/trip?tripID={trip_id}&wait=0")).await;
+        assert_eq!(answer.status, StatusCode::ACCEPTED, "{}", answer.body);
+    }
+    holding(&proxies.flights, 2).await;
+
+    let refused = env.get("/trip?tripID=shed-1&wait=0").await;
+    assert_eq!(refused.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(refused.headers[RETRY_AFTER], "1");
+    assert_eq!(refused.body["error"], "overloaded", "{}", refused.body);
+    let message = refused.body["message"].as_str().unwrap();
+    assert!(message.contains("MAX_ACTIVE_SAGAS"), "{message}");
+    let generic = env
+        .post("/sagas/travel?wait=0", &json!({"id": "shed-2"}))
+        .await;
+    assert_eq!(generic.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        env.count("SELECT count(*) FROM orchestrator.sagas WHERE saga_id LIKE 'shed-%'")
+            .await,
+        0,
+        "nothing was written for a refused start"
+    );
+
+    // A start of a saga that exists takes no slot: it is answered as ever.
+    let again = env.get("/trip?tripID=slot-1&wait=0").await;
+    assert_eq!(again.status, StatusCode::ACCEPTED, "{}", again.body);
+    assert_eq!(again.body["trip_id"], "slot-1");
+    let other = env
+        .get("/trip?tripID=slot-1&runType=failPayment&wait=0")
+        .await;
+    assert_eq!(other.status, StatusCode::CONFLICT, "{}", other.body);
+
+    proxies.flights.release();
+    for trip_id in ["slot-1", "slot-2"] {
+        let saga = env
+            .saga_when(trip_id, "a saga in a slot to end", |saga| {
+                saga["status"] == "succeeded"
+            })
+            .await;
+        assert_eq!(step(&saga, "ReserveFlight").unwrap()["attempts"], 1);
+    }
+    let later = env.get("/trip?tripID=shed-1").await;
+    assert_eq!(
+        (later.status, &later.body["status"]),
+        (StatusCode::OK, &json!("succeeded")),
+        "{}",
+        later.body
+    );
+    testkit::invariant::check(env.db.pool())
+        .await
+        .unwrap()
+        .assert_clean();
+    env.finish().await;
+}
+
+#[tokio::test]
+async fn sagas_taken_over_take_slots_and_new_starts_are_refused_meanwhile() {
+    // Flights is not served yet: every saga waits in its first call.
+    let mut env = Env::start_with(&[Participant::Flights], |c| c.lease_secs = 1).await;
+    for n in 1..=5 {
+        let answer = env.get(&format!("/trip?tripID=taken-{n}&wait=0")).await;
+        assert_eq!(answer.status, StatusCode::ACCEPTED, "{}", answer.body);
+    }
+    env.cluster
+        .crash_orchestrator(&env.cluster.orchestrator_url);
+    // B has two slots, and attempts long enough to keep them.
+    let b = env
+        .spawn_orchestrator(|c| {
+            c.orchestrator_id = Some("b".into());
+            c.limits.max_active_sagas = 2;
+            c.limits.start_queue_ms = 100;
+            c.retry.attempt_timeout_ms = 5_000;
+        })
+        .await;
+    let owned_by_b = "SELECT count(*) FROM orchestrator.sagas WHERE owner = 'b'";
+    testkit::eventually(
+        "B to take over two sagas",
+        std::time::Duration::from_secs(10),
+        || async { (env.count(owned_by_b).await == 2).then_some(()) },
+    )
+    .await;
+    let refused = env.get_at(&b, "/trip?tripID=new-1&wait=0").await;
+    assert_eq!(
+        refused.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        refused.body
+    );
+    assert_eq!(
+        env.count(owned_by_b).await,
+        2,
+        "B claims no saga it has no slot for"
+    );
+
+    env.cluster.serve_held(Participant::Flights).await.unwrap();
+    for n in 1..=5 {
+        let answer = env
+            .get_at(&b, &format!("/trip?tripID=taken-{n}&wait=30"))
+            .await;
+        assert_eq!(
+            (answer.status, &answer.body["status"]),
+            (StatusCode::OK, &json!("succeeded")),
+            "{}",
+            answer.body
+        );
+    }
     testkit::invariant::check(env.db.pool())
         .await
         .unwrap()

@@ -1,7 +1,7 @@
 //! The orchestrator's errors and the answers they become.
 
 use axum::Json;
-use axum::http::StatusCode;
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use common::error::ErrorBody;
 use serde::Serialize;
@@ -60,6 +60,10 @@ pub enum Error {
     /// which.
     #[error("{0}")]
     Missing(String),
+
+    /// 503 with `Retry-After`: no slot for a new saga; nothing was written.
+    #[error(transparent)]
+    Overloaded(#[from] crate::saga::admission::Overloaded),
 
     /// 503 when the database is unreachable or does not answer (retry
     /// later), else 500; logged, answered opaquely.
@@ -143,6 +147,14 @@ impl IntoResponse for Error {
                 ),
             ),
             Error::Missing(_) => (StatusCode::NOT_FOUND, ErrorBody::new("not_found", message)),
+            Error::Overloaded(_) => {
+                let mut response = ErrorBody::new("overloaded", message)
+                    .into_response_with(StatusCode::SERVICE_UNAVAILABLE);
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                return response;
+            }
             Error::Database(err) if common::db::is_outage(err) => {
                 tracing::warn!(%err, "database unavailable");
                 unavailable()

@@ -152,13 +152,23 @@ pub(crate) async fn start_or_join(
         input: Arc::clone(&input),
         deadline,
     };
-    if !state.engine.start(start).await? {
-        // The id has a saga already: join it if it is the same saga.
+    let created = match state.engine.admit().await {
+        Ok(slot) => Ok(state.engine.start(start, slot).await?),
+        Err(overloaded) => Err(overloaded),
+    };
+    if !matches!(created, Ok(true)) {
+        // The id has a saga already: join it if it is the same saga. A
+        // start that found no slot is refused unless its saga exists: a
+        // duplicate start costs no slot, and is answered as ever.
         let existing = state
             .engine
             .bounded(async |conn| store::find(conn, &id).await)
-            .await?
-            .ok_or_else(|| Error::Missing(format!("saga {id} is gone")))?;
+            .await?;
+        let existing = match (existing, created) {
+            (Some(existing), _) => existing,
+            (None, Err(overloaded)) => return Err(overloaded.into()),
+            (None, Ok(_)) => return Err(Error::Missing(format!("saga {id} is gone"))),
+        };
         if existing.definition != *definition.name {
             return Err(Error::SagaConflict(format!(
                 "id {id} is taken by a saga of definition {}; use a new id",

@@ -18,6 +18,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::admission::{Admission, Limits, Overloaded, Slot};
 use super::drive::{Run, Shown, Stop};
 use super::model::{SagaStatus, StepEvent};
 use super::view::{SagaView, StepView};
@@ -39,6 +40,7 @@ pub struct EngineConfig {
     /// How long a lease lasts without a write.
     pub lease: Duration,
     pub retry: RetryConfig,
+    pub limits: Limits,
 }
 
 /// Starts and drives sagas; shared by the HTTP handlers.
@@ -62,6 +64,8 @@ pub struct Engine {
     running: Mutex<HashMap<String, watch::Receiver<Progress>>>,
     /// Every transition goes through this one batching writer.
     pub(super) writer: Writer,
+    /// The slots of the sagas driven here.
+    pub(super) admission: Admission,
     pub(super) tasks: TaskTracker,
     pub(super) shutdown: CancellationToken,
 }
@@ -133,6 +137,7 @@ impl Engine {
         );
         Arc::new(Self {
             writer,
+            admission: Admission::new(config.limits.clone()),
             pool,
             participants,
             owner: config.owner.clone(),
@@ -159,6 +164,12 @@ impl Engine {
 
     pub fn retry(&self) -> &RetryConfig {
         &self.retry
+    }
+
+    /// A slot to drive a new saga in, or why there is none
+    /// ([`Admission::admit`]).
+    pub async fn admit(&self) -> Result<Slot, Overloaded> {
+        self.admission.admit().await
     }
 
     /// How long a query may go unanswered before it is given up as an
@@ -288,10 +299,10 @@ impl Engine {
         Ok(())
     }
 
-    /// Records `start` and drives it at once, in the engine's own task:
-    /// the request that asked may go away at any point. Returns `false`
-    /// (and starts nothing) if a saga of that id exists already.
-    pub async fn start(self: &Arc<Self>, start: Start) -> Result<bool, WriteError> {
+    /// Records `start` and drives it at once in `slot`, in the engine's own
+    /// task: the request that asked may go away at any point. Returns
+    /// `false` (and starts nothing) if a saga of that id exists already.
+    pub async fn start(self: &Arc<Self>, start: Start, slot: Slot) -> Result<bool, WriteError> {
         let Start {
             definition,
             id,
@@ -313,6 +324,7 @@ impl Engine {
         let (reply, answer) = oneshot::channel();
         let engine = Arc::clone(self);
         self.tasks.spawn(async move {
+            let _slot = slot;
             let saga_id = new.saga_id.clone();
             let input = Arc::clone(&new.input);
             let at = match engine.writer.create(new).await {
@@ -359,12 +371,14 @@ impl Engine {
         })?
     }
 
-    /// Drives `run` in a task of its own.
-    pub(super) fn spawn(self: &Arc<Self>, run: Run) {
+    /// Drives `run` in a task of its own, in `slot`.
+    pub(super) fn spawn(self: &Arc<Self>, run: Run, slot: Slot) {
         let (tx, rx) = self.track(&run);
         let engine = Arc::clone(self);
-        self.tasks
-            .spawn(async move { engine.drive_tracked(run, tx, rx).await });
+        self.tasks.spawn(async move {
+            let _slot = slot;
+            engine.drive_tracked(run, tx, rx).await
+        });
     }
 
     /// Makes `run`'s progress visible to the requests that wait for it.

@@ -1,9 +1,11 @@
 //! Running sagas: the statuses every saga shares ([`model`]), the engine
 //! that starts them and wakes the requests waiting for them ([`engine`]),
+//! the bound on the sagas driven at once ([`admission`]),
 //! the driving of one saga ([`drive`]), the takeover of sagas whose process
 //! stopped ([`recovery`]), the one batching writer of saga state
 //! ([`writer`]), and a saga as the API shows it ([`view`]).
 
+pub mod admission;
 pub mod drive;
 pub mod engine;
 pub mod model;

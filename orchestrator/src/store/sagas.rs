@@ -411,6 +411,25 @@ pub struct Claimed {
     pub last_attempt: i32,
 }
 
+/// Whether [`claim`] would find a saga to take over, claiming nothing.
+pub async fn claimable(
+    db: impl sqlx::PgExecutor<'_>,
+    owner: &str,
+    own_before: Option<DateTime<Utc>>,
+) -> sqlx::Result<bool> {
+    sqlx::query_scalar!(
+        r#"SELECT EXISTS (
+               SELECT 1 FROM orchestrator.sagas
+               WHERE status IN ('running', 'compensating')
+                 AND (lease_until IS NULL OR lease_until < now()
+                      OR (owner = $1 AND updated_at < $2::timestamptz))) AS "claimable!""#,
+        owner,
+        own_before,
+    )
+    .fetch_one(db)
+    .await
+}
+
 /// Claims up to `limit` unfinished sagas for `owner`: those whose lease ran
 /// out or was handed back and, with `own_before`, those `owner` held before
 /// it restarted (last written before then: not those it claimed since).

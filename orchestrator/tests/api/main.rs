@@ -538,6 +538,7 @@ async fn a_read_the_database_never_answers_is_a_503_and_the_next_goes_through() 
         owner: "a".into(),
         lease: Duration::from_secs(6),
         retry: orchestrator::retry::RetryConfig::default(),
+        limits: Default::default(),
     };
     let nobody = |name: &str| orchestrator::participants::BaseUrl {
         setting: name.into(),
