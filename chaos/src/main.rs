@@ -62,6 +62,11 @@ struct Args {
     /// Share of participant requests delayed (up to 200 ms).
     #[arg(long, default_value_t = 0.1)]
     delay_rate: f64,
+    /// Share of trips whose client hangs up 1 to 50 ms after sending the
+    /// start, and asks again 0.5 to 3 s later: the saga must be driven
+    /// meanwhile, with no client waiting for it.
+    #[arg(long, default_value_t = 0.1)]
+    hang_up_rate: f64,
     /// Every saga must end within this many seconds of the last fault.
     #[arg(long, default_value_t = 30)]
     settle_secs: u64,
@@ -185,7 +190,7 @@ async fn run(args: &Args) -> anyhow::Result<bool> {
         Arc::clone(&pg),
         Arc::clone(&load_done),
     ));
-    let load_errors = drive_load(args, &client, &orchestrator_urls).await;
+    let (load_errors, hang_ups) = drive_load(args, &client, &orchestrator_urls).await;
     load_done.store(true, Ordering::SeqCst);
     let (fault_log, last_fault) = faults.await??;
 
@@ -242,7 +247,7 @@ async fn run(args: &Args) -> anyhow::Result<bool> {
     );
     println!(
         "faults: {} kills, {} pauses past the lease, {} PostgreSQL restarts, {} lost responses, {} duplicated requests, \
-         {} 503s, {} delays; last saga ended {:.1} s after the last fault; {:.0} s in all; load errors {}, missing sagas {missing}",
+         {} 503s, {} delays, {hang_ups} clients hung up; last saga ended {:.1} s after the last fault; {:.0} s in all; load errors {}, missing sagas {missing}",
         fault_log.kills,
         fault_log.pauses,
         fault_log.pg_restarts,
@@ -292,16 +297,25 @@ async fn run(args: &Args) -> anyhow::Result<bool> {
 
 /// Starts every trip through a live orchestrator, retrying on another one
 /// when the one asked dies (starting is idempotent by trip id). Returns the
-/// trips that could not be started, with why.
-async fn drive_load(args: &Args, client: &reqwest::Client, urls: &[String]) -> Vec<String> {
+/// trips that could not be started, with why, and how many clients hung up.
+async fn drive_load(
+    args: &Args,
+    client: &reqwest::Client,
+    urls: &[String],
+) -> (Vec<String>, usize) {
     let errors = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let hang_ups = AtomicUsize::new(0);
     let all = args.mix != "success";
     let next_url = AtomicUsize::new(0);
     futures::stream::iter(0..args.sagas)
         .for_each_concurrent(args.concurrency.max(1), |i| {
             let errors = Arc::clone(&errors);
-            let next_url = &next_url;
+            let (next_url, hang_ups) = (&next_url, &hang_ups);
             async move {
+                // Seeded per trip, whatever order the trips run in.
+                let mut rng =
+                    StdRng::seed_from_u64(args.seed ^ (i as u64).wrapping_mul(0x9e37_79b9));
+                let mut hang_up = rng.random_bool(args.hang_up_rate.clamp(0.0, 1.0));
                 let run_type = if all {
                     common::wire::RunType::ALL[i % 6].as_str()
                 } else {
@@ -312,12 +326,23 @@ async fn drive_load(args: &Args, client: &reqwest::Client, urls: &[String]) -> V
                 let give_up = Instant::now() + Duration::from_secs(300);
                 loop {
                     let url = &urls[next_url.fetch_add(1, Ordering::Relaxed) % urls.len()];
+                    let timeout = if hang_up {
+                        Duration::from_millis(rng.random_range(1..=50))
+                    } else {
+                        Duration::from_secs(15)
+                    };
                     let answer = client
                         .post(format!("{url}/trips?wait=10"))
                         .json(&body)
-                        .timeout(Duration::from_secs(15))
+                        .timeout(timeout)
                         .send()
                         .await;
+                    if std::mem::take(&mut hang_up) && answer.is_err() {
+                        hang_ups.fetch_add(1, Ordering::Relaxed);
+                        let back = rng.random_range(500..=3_000);
+                        tokio::time::sleep(Duration::from_millis(back)).await;
+                        continue;
+                    }
                     match answer {
                         Ok(r) if r.status().is_success() => return,
                         Ok(r) if r.status().is_client_error() => {
@@ -343,7 +368,7 @@ async fn drive_load(args: &Args, client: &reqwest::Client, urls: &[String]) -> V
         })
         .await;
     let errors = errors.lock().unwrap_or_else(|p| p.into_inner());
-    errors.clone()
+    (errors.clone(), hang_ups.into_inner())
 }
 
 /// Until the load is done: every 2-5 s (seeded), kill -9 a random service
