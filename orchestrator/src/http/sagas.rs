@@ -154,12 +154,15 @@ pub(crate) async fn start_or_join(
     };
     let created = match state.engine.admit().await {
         Ok(slot) => Ok(state.engine.start(start, slot).await?),
+        // A start that found no slot is refused at once, unless its saga
+        // is driven here: that duplicate costs no slot, and is answered as
+        // ever. Refusing costs no read, so that it stays cheap when it
+        // matters most.
+        Err(overloaded) if !state.engine.is_driving(&id) => return Err(overloaded.into()),
         Err(overloaded) => Err(overloaded),
     };
     if !matches!(created, Ok(true)) {
-        // The id has a saga already: join it if it is the same saga. A
-        // start that found no slot is refused unless its saga exists: a
-        // duplicate start costs no slot, and is answered as ever.
+        // The id has a saga already: join it if it is the same saga.
         let existing = state
             .engine
             .bounded(async |conn| store::find(conn, &id).await)

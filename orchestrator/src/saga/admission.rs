@@ -23,25 +23,25 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 #[derive(Debug, Clone, clap::Args)]
 pub struct Limits {
     /// Most sagas this process drives at once (started here or taken over).
-    #[arg(long, env = "MAX_ACTIVE_SAGAS", default_value_t = 256)]
+    #[arg(long, env = "MAX_ACTIVE_SAGAS", default_value_t = 128)]
     pub max_active_sagas: usize,
 
     /// Most starts waiting for a slot at once; more are refused at once.
-    #[arg(long, env = "MAX_WAITING_STARTS", default_value_t = 256)]
+    #[arg(long, env = "MAX_WAITING_STARTS", default_value_t = 128)]
     pub max_waiting_starts: usize,
 
     /// How long a start may wait for a slot before it is refused, in
     /// milliseconds.
-    #[arg(long, env = "START_QUEUE_MS", default_value_t = 250)]
+    #[arg(long, env = "START_QUEUE_MS", default_value_t = 5)]
     pub start_queue_ms: u64,
 }
 
 impl Default for Limits {
     fn default() -> Self {
         Self {
-            max_active_sagas: 256,
-            max_waiting_starts: 256,
-            start_queue_ms: 250,
+            max_active_sagas: 128,
+            max_waiting_starts: 128,
+            start_queue_ms: 5,
         }
     }
 }

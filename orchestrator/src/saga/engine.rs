@@ -172,6 +172,14 @@ impl Engine {
         self.admission.admit().await
     }
 
+    /// Whether the saga `saga_id` is driven by this process now.
+    pub fn is_driving(&self, saga_id: &str) -> bool {
+        self.running
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .contains_key(saga_id)
+    }
+
     /// How long a query may go unanswered before it is given up as an
     /// outage: a third of the lease.
     pub fn db_timeout(&self) -> Duration {
