@@ -22,6 +22,7 @@ use sqlx::PgPool;
 use testkit::procs::{Service, free_port};
 use tokio::time::Instant;
 
+mod open_loop;
 mod recovery;
 mod restate;
 
@@ -98,6 +99,26 @@ struct Args {
     /// (`--recovery` alone: 10000).
     #[arg(long, num_args = 0..=1, default_missing_value = "10000")]
     recovery: Option<usize>,
+    /// Instead of the phases: an open-loop sweep. Starts arrive at a
+    /// constant rate whatever the answers, each with a client timeout of
+    /// 10 s, latency counted from the intended send time; one run per rate
+    /// of `--open-loop-rates`, multiples of the capacity measured closed loop
+    /// first (`--sagas`, `--concurrency`) or given (`--capacity`).
+    #[arg(long)]
+    open_loop: bool,
+    #[arg(long, value_delimiter = ',', default_value = "0.5,1,1.5,2,4")]
+    open_loop_rates: Vec<f64>,
+    /// Seconds of offered load per rate.
+    #[arg(long, default_value_t = 20.0)]
+    open_loop_secs: f64,
+    /// The capacity the rates are multiples of, in sagas per second
+    /// (default: measured closed loop).
+    #[arg(long)]
+    capacity: Option<f64>,
+    /// With `--open-loop`: draw goodput and p99 against offered load here,
+    /// as SVG.
+    #[arg(long)]
+    chart: Option<PathBuf>,
 }
 
 /// One measured phase.
@@ -189,6 +210,40 @@ async fn main() -> anyhow::Result<()> {
         restate: None,
     };
     let ours: Vec<&Service> = services.iter().collect();
+    if args.open_loop {
+        let (capacity, closed_p50_ms, closed_peak_rss_mb) = match args.capacity {
+            Some(capacity) => (capacity, 0.0, 0.0),
+            None => {
+                let closed =
+                    measure(&load, &ours, &pool, &cluster.name, Kind::Orchestrated, 1).await?;
+                let rss = closed
+                    .processes
+                    .iter()
+                    .find(|(name, _, _)| name == "orchestrator")
+                    .map_or(0.0, |(_, _, rss)| *rss);
+                (closed.sagas_per_sec, closed.latency_ms.p50, rss)
+            }
+        };
+        let plan = open_loop::Plan {
+            orchestrator_url: &orchestrator_url,
+            multiples: &args.open_loop_rates,
+            seconds: args.open_loop_secs,
+            capacity,
+            closed_p50_ms,
+            closed_peak_rss_mb,
+        };
+        let sweep = open_loop::sweep(&plan, &services[3], &pool).await?;
+        open_loop::print(&sweep);
+        if let Some(path) = &args.json {
+            std::fs::write(path, serde_json::to_string_pretty(&sweep)?)
+                .with_context(|| format!("cannot write {}", path.display()))?;
+        }
+        if let Some(path) = &args.chart {
+            open_loop::chart(&sweep, path)?;
+        }
+        pool.close().await;
+        return cluster.stop().await;
+    }
     let mut phases = Vec::new();
     for round in 1..=args.rounds {
         phases.push(

@@ -103,6 +103,15 @@ impl Service {
         Some((ticks as f64 / hz as f64, peak_kb * 1024))
     }
 
+    /// Resets the peak resident memory that [`Service::usage`] reports to
+    /// the memory in use now (Linux `clear_refs`), so that the next reading
+    /// is the peak of what came after.
+    pub fn reset_peak_memory(&self) {
+        if let Some(pid) = self.child.as_ref().and_then(|c| c.id()) {
+            let _ = std::fs::write(format!("/proc/{pid}/clear_refs"), "5");
+        }
+    }
+
     fn pid(&self) -> Option<Pid> {
         let id = self.child.as_ref()?.id()?;
         Some(Pid::from_raw(i32::try_from(id).ok()?))
