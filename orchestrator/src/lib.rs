@@ -52,11 +52,17 @@ pub const SCHEMA: &str = "orchestrator";
 /// statistics (a new table, before autovacuum has analyzed it) the planner
 /// takes `orchestrator.sagas` for a few pages and joins each batch of
 /// transitions to a scan of the whole table; this keeps it on the indexes
-/// whatever the statistics say. Hash and merge joins stay allowed: the
-/// writer's statement joins its own small sets (the rows of the moves that
-/// applied) by hash, and turning them off made it a tenth slower (see
-/// docs/benchmarks.md).
-const DB_SETTINGS: &[(&str, &str)] = &[("enable_seqscan", "off")];
+/// whatever the statistics say. For the same reason a batch joined to the
+/// table is a loop of key lookups, never a hash or merge join over a whole
+/// index (which a small table, unanalyzed, is planned as, and a generic
+/// plan keeps as the table grows). The writer's statement matches its own
+/// small sets with `= ANY (ARRAY(...))` rather than joins, which these
+/// settings would make nested loops.
+const DB_SETTINGS: &[(&str, &str)] = &[
+    ("enable_seqscan", "off"),
+    ("enable_mergejoin", "off"),
+    ("enable_hashjoin", "off"),
+];
 
 /// Connects to `url` as the orchestrator does (its connection settings, its
 /// schema) and applies the schema's migrations.

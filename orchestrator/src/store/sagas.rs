@@ -184,7 +184,7 @@ pub async fn write<T: Borrow<Transition>>(
                INSERT INTO orchestrator.saga_log (saga_id, seq, step, status, attempt, detail)
                SELECT n.saga_id, 1, n.first_step, 'started', 1,
                       jsonb_build_object('idempotency_key', n.saga_id || ':' || n.first_step)
-               FROM new n WHERE n.saga_id IN (SELECT saga_id FROM created)),
+               FROM new n WHERE n.saga_id = ANY (ARRAY(SELECT saga_id FROM created))),
            moves AS (
                SELECT * FROM unnest($9::text[], $10::int8[], $11::text[], $12::int4[])
                    AS m(saga_id, version, status, cursor)),
@@ -208,7 +208,7 @@ pub async fn write<T: Borrow<Transition>>(
                     AS l(saga_id, version, seq, step, status, attempt, detail)
                -- Only the rows of the moves applied: a stale mover's rows
                -- for the same saga may be in the same batch.
-               WHERE (l.saga_id, l.version) IN (SELECT saga_id, from_version FROM moved))
+               WHERE (l.saga_id, l.version) = ANY (ARRAY(SELECT (saga_id, from_version) FROM moved)))
            -- A created saga comes back without a version.
            SELECT saga_id AS "saga_id!", NULL::int8 AS from_version, now() AS "at!" FROM created
            UNION ALL
