@@ -72,11 +72,7 @@ async fn a_participant_down_past_the_budget_makes_the_saga_compensate_until_it_i
             Some("refunded".to_owned())
         ]
     );
-    testkit::invariant::check(env.db.pool())
-        .await
-        .unwrap()
-        .assert_clean();
-    env.finish().await;
+    env.finish_clean().await;
 }
 
 #[tokio::test]
@@ -98,11 +94,7 @@ async fn a_participant_down_for_a_while_is_retried_and_the_saga_succeeds() {
     let car = step(&answer.body, "ReserveCarRental").unwrap();
     assert_eq!(car["status"], "succeeded");
     assert!(car["attempts"].as_i64() >= Some(2));
-    testkit::invariant::check(env.db.pool())
-        .await
-        .unwrap()
-        .assert_clean();
-    env.finish().await;
+    env.finish_clean().await;
 }
 
 #[tokio::test]

@@ -44,11 +44,7 @@ async fn fifty_clients_that_hang_up_at_once_leave_no_saga_waiting() {
         (created > 0 && unfinished(&env).await == 0).then_some(())
     })
     .await;
-    testkit::invariant::check(env.db.pool())
-        .await
-        .unwrap()
-        .assert_clean();
-    env.finish().await;
+    env.finish_clean().await;
 }
 
 #[tokio::test]
@@ -81,9 +77,5 @@ async fn a_client_whose_timeout_fires_while_its_saga_runs_leaves_it_driven() {
     })
     .await;
     assert_eq!(saga["steps"].as_array().unwrap().len(), 5, "{saga}");
-    testkit::invariant::check(env.db.pool())
-        .await
-        .unwrap()
-        .assert_clean();
-    env.finish().await;
+    env.finish_clean().await;
 }

@@ -52,11 +52,7 @@ async fn a_saga_waiting_in_line_longer_than_an_attempt_spends_no_attempt_and_suc
     }
     proxies.flights.release();
     holding(&proxies.flights, 0).await;
-    testkit::invariant::check(env.db.pool())
-        .await
-        .unwrap()
-        .assert_clean();
-    env.finish().await;
+    env.finish_clean().await;
 }
 
 #[tokio::test]
@@ -121,11 +117,7 @@ async fn a_start_past_the_slots_is_refused_at_once_and_a_duplicate_still_answere
         "{}",
         later.body
     );
-    testkit::invariant::check(env.db.pool())
-        .await
-        .unwrap()
-        .assert_clean();
-    env.finish().await;
+    env.finish_clean().await;
 }
 
 #[tokio::test]
@@ -179,9 +171,5 @@ async fn sagas_taken_over_take_slots_and_new_starts_are_refused_meanwhile() {
             answer.body
         );
     }
-    testkit::invariant::check(env.db.pool())
-        .await
-        .unwrap()
-        .assert_clean();
-    env.finish().await;
+    env.finish_clean().await;
 }

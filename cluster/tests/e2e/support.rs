@@ -146,6 +146,16 @@ impl Env {
         .await
     }
 
+    /// Checks the consistency invariant over every saga, then stops the
+    /// services.
+    pub async fn finish_clean(self) {
+        testkit::invariant::check(self.db.pool())
+            .await
+            .unwrap()
+            .assert_clean();
+        self.finish().await;
+    }
+
     /// Stops the services before the database goes.
     pub async fn finish(self) {
         self.cluster
