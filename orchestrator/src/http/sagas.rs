@@ -153,25 +153,21 @@ pub(crate) async fn start_or_join(
         deadline,
     };
     let created = match state.engine.admit().await {
-        Ok(slot) => Ok(state.engine.start(start, slot).await?),
+        Ok(slot) => state.engine.start(start, slot).await?,
         // A start that found no slot is refused at once, unless its saga
         // is driven here: that duplicate costs no slot, and is answered as
         // ever. Refusing costs no read, so that it stays cheap when it
         // matters most.
         Err(overloaded) if !state.engine.is_driving(&id) => return Err(overloaded.into()),
-        Err(overloaded) => Err(overloaded),
+        Err(_) => false,
     };
-    if !matches!(created, Ok(true)) {
+    if !created {
         // The id has a saga already: join it if it is the same saga.
         let existing = state
             .engine
             .bounded(async |conn| store::find(conn, &id).await)
-            .await?;
-        let existing = match (existing, created) {
-            (Some(existing), _) => existing,
-            (None, Err(overloaded)) => return Err(overloaded.into()),
-            (None, Ok(_)) => return Err(Error::Missing(format!("saga {id} is gone"))),
-        };
+            .await?
+            .ok_or_else(|| Error::Missing(format!("saga {id} is gone")))?;
         if existing.definition != *definition.name {
             return Err(Error::SagaConflict(format!(
                 "id {id} is taken by a saga of definition {}; use a new id",

@@ -108,8 +108,12 @@ impl Drop for Waiting<'_> {
 
 impl Admission {
     pub fn new(limits: Limits) -> Self {
+        let limits = Limits {
+            max_active_sagas: limits.max_active_sagas.max(1),
+            ..limits
+        };
         Self {
-            slots: Arc::new(Semaphore::new(limits.max_active_sagas.max(1))),
+            slots: Arc::new(Semaphore::new(limits.max_active_sagas)),
             limits,
             waiting: AtomicUsize::new(0),
             shed: AtomicU64::new(0),
@@ -152,7 +156,7 @@ impl Admission {
     /// `n` slots, ahead of the starts that come to wait after this call;
     /// none if they do not come free within `within`.
     pub async fn take_next(&self, n: usize, within: Duration) -> Vec<Slot> {
-        let n = n.clamp(1, self.limits.max_active_sagas.max(1)) as u32;
+        let n = n.clamp(1, self.limits.max_active_sagas) as u32;
         match tokio::time::timeout(within, Arc::clone(&self.slots).acquire_many_owned(n)).await {
             Ok(Ok(permit)) => split(permit),
             _ => Vec::new(),
@@ -161,10 +165,7 @@ impl Admission {
 
     /// Sagas driven now.
     pub fn active(&self) -> usize {
-        self.limits
-            .max_active_sagas
-            .max(1)
-            .saturating_sub(self.slots.available_permits())
+        self.limits.max_active_sagas - self.slots.available_permits()
     }
 
     /// Starts waiting for a slot now.
