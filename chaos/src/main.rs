@@ -139,6 +139,7 @@ async fn run(args: &Args) -> anyhow::Result<bool> {
         let faults = Faults {
             seed: args.seed.wrapping_add(i as u64),
             delay_rate: args.delay_rate,
+            min_delay_ms: 0,
             max_delay_ms: 200,
             lose_response_rate: args.lose_response_rate,
             duplicate_rate: args.duplicate_rate,

@@ -33,9 +33,12 @@ pub struct Faults {
     /// Seed of the fault draws.
     #[arg(long, env = "FAULT_SEED", default_value_t = 0)]
     pub seed: u64,
-    /// Share of requests delayed by up to `max_delay_ms` before forwarding.
+    /// Share of requests delayed by `min_delay_ms` to `max_delay_ms` before
+    /// forwarding.
     #[arg(long, default_value_t = 0.0)]
     pub delay_rate: f64,
+    #[arg(long, default_value_t = 0)]
+    pub min_delay_ms: u64,
     #[arg(long, default_value_t = 0)]
     pub max_delay_ms: u64,
     /// Share of requests forwarded whose response is then lost.
@@ -79,6 +82,9 @@ pub struct Stats {
     pub unavailable: AtomicU64,
     pub resets: AtomicU64,
     pub held: AtomicU64,
+    /// Requests in the proxy now, and the most at once.
+    pub in_flight: AtomicU64,
+    pub peak_in_flight: AtomicU64,
 }
 
 /// A fault to apply to one request.
@@ -94,7 +100,7 @@ enum Fault {
 struct Inner {
     upstream: String,
     client: reqwest::Client,
-    faults: Faults,
+    faults: Mutex<Faults>,
     rng: Mutex<StdRng>,
     hold: Mutex<Option<Hold>>,
     /// Bumped by each release; held requests wait for it to change.
@@ -130,7 +136,7 @@ impl FaultProxy {
             upstream: upstream.trim_end_matches('/').to_owned(),
             client,
             rng: Mutex::new(StdRng::seed_from_u64(faults.seed)),
-            faults,
+            faults: Mutex::new(faults),
             hold: Mutex::new(None),
             released: watch::channel(0).0,
             holding: AtomicUsize::new(0),
@@ -154,6 +160,11 @@ impl FaultProxy {
     /// Holds the next matching requests until [`FaultProxy::release`].
     pub fn hold(&self, hold: Hold) {
         *self.inner.hold.lock().unwrap_or_else(|p| p.into_inner()) = Some(hold);
+    }
+
+    /// Applies `faults` to the requests from now on (the seed is kept).
+    pub fn set_faults(&self, faults: Faults) {
+        *self.inner.faults.lock().unwrap_or_else(|p| p.into_inner()) = faults;
     }
 
     /// Lets everything held go on, and holds nothing more.
@@ -196,11 +207,19 @@ async fn stats(State(inner): State<Arc<Inner>>) -> axum::Json<serde_json::Value>
 impl Inner {
     /// Draws this request's fault and delay.
     fn draw(&self) -> (Fault, Option<Duration>) {
-        let f = &self.faults;
+        let f = self
+            .faults
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         let mut rng = self.rng.lock().unwrap_or_else(|p| p.into_inner());
-        let delay =
-            (f.delay_rate > 0.0 && rng.random::<f64>() < f.delay_rate && f.max_delay_ms > 0)
-                .then(|| Duration::from_millis(rng.random_range(0..=f.max_delay_ms)));
+        let delay = (f.delay_rate > 0.0
+            && rng.random::<f64>() < f.delay_rate
+            && f.max_delay_ms > 0)
+            .then(|| {
+                let min = f.min_delay_ms.min(f.max_delay_ms);
+                Duration::from_millis(rng.random_range(min..=f.max_delay_ms))
+            });
         let roll: f64 = rng.random();
         let mut edge = 0.0;
         for (rate, fault) in [
@@ -281,8 +300,26 @@ fn broken() -> Response {
     response
 }
 
+/// Counts a request in the proxy for as long as it is there.
+struct InFlight(Arc<Inner>);
+
+impl InFlight {
+    fn enter(inner: &Arc<Inner>) -> Self {
+        let now = inner.stats.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
+        inner.stats.peak_in_flight.fetch_max(now, Ordering::Relaxed);
+        Self(Arc::clone(inner))
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 async fn forward(State(inner): State<Arc<Inner>>, request: Request) -> Response {
     inner.stats.requests.fetch_add(1, Ordering::Relaxed);
+    let _in_flight = InFlight::enter(&inner);
     let (parts, body) = request.into_parts();
     let Ok(body) = axum::body::to_bytes(body, common::server::BODY_LIMIT).await else {
         return StatusCode::PAYLOAD_TOO_LARGE.into_response();

@@ -325,7 +325,7 @@ pub async fn run(
     // error, whatever the database's state.
     let participants = Participants::new(
         &config.participant_urls()?,
-        config.retry.attempt_timeout(),
+        &config.retry,
         config.participant_max_in_flight,
     )?;
     let documents = read_definitions(&config.sagas_dir)?;

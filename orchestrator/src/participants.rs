@@ -13,6 +13,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::definition::Action;
 use crate::definition::template::Scope;
+use crate::retry::{RetryBudget, RetryConfig};
 
 /// Why a call did not succeed, with what to record in `saga_log`.
 #[derive(Debug, Clone)]
@@ -32,11 +33,12 @@ pub struct Turn {
     _permit: Option<OwnedSemaphorePermit>,
 }
 
-/// One participant: where it is, and its line of calls.
+/// One participant: where it is, its line of calls, and its retry budget.
 #[derive(Debug)]
 struct Participant {
     base: Base,
     in_flight: Arc<Semaphore>,
+    budget: RetryBudget,
 }
 
 /// The participants' base URLs by name, one shared, pooled HTTP client, and
@@ -60,13 +62,15 @@ pub struct BaseUrl {
 }
 
 impl Participants {
-    /// A client whose every attempt is bounded by `attempt_timeout` (a step
-    /// may set its own), for the participants in `urls` (by name).
+    /// A client whose every attempt is bounded by `ATTEMPT_TIMEOUT_MS` (a
+    /// step may set its own), for the participants in `urls` (by name), each
+    /// with a retry budget as `retry` sets it.
     pub fn new(
         urls: &BTreeMap<String, BaseUrl>,
-        attempt_timeout: Duration,
+        retry: &RetryConfig,
         max_in_flight: usize,
     ) -> anyhow::Result<Self> {
+        let attempt_timeout = retry.attempt_timeout();
         let max_in_flight = max_in_flight.max(1);
         let client = reqwest::Client::builder()
             .timeout(attempt_timeout)
@@ -83,6 +87,7 @@ impl Participants {
                 Participant {
                     base: Base::parse(&base.setting, &base.url)?,
                     in_flight: Arc::new(Semaphore::new(max_in_flight)),
+                    budget: RetryBudget::new(retry),
                 },
             );
         }
@@ -119,6 +124,20 @@ impl Participants {
                 None => None,
             };
             Turn { _permit: permit }
+        }
+    }
+
+    /// Counts a first attempt to `participant` towards its retry budget.
+    pub fn first_attempt(&self, participant: &str) {
+        if let Some(p) = self.by_name.get(participant) {
+            p.budget.first_attempt();
+        }
+    }
+
+    /// Waits until `participant`'s retry budget pays for one retry.
+    pub async fn retry_budget(&self, participant: &str) {
+        if let Some(p) = self.by_name.get(participant) {
+            p.budget.retry().await;
         }
     }
 
@@ -285,7 +304,7 @@ mod tests {
                 },
             )])
         };
-        let err = Participants::new(&urls("127.0.0.1:8082"), Duration::from_secs(1), 1)
+        let err = Participants::new(&urls("127.0.0.1:8082"), &RetryConfig::default(), 1)
             .unwrap_err()
             .to_string();
         assert!(
@@ -293,7 +312,7 @@ mod tests {
             "{err}"
         );
         // A host and port without a scheme parses as a URL of scheme `cars`.
-        let err = Participants::new(&urls("cars:8082"), Duration::from_secs(1), 1)
+        let err = Participants::new(&urls("cars:8082"), &RetryConfig::default(), 1)
             .unwrap_err()
             .to_string();
         assert!(err.contains("(scheme cars)"), "{err}");

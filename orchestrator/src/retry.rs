@@ -1,10 +1,12 @@
 //! The retry policy of participant calls: exponential backoff with jitter,
 //! a bounded number of attempts for forward steps, none for compensations
-//! (they are retried until they succeed).
+//! (they are retried until they succeed), and a retry budget per
+//! participant that bounds the rate of retries, whatever their number.
 
 use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
+use tower::retry::budget::{Budget, TpsBudget};
 
 /// Retry settings, from flags or the environment.
 #[derive(Debug, Clone, clap::Args)]
@@ -39,6 +41,16 @@ pub struct RetryConfig {
     /// Time limit of one attempt of a participant call, in milliseconds.
     #[arg(long, env = "ATTEMPT_TIMEOUT_MS", default_value_t = 5_000)]
     pub attempt_timeout_ms: u64,
+
+    /// Retries to one participant, as a percentage of the first attempts
+    /// sent to it over the last 10 s; a retry past the budget waits for it.
+    #[arg(long, env = "RETRY_BUDGET_PERCENT", default_value_t = 20.0)]
+    pub retry_budget_percent: f32,
+
+    /// Retries per second to one participant allowed whatever the budget,
+    /// so that a participant called rarely is still retried promptly.
+    #[arg(long, env = "RETRY_BUDGET_MIN_PER_SEC", default_value_t = 10)]
+    pub retry_budget_min_per_sec: u32,
 }
 
 impl Default for RetryConfig {
@@ -51,6 +63,56 @@ impl Default for RetryConfig {
             compensation_max_delay_ms: 10_000,
             retry_jitter: true,
             attempt_timeout_ms: 5_000,
+            retry_budget_percent: 20.0,
+            retry_budget_min_per_sec: 10,
+        }
+    }
+}
+
+/// One participant's retry budget (Finagle's, as tower implements it):
+/// every first attempt deposits, every retry withdraws, and a retry the
+/// balance cannot pay for waits until it can. Retries are never dropped, so
+/// that a compensation goes on however long its participant fails; the
+/// budget only bounds how fast a failing participant is asked again, so that
+/// a slow or failing participant is not sent its own load again in retries
+/// on top of its first attempts.
+#[derive(Debug)]
+pub struct RetryBudget(TpsBudget);
+
+impl RetryBudget {
+    /// The window over which first attempts count towards the budget.
+    const WINDOW: Duration = Duration::from_secs(10);
+
+    pub fn new(config: &RetryConfig) -> Self {
+        // At least one a second: a budget of none would leave a failing
+        // compensation waiting forever.
+        Self(TpsBudget::new(
+            Self::WINDOW,
+            config
+                .retry_budget_min_per_sec
+                .clamp(1, i32::MAX as u32 - 1),
+            (config.retry_budget_percent / 100.0).clamp(0.0, 1000.0),
+        ))
+    }
+
+    /// Counts a first attempt (or a taken-over saga's next one).
+    pub fn first_attempt(&self) {
+        self.0.deposit();
+    }
+
+    /// Waits until the budget pays for one retry, and spends it. The waits
+    /// grow (with jitter) up to half a second, so that the retries waiting
+    /// do not poll in step.
+    pub async fn retry(&self) {
+        let mut waits = ExponentialBuilder::new()
+            .with_min_delay(Duration::from_millis(20))
+            .with_max_delay(Duration::from_millis(500))
+            .with_jitter()
+            .without_max_times()
+            .build();
+        while !self.0.withdraw() {
+            let wait = waits.next().unwrap_or(Duration::from_millis(500));
+            tokio::time::sleep(wait).await;
         }
     }
 }
@@ -226,5 +288,67 @@ mod tests {
         assert_eq!(delays.len(), 20);
         assert_eq!(delays[19], Duration::from_millis(10_000));
         assert!(delays.windows(2).all(|w| w[0] <= w[1]));
+    }
+
+    /// Spends `n` retries of `budget`, each as soon as it pays for it;
+    /// returns the virtual time each waited.
+    async fn spend(budget: &RetryBudget, n: usize) -> Vec<Duration> {
+        let mut waited = Vec::new();
+        for _ in 0..n {
+            let start = tokio::time::Instant::now();
+            budget.retry().await;
+            waited.push(start.elapsed());
+        }
+        waited
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retries_past_the_budget_wait_for_the_window_and_are_never_dropped() {
+        // No share of first attempts: only the minimum, 2 a second over the
+        // 10 s window.
+        let budget = RetryBudget::new(&RetryConfig {
+            retry_budget_percent: 0.0,
+            retry_budget_min_per_sec: 2,
+            ..config()
+        });
+        let waited = spend(&budget, 21).await;
+        assert!(waited[..20].iter().all(Duration::is_zero), "{waited:?}");
+        // The 21st waits until the first withdrawals leave the window (ten
+        // slices of a second, the oldest dropped as a new one begins).
+        let last = waited[20];
+        assert!(
+            last >= Duration::from_secs(8) && last <= Duration::from_millis(10_600),
+            "{last:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn first_attempts_pay_for_their_share_of_retries() {
+        // Half of the first attempts, and 1 a second: 10 retries in hand.
+        let budget = RetryBudget::new(&RetryConfig {
+            retry_budget_percent: 50.0,
+            retry_budget_min_per_sec: 1,
+            ..config()
+        });
+        assert!(spend(&budget, 10).await.iter().all(Duration::is_zero));
+        for _ in 0..4 {
+            budget.first_attempt();
+        }
+        // Four first attempts pay for two more retries, at once.
+        assert!(spend(&budget, 2).await.iter().all(Duration::is_zero));
+        let next = spend(&budget, 1).await[0];
+        assert!(next > Duration::ZERO, "the budget is spent: {next:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_budget_set_to_nothing_still_lets_a_retry_through_every_second() {
+        let budget = RetryBudget::new(&RetryConfig {
+            retry_budget_percent: 0.0,
+            retry_budget_min_per_sec: 0,
+            ..config()
+        });
+        let waited = spend(&budget, 11).await;
+        assert!(waited[..10].iter().all(Duration::is_zero), "{waited:?}");
+        assert!(waited[10] <= Duration::from_millis(10_600), "{waited:?}");
     }
 }

@@ -1,10 +1,15 @@
 //! More sagas than calls allowed in flight to a participant: they wait their
 //! turn in line, and a wait, however long, spends none of a step's attempts.
 //! More starts than slots: refused at once, before anything is written, and
-//! sagas taken over take slots as new ones do.
+//! sagas taken over take slots as new ones do. A slow participant holds no
+//! more connections than its calls allowed in flight, and retries to a
+//! failing one wait for its retry budget.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use cluster::Participant;
-use faultproxy::{Hold, HoldAt};
+use faultproxy::{Faults, Hold, HoldAt};
 use reqwest::StatusCode;
 use reqwest::header::RETRY_AFTER;
 use serde_json::json;
@@ -170,6 +175,133 @@ async fn sagas_taken_over_take_slots_and_new_starts_are_refused_meanwhile() {
             "{}",
             answer.body
         );
+    }
+    env.finish_clean().await;
+}
+
+#[tokio::test]
+async fn a_slow_participant_under_load_keeps_its_connections_bounded_and_starts_are_shed() {
+    let (env, proxies) = Env::start_proxied(|c| {
+        c.limits.max_active_sagas = 4;
+        c.limits.max_waiting_starts = 4;
+        c.limits.start_queue_ms = 5;
+        c.participant_max_in_flight = 2;
+        c.retry.attempt_timeout_ms = 2_000;
+    })
+    .await;
+    // Every payment call takes 300 ms: the slots fill with sagas waiting
+    // for it, and starts past them are refused.
+    proxies.payments.set_faults(Faults {
+        delay_rate: 1.0,
+        min_delay_ms: 300,
+        max_delay_ms: 300,
+        ..Faults::default()
+    });
+    let starts = (0..30).map(|i| {
+        let env = &env;
+        async move {
+            let trip_id = format!("slow-{i}");
+            let answer = env.get(&format!("/trip?tripID={trip_id}&wait=0")).await;
+            (trip_id, answer.status)
+        }
+    });
+    let answers = futures::future::join_all(starts).await;
+    let accepted: Vec<&str> = answers
+        .iter()
+        .filter(|(_, status)| *status == StatusCode::ACCEPTED)
+        .map(|(trip_id, _)| trip_id.as_str())
+        .collect();
+    let refused = answers
+        .iter()
+        .filter(|(_, status)| *status == StatusCode::SERVICE_UNAVAILABLE)
+        .count();
+    assert_eq!(
+        accepted.len() + refused,
+        answers.len(),
+        "every start is accepted or refused: {answers:?}"
+    );
+    assert!(accepted.len() >= 4, "the slots were used: {answers:?}");
+    assert!(
+        refused > 0,
+        "starts past the slots were refused: {answers:?}"
+    );
+    for trip_id in &accepted {
+        let saga = env
+            .saga_when(trip_id, "an accepted saga to end", |saga| {
+                saga["status"] == "succeeded"
+            })
+            .await;
+        assert_eq!(step(&saga, "ProcessPayment").unwrap()["attempts"], 1);
+    }
+    let peak = proxies
+        .payments
+        .stats()
+        .peak_in_flight
+        .load(Ordering::SeqCst);
+    assert!(
+        (1..=2).contains(&peak),
+        "at most PARTICIPANT_MAX_IN_FLIGHT calls to the slow participant at once, not {peak}"
+    );
+    assert_eq!(
+        env.count("SELECT count(*) FROM orchestrator.sagas").await,
+        i64::try_from(accepted.len()).unwrap(),
+        "nothing was written for a refused start"
+    );
+    // The participant is quick again: a start goes through at once.
+    proxies.payments.set_faults(Faults::default());
+    let after = env.get("/trip?tripID=after-the-slowness").await;
+    assert_eq!(after.status, StatusCode::OK, "{}", after.body);
+    assert_eq!(after.body["status"], "succeeded", "{}", after.body);
+    env.finish_clean().await;
+}
+
+#[tokio::test]
+async fn retries_past_a_participants_budget_wait_and_every_saga_still_ends() {
+    // No share of first attempts, one retry a second: ten in the window.
+    let (env, proxies) = Env::start_proxied(|c| {
+        c.retry.retry_budget_percent = 0.0;
+        c.retry.retry_budget_min_per_sec = 1;
+        c.retry.attempt_timeout_ms = 500;
+    })
+    .await;
+    proxies.payments.set_faults(Faults {
+        unavailable_rate: 1.0,
+        ..Faults::default()
+    });
+    for i in 0..8 {
+        let answer = env.get(&format!("/trip?tripID=budget-{i}&wait=0")).await;
+        assert_eq!(answer.status, StatusCode::ACCEPTED, "{}", answer.body);
+    }
+    // A retry waits for the budget for an attempt's time, and says so.
+    let waiting = "SELECT count(*) FROM orchestrator.saga_log
+                   WHERE detail->>'message' LIKE '%RETRY_BUDGET_PERCENT%'";
+    testkit::eventually(
+        "a retry to wait for the budget",
+        Duration::from_secs(10),
+        || async { (env.count(waiting).await > 0).then_some(()) },
+    )
+    .await;
+    // By then every call to payments is a first attempt (whose `started`
+    // row is written before it is sent) or one of the ten retries.
+    let sent = i64::try_from(proxies.payments.stats().requests.load(Ordering::SeqCst)).unwrap();
+    let first = env
+        .count(
+            "SELECT count(*) FROM orchestrator.saga_log
+             WHERE step IN ('ProcessPayment', 'RefundPayment') AND status = 'started'",
+        )
+        .await;
+    assert!(
+        sent - first <= 10,
+        "{sent} calls for {first} first attempts: more retries than the budget"
+    );
+    // The participant comes back: the waiting retries go on, and every saga
+    // ends, compensated or not.
+    proxies.payments.set_faults(Faults::default());
+    for i in 0..8 {
+        env.saga_when(&format!("budget-{i}"), "a saga to end", |saga| {
+            matches!(saga["status"].as_str(), Some("succeeded" | "failed"))
+        })
+        .await;
     }
     env.finish_clean().await;
 }

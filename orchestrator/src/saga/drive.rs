@@ -166,28 +166,33 @@ impl Engine {
         // the saga compensates instead of going on.
         let deadline = run.deadline.filter(|_| forward);
         let remaining = || deadline.map(|at| (at - Utc::now()).to_std().unwrap_or_default());
+        // Whether the next attempt is a retry: a retry waits for the
+        // participant's retry budget; a first attempt (or a taken-over
+        // saga's next one) adds to it.
+        let mut retry = false;
         loop {
             if remaining() == Some(Duration::ZERO) {
                 return Ok(Err(deadline_passed(run, action, None)));
             }
-            // Wait for a turn, keeping one's place in line. A wait is not an
-            // attempt: however long the line, it spends none. Each time it
-            // runs past an attempt's time it is logged, which renews the
-            // saga's lease.
-            let mut turn = std::pin::pin!(self.participants.turn(&action.participant));
-            let turn = loop {
-                tokio::select! {
-                    turn = &mut turn => break turn,
-                    () = tokio::time::sleep(self.participants.queue_timeout()) => {
-                        let waited = json!({
-                            "error": "queue wait",
-                            "message": "waiting for a turn (PARTICIPANT_MAX_IN_FLIGHT calls in flight to this participant); still in line",
-                        });
-                        self.log_retry(run, action, waited).await?;
-                    }
-                    () = sleep_or_forever(remaining()) => return Ok(Err(deadline_passed(run, action, None))),
-                    () = self.shutdown.cancelled() => return Err(Stop::Shutdown),
+            if retry {
+                let budget = self.participants.retry_budget(&action.participant);
+                if self
+                    .wait_logged(run, action, budget, BUDGET_WAIT, remaining)
+                    .await?
+                    .is_none()
+                {
+                    return Ok(Err(deadline_passed(run, action, None)));
                 }
+            } else {
+                self.participants.first_attempt(&action.participant);
+            }
+            // Wait for a turn, keeping one's place in line.
+            let turn = self.participants.turn(&action.participant);
+            let Some(turn) = self
+                .wait_logged(run, action, turn, TURN_WAIT, remaining)
+                .await?
+            else {
+                return Ok(Err(deadline_passed(run, action, None)));
             };
             let scope = run.scope();
             let result = tokio::select! {
@@ -218,8 +223,35 @@ impl Engine {
             );
             self.log_retry(run, action, failure.detail).await?;
             run.attempt += 1;
+            retry = true;
             tokio::select! {
                 () = tokio::time::sleep(delay) => {}
+                () = self.shutdown.cancelled() => return Err(Stop::Shutdown),
+            }
+        }
+    }
+
+    /// Waits for `ready` (a turn, or the retry budget) keeping the saga's
+    /// place. A wait is not an attempt: however long, it spends none. Each
+    /// time it runs past an attempt's time it is logged with `why`, which
+    /// renews the saga's lease. `None` when the saga's deadline passes first.
+    async fn wait_logged<T>(
+        &self,
+        run: &mut Run,
+        action: &Action,
+        ready: impl Future<Output = T>,
+        why: &str,
+        remaining: impl Fn() -> Option<Duration>,
+    ) -> Result<Option<T>, Stop> {
+        let mut ready = std::pin::pin!(ready);
+        loop {
+            tokio::select! {
+                ready = &mut ready => return Ok(Some(ready)),
+                () = tokio::time::sleep(self.participants.queue_timeout()) => {
+                    let waited = json!({ "error": "queue wait", "message": why });
+                    self.log_retry(run, action, waited).await?;
+                }
+                () = sleep_or_forever(remaining()) => return Ok(None),
                 () = self.shutdown.cancelled() => return Err(Stop::Shutdown),
             }
         }
@@ -320,6 +352,11 @@ impl Engine {
         Ok(())
     }
 }
+
+/// What a saga waiting for a turn records, once per attempt's time.
+const TURN_WAIT: &str = "waiting for a turn (PARTICIPANT_MAX_IN_FLIGHT calls in flight to this participant); still in line";
+/// What a retry waiting for its participant's retry budget records.
+const BUDGET_WAIT: &str = "waiting for the participant's retry budget (RETRY_BUDGET_PERCENT of its first attempts, RETRY_BUDGET_MIN_PER_SEC at least); still in line";
 
 /// How a saga's write (or the check of one) is retried through a database
 /// outage: with capped backoff, for as long as it lasts.
