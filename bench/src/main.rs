@@ -25,6 +25,7 @@ use tokio::time::Instant;
 mod open_loop;
 mod recovery;
 mod restate;
+mod slow;
 
 #[derive(Debug, Parser)]
 #[command(name = "bench", version, about)]
@@ -119,6 +120,12 @@ struct Args {
     /// as SVG.
     #[arg(long)]
     chart: Option<PathBuf>,
+    /// Instead of the phases: starts at the capacity (measured closed loop
+    /// first, or `--capacity`) for 50 s, while payments-svc, behind a fault
+    /// proxy, is slow (1 s a call, 10% answered 503) from 10 s to 30 s;
+    /// second by second, what the clients and the participant saw.
+    #[arg(long)]
+    slow_participant: bool,
 }
 
 /// One measured phase.
@@ -164,7 +171,22 @@ async fn main() -> anyhow::Result<()> {
     let mut cluster = Cluster::start(&args, &client).await?;
     let port = free_port()?;
     let orchestrator_url = format!("http://127.0.0.1:{port}");
-    let mut orchestrator = cluster.orchestrator(&args, port, &[])?;
+    // With --slow-participant, payments-svc is called through a fault proxy
+    // (in this process), which the run slows down and lets recover.
+    let slow_proxy = if args.slow_participant {
+        Some(faultproxy::FaultProxy::start(
+            tokio::net::TcpListener::bind("127.0.0.1:0").await?,
+            &cluster.urls[2],
+            faultproxy::Faults::default(),
+        )?)
+    } else {
+        None
+    };
+    let proxied = slow_proxy
+        .iter()
+        .map(|proxy| ("PAYMENTS_URL", proxy.url.as_str()))
+        .collect::<Vec<_>>();
+    let mut orchestrator = cluster.orchestrator(&args, port, &proxied)?;
     orchestrator.start()?;
     orchestrator
         .wait_ready(&client, Duration::from_secs(30))
@@ -210,7 +232,7 @@ async fn main() -> anyhow::Result<()> {
         restate: None,
     };
     let ours: Vec<&Service> = services.iter().collect();
-    if args.open_loop {
+    if args.open_loop || args.slow_participant {
         let (capacity, closed_p50_ms, closed_peak_rss_mb) = match args.capacity {
             Some(capacity) => (capacity, 0.0, 0.0),
             None => {
@@ -224,6 +246,16 @@ async fn main() -> anyhow::Result<()> {
                 (closed.sagas_per_sec, closed.latency_ms.p50, rss)
             }
         };
+        if let Some(proxy) = &slow_proxy {
+            let report = slow::run(&orchestrator_url, capacity, &services[3], proxy, &pool).await?;
+            slow::print(&report);
+            if let Some(path) = &args.json {
+                std::fs::write(path, serde_json::to_string_pretty(&report)?)
+                    .with_context(|| format!("cannot write {}", path.display()))?;
+            }
+            pool.close().await;
+            return cluster.stop().await;
+        }
         let plan = open_loop::Plan {
             orchestrator_url: &orchestrator_url,
             multiples: &args.open_loop_rates,

@@ -21,12 +21,12 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 /// A client gives up on a start after this long.
-const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
+pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
 /// A saga that ends later than this after it was created is late.
 const LATE_AFTER_SECS: f64 = 5.0;
 
 /// What one start came to, and when, from its intended send time.
-enum Answer {
+pub enum Answer {
     /// 200, the saga succeeded, within the client timeout.
     Good(Duration),
     /// 503: refused for want of a slot.
@@ -97,7 +97,12 @@ fn percentile(sorted: &[Duration], p: f64) -> f64 {
 
 /// One start, as a client with a timeout sends it; `intended` is when it
 /// was meant to be sent.
-async fn start(client: &reqwest::Client, url: &str, trip_id: &str, intended: Instant) -> Answer {
+pub async fn start(
+    client: &reqwest::Client,
+    url: &str,
+    trip_id: &str,
+    intended: Instant,
+) -> Answer {
     let answer = client
         .post(url)
         .json(&json!({ "trip_id": trip_id }))

@@ -146,7 +146,7 @@ impl Admission {
 
     /// Up to `n` of the free slots, without waiting.
     pub fn take_free(&self, n: usize) -> Vec<Slot> {
-        let n = n.min(self.slots.available_permits());
+        let n = n.min(self.free());
         match Arc::clone(&self.slots).try_acquire_many_owned(n as u32) {
             Ok(permit) if n > 0 => split(permit),
             _ => Vec::new(),
@@ -161,6 +161,11 @@ impl Admission {
             Ok(Ok(permit)) => split(permit),
             _ => Vec::new(),
         }
+    }
+
+    /// Slots free now.
+    pub fn free(&self) -> usize {
+        self.slots.available_permits()
     }
 
     /// Sagas driven now.

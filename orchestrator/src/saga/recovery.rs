@@ -3,7 +3,8 @@
 //! out (their process died or stalled) or was handed back. A saga taken
 //! over needs a slot as a new one does ([`super::admission`]): a claim takes
 //! as many as there are free slots, and when there are none it waits for
-//! the next ones ahead of new starts.
+//! one, claims a few, and starts each as the next slot comes free, ahead of
+//! new starts.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,6 +12,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 
+use super::admission::Slot;
 use super::drive::Run;
 use super::engine::Engine;
 use super::model::StepEvent;
@@ -71,53 +73,97 @@ impl Engine {
         }
     }
 
-    /// Claims one batch, as many sagas as there are free slots, and drives
-    /// it; `true` if the batch was full. With no free slot, and `wait`, it
-    /// waits up to `wait` for the next ones if there is a saga to claim.
-    /// With `own_before`, this process's own sagas last written before then
-    /// are claimed too, whatever their lease.
+    /// Claims one batch and drives it; `true` if the batch was full. With
+    /// free slots, it claims as many sagas as there are. With none, and
+    /// `wait`, if there is a saga to claim it waits up to `wait` for a slot,
+    /// then claims a quarter of the slots' worth. Each saga claimed then
+    /// takes a free slot, or the next to come free ahead of new starts. No
+    /// slot is held while the claim is made, so that starts do not find the
+    /// free slots taken for its duration and get refused; and a process
+    /// whose slots are all taken for long claims nothing that another could
+    /// drive. With `own_before`, this process's own sagas last written
+    /// before then are claimed too, whatever their lease.
     async fn claim_batch(
         self: &Arc<Self>,
         own_before: Option<DateTime<Utc>>,
         wait: Option<Duration>,
     ) -> sqlx::Result<bool> {
-        let mut slots = self.admission.take_free(BATCH);
-        if slots.is_empty() {
-            let Some(wait) = wait else {
-                return Ok(false);
-            };
-            let owner = &self.owner;
-            if !self
-                .bounded(async |conn| store::claimable(conn, owner, own_before).await)
-                .await?
-            {
-                return Ok(false);
+        let mut first = None;
+        let limit = match self.admission.free() {
+            0 => {
+                let Some(wait) = wait else {
+                    return Ok(false);
+                };
+                let owner = &self.owner;
+                if !self
+                    .bounded(async |conn| store::claimable(conn, owner, own_before).await)
+                    .await?
+                {
+                    return Ok(false);
+                }
+                first = self.next_slot(wait).await;
+                if first.is_none() {
+                    return Ok(false);
+                }
+                // A quarter of the slots at a time: starts keep the rest.
+                (self.admission.limits().max_active_sagas / 4).clamp(1, BATCH)
             }
-            // A quarter of the slots at a time: starts keep the rest.
-            let share = (self.admission.limits().max_active_sagas / 4).clamp(1, BATCH);
-            slots = self.admission.take_next(share, wait).await;
-            if slots.is_empty() {
-                return Ok(false);
-            }
-        }
-        let limit = slots.len();
-        let claimed = self
-            .bounded(async |conn| {
-                let (owner, lease_secs) = (&self.owner, self.lease_secs);
-                store::claim(conn, owner, own_before, lease_secs, limit as i64).await
-            })
-            .await?;
+            free => free.min(BATCH),
+        };
+        let claimed = self.claim(own_before, limit).await?;
         let full = claimed.len() == limit;
-        // The slots left over are given back as the iterator is dropped.
-        for (saga, slot) in claimed.into_iter().zip(slots) {
-            let saga_id = saga.saga_id.clone();
-            match self.resume(saga).await? {
-                Ok(run) => self.spawn(run, slot),
-                // Left claimed: it is tried again once the lease runs out.
-                Err(err) => tracing::error!(%saga_id, %err, "cannot resume saga"),
-            }
+        // A saga claimed that finds no slot within a third of its lease is
+        // left as it is: its lease runs out, and it is claimed again.
+        let within = Duration::from_secs_f64(self.lease_secs / 3.0);
+        for saga in claimed {
+            let Some(run) = self.resume_logged(saga).await? else {
+                continue;
+            };
+            let slot = match first.take().or_else(|| self.admission.take_free(1).pop()) {
+                Some(slot) => slot,
+                None => match self.next_slot(within).await {
+                    Some(slot) => slot,
+                    None => return Ok(false),
+                },
+            };
+            self.spawn(run, slot);
         }
         Ok(full)
+    }
+
+    /// The next slot to come free, ahead of the starts that come to wait
+    /// after this call; none within `within`, or on shutdown.
+    async fn next_slot(&self, within: Duration) -> Option<Slot> {
+        tokio::select! {
+            mut slots = self.admission.take_next(1, within) => slots.pop(),
+            () = self.shutdown.cancelled() => None,
+        }
+    }
+
+    /// Claims up to `limit` sagas for this process.
+    async fn claim(
+        &self,
+        own_before: Option<DateTime<Utc>>,
+        limit: usize,
+    ) -> sqlx::Result<Vec<store::Claimed>> {
+        self.bounded(async |conn| {
+            let (owner, lease_secs) = (&self.owner, self.lease_secs);
+            store::claim(conn, owner, own_before, lease_secs, limit as i64).await
+        })
+        .await
+    }
+
+    /// The claimed saga ready to drive, or `None` (logged) if it cannot be:
+    /// it is left claimed, and tried again once the lease runs out.
+    async fn resume_logged(&self, saga: store::Claimed) -> sqlx::Result<Option<Run>> {
+        let saga_id = saga.saga_id.clone();
+        Ok(match self.resume(saga).await? {
+            Ok(run) => Some(run),
+            Err(err) => {
+                tracing::error!(%saga_id, %err, "cannot resume saga");
+                None
+            }
+        })
     }
 
     async fn resume(&self, saga: store::Claimed) -> sqlx::Result<Result<Run, String>> {
