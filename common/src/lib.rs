@@ -6,6 +6,8 @@
 //!   and extractors whose rejections use it.
 //! - [`server`], [`db`], [`telemetry`], [`shutdown`]: start-up and shutdown
 //!   plumbing, so that every `main.rs` stays thin.
+//! - [`metrics`]: a Prometheus registry per service, its request metrics,
+//!   `GET /metrics`.
 
 pub mod booking;
 pub mod config;
@@ -14,6 +16,7 @@ pub mod error;
 pub mod extract;
 pub mod health;
 pub mod idempotency;
+pub mod metrics;
 pub mod server;
 pub mod shutdown;
 pub mod telemetry;

@@ -18,48 +18,50 @@ use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
 use crate::error::ErrorBody;
+use crate::metrics::{Metrics, Registry};
 
 /// The largest request body any service accepts.
 pub const BODY_LIMIT: usize = 64 * 1024;
 
-/// Wraps `router` in the stack every service uses. `request_timeout` bounds
-/// every request, so that a graceful shutdown cannot hang on one.
-pub fn with_middleware(router: Router, request_timeout: Duration) -> Router {
-    router
+/// Wraps `router` in the stack every service uses, `GET /metrics` and the
+/// request metrics of `metrics` included. `request_timeout` bounds every
+/// request, so that a graceful shutdown cannot hang on one.
+pub fn with_middleware(router: Router, metrics: &Metrics, request_timeout: Duration) -> Router {
+    let router = router
         .fallback(not_found)
-        .method_not_allowed_fallback(method_not_allowed)
-        .layer(
-            ServiceBuilder::new()
-                .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
-                .layer(
-                    TraceLayer::new_for_http().make_span_with(|req: &Request<_>| {
-                        let request_id = req
-                            .headers()
-                            .get("x-request-id")
-                            .and_then(|v| v.to_str().ok())
-                            .unwrap_or_default();
-                        let idempotency_key = req
-                            .headers()
-                            .get(crate::wire::IDEMPOTENCY_KEY)
-                            .and_then(|v| v.to_str().ok())
-                            .unwrap_or_default();
-                        tracing::info_span!(
-                            "request",
-                            method = %req.method(),
-                            uri = %req.uri(),
-                            request_id,
-                            idempotency_key,
-                        )
-                    }),
-                )
-                .layer(PropagateRequestIdLayer::x_request_id())
-                .layer(CatchPanicLayer::custom(panicked))
-                .layer(TimeoutLayer::with_status_code(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    request_timeout,
-                ))
-                .layer(RequestBodyLimitLayer::new(BODY_LIMIT)),
-        )
+        .method_not_allowed_fallback(method_not_allowed);
+    metrics.instrument(router).layer(
+        ServiceBuilder::new()
+            .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+            .layer(
+                TraceLayer::new_for_http().make_span_with(|req: &Request<_>| {
+                    let request_id = req
+                        .headers()
+                        .get("x-request-id")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or_default();
+                    let idempotency_key = req
+                        .headers()
+                        .get(crate::wire::IDEMPOTENCY_KEY)
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or_default();
+                    tracing::info_span!(
+                        "request",
+                        method = %req.method(),
+                        uri = %req.uri(),
+                        request_id,
+                        idempotency_key,
+                    )
+                }),
+            )
+            .layer(PropagateRequestIdLayer::x_request_id())
+            .layer(CatchPanicLayer::custom(panicked))
+            .layer(TimeoutLayer::with_status_code(
+                StatusCode::SERVICE_UNAVAILABLE,
+                request_timeout,
+            ))
+            .layer(RequestBodyLimitLayer::new(BODY_LIMIT)),
+    )
 }
 
 /// Serves `router` (already wrapped) on `listener` until `shutdown` completes,
@@ -118,7 +120,8 @@ pub async fn run_participant(
         crate::db::connect_and_migrate(&config.database_url, schema, migrator, config.pool())
             .await?;
     let db = crate::db::Db::new(pool).with_query_timeout(config.query_timeout());
-    let router = with_middleware(app(db), Duration::from_secs(30));
+    let metrics = Metrics::new(Registry::default());
+    let router = with_middleware(app(db), &metrics, Duration::from_secs(30));
     serve(listener, router, shutdown).await?;
     Ok(())
 }

@@ -34,6 +34,7 @@ use tokio_util::sync::CancellationToken;
 pub mod cli;
 pub mod definition;
 pub mod http;
+pub mod metrics;
 pub mod participants;
 pub mod retry;
 pub mod saga;
@@ -358,7 +359,10 @@ pub async fn run(
         default_deadline_secs: config.saga_deadline_secs,
     };
     let request_timeout = Duration::from_secs(http::sagas::MAX_WAIT_SECS + 10);
-    let router = common::server::with_middleware(app(state), request_timeout);
+    let mut registry = common::metrics::Registry::default();
+    engine.register_metrics(&mut registry);
+    let metrics = common::metrics::Metrics::new(registry);
+    let router = common::server::with_middleware(app(state), &metrics, request_timeout);
     let (mode_tx, mode_rx) = tokio::sync::oneshot::channel();
     let stop_driving = token.clone();
     common::server::serve(listener, router, async move {

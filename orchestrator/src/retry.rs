@@ -51,6 +51,11 @@ pub struct RetryConfig {
     /// so that a participant called rarely is still retried promptly.
     #[arg(long, env = "RETRY_BUDGET_MIN_PER_SEC", default_value_t = 10)]
     pub retry_budget_min_per_sec: u32,
+
+    /// A compensation failing for longer than this, in seconds, counts as
+    /// stuck (`saga_compensations_stuck`).
+    #[arg(long, env = "STUCK_AFTER_SECS", default_value_t = 300)]
+    pub stuck_after_secs: u64,
 }
 
 impl Default for RetryConfig {
@@ -65,6 +70,7 @@ impl Default for RetryConfig {
             attempt_timeout_ms: 5_000,
             retry_budget_percent: 20.0,
             retry_budget_min_per_sec: 10,
+            stuck_after_secs: 300,
         }
     }
 }

@@ -143,7 +143,8 @@ impl TestServer {
         let url = format!("http://{}", listener.local_addr().expect("bound address"));
         let stop = CancellationToken::new();
         let stopped = stop.clone();
-        let router = common::server::with_middleware(router, Duration::from_secs(30));
+        let metrics = common::metrics::Metrics::new(Default::default());
+        let router = common::server::with_middleware(router, &metrics, Duration::from_secs(30));
         tokio::spawn(async move {
             common::server::serve(listener, router, async move { stopped.cancelled().await }).await
         });

@@ -6,5 +6,6 @@ mod definitions;
 mod faults;
 mod flows;
 mod hangups;
+mod metrics;
 mod overload;
 mod support;

@@ -17,6 +17,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// The bounds, from flags or the environment.
@@ -92,8 +96,9 @@ pub struct Admission {
     slots: Arc<Semaphore>,
     limits: Limits,
     waiting: AtomicUsize,
-    /// Starts refused since the last [`Admission::take_shed`].
+    /// Starts refused since the last [`Admission::take_shed`], and ever.
     shed: AtomicU64,
+    shed_total: AtomicU64,
 }
 
 /// Counts a start waiting for a slot, for as long as it waits (its request
@@ -117,6 +122,7 @@ impl Admission {
             limits,
             waiting: AtomicUsize::new(0),
             shed: AtomicU64::new(0),
+            shed_total: AtomicU64::new(0),
         }
     }
 
@@ -138,6 +144,7 @@ impl Admission {
             }
         };
         self.shed.fetch_add(1, Ordering::Relaxed);
+        self.shed_total.fetch_add(1, Ordering::Relaxed);
         Err(Overloaded {
             why,
             limits: self.limits.clone(),
@@ -185,6 +192,40 @@ impl Admission {
 
     pub fn limits(&self) -> &Limits {
         &self.limits
+    }
+}
+
+/// The slots, read at each scrape.
+impl Collector for Admission {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let gauges = [
+            (
+                "saga_slots",
+                "Sagas this process may drive at once (MAX_ACTIVE_SAGAS)",
+                self.limits.max_active_sagas,
+            ),
+            (
+                "saga_slots_in_use",
+                "Sagas this process drives now (started here or taken over)",
+                self.active(),
+            ),
+            (
+                "saga_starts_waiting",
+                "Starts waiting for a slot now",
+                self.waiting(),
+            ),
+        ];
+        for (name, help, value) in gauges {
+            let gauge = ConstGauge::new(i64::try_from(value).unwrap_or(i64::MAX));
+            gauge.encode(encoder.encode_descriptor(name, help, None, gauge.metric_type())?)?;
+        }
+        let shed = ConstCounter::new(self.shed_total.load(Ordering::Relaxed));
+        shed.encode(encoder.encode_descriptor(
+            "saga_starts_shed",
+            "Starts refused for want of a slot (503 overloaded)",
+            None,
+            shed.metric_type(),
+        )?)
     }
 }
 

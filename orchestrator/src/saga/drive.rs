@@ -16,6 +16,7 @@ use super::model::{SagaStatus, StepEvent};
 use super::view::{SagaView, StepView};
 use crate::definition::template::Scope;
 use crate::definition::{Action, Definition, Outputs, Position};
+use crate::metrics::{AttemptLabels, StepLabels, Stuck};
 use crate::store::{self, LogEntry, Transition};
 
 /// The API's view of a saga this process started, kept up as it is written.
@@ -95,6 +96,9 @@ impl Engine {
         // each write updates.
         let definition = Arc::clone(&run.definition);
         let steps = &definition.steps;
+        let mut driven = self
+            .metrics
+            .driving(&definition.name, run.position.status().as_str());
         if let Some(detail) = run.interrupted.take()
             && let Some(action) = run.position.action(steps)
         {
@@ -138,6 +142,9 @@ impl Engine {
             run.position = next;
             run.attempt = 1;
             let status = next.status();
+            if !status.is_terminal() {
+                driven.set(status.as_str());
+            }
             let ended = if status.is_terminal() {
                 run.ended_view()
             } else {
@@ -165,6 +172,17 @@ impl Engine {
         // Only forward steps race the saga's deadline: once it has passed,
         // the saga compensates instead of going on.
         let deadline = run.deadline.filter(|_| forward);
+        let (definition_name, step_name) =
+            (run.definition.name.to_string(), action.step.to_string());
+        let labels = |outcome| AttemptLabels {
+            definition: definition_name.clone(),
+            step: step_name.clone(),
+            outcome,
+        };
+        // A compensation failing for longer than STUCK_AFTER_SECS counts as
+        // stuck until it ends.
+        let mut failing_since = None;
+        let mut stuck = None;
         let remaining = || deadline.map(|at| (at - Utc::now()).to_std().unwrap_or_default());
         // Whether the next attempt is a retry: a retry waits for the
         // participant's retry budget; a first attempt (or a taken-over
@@ -195,21 +213,54 @@ impl Engine {
                 return Ok(Err(deadline_passed(run, action, None)));
             };
             let scope = run.scope();
+            let began = std::time::Instant::now();
             let result = tokio::select! {
                 result = self.participants.call(action, &scope, turn) => result,
                 () = sleep_or_forever(remaining()) => return Ok(Err(deadline_passed(run, action, None))),
                 () = self.shutdown.cancelled() => return Err(Stop::Shutdown),
             };
+            let took = began.elapsed().as_secs_f64();
             let failure = match result {
-                Ok(answer) => return Ok(Ok(answer)),
+                Ok(answer) => {
+                    self.metrics
+                        .attempts
+                        .get_or_create(&labels("succeeded"))
+                        .observe(took);
+                    if !forward {
+                        self.metrics
+                            .compensations
+                            .get_or_create(&step_labels(run, action))
+                            .inc();
+                    }
+                    return Ok(Ok(answer));
+                }
                 Err(failure) => failure,
             };
             // A forward step's business failure is final; a compensation
             // cannot fail for business reasons, so it is retried whatever
             // the answer.
             let Some(delay) = attempts.after_failure(failure.transient) else {
+                self.metrics
+                    .attempts
+                    .get_or_create(&labels("failed"))
+                    .observe(took);
                 return Ok(Err(failure.detail));
             };
+            self.metrics
+                .attempts
+                .get_or_create(&labels("transient"))
+                .observe(took);
+            self.metrics
+                .retries
+                .get_or_create(&step_labels(run, action))
+                .inc();
+            if !forward && stuck.is_none() {
+                let since = *failing_since.get_or_insert_with(std::time::Instant::now);
+                if since.elapsed() >= self.metrics.stuck_after {
+                    tracing::warn!(saga_id = %run.id, step = %action.step, "compensation stuck (failing for longer than STUCK_AFTER_SECS)");
+                    stuck = Some(Stuck::new(&self.metrics, step_labels(run, action)));
+                }
+            }
             if deadline.is_some_and(|at| Utc::now() + delay >= at) {
                 return Ok(Err(deadline_passed(run, action, Some(failure.detail))));
             }
@@ -366,6 +417,14 @@ pub(super) fn until_the_database_is_back() -> ExponentialBuilder {
         .with_max_delay(Duration::from_secs(2))
         .with_jitter()
         .without_max_times()
+}
+
+/// The labels of `action`'s series.
+fn step_labels(run: &Run, action: &Action) -> StepLabels {
+    StepLabels {
+        definition: run.definition.name.to_string(),
+        step: action.step.to_string(),
+    }
 }
 
 /// What a forward step records when the saga's deadline stops it.

@@ -26,6 +26,7 @@ use super::writer::{WriteError, Writer};
 use crate::definition::registry::Registry;
 use crate::definition::validate::{self, Checks, Compiled};
 use crate::definition::{Definition, Diagnostic, Document, Outputs, Position};
+use crate::metrics::{DefinitionLabels, OutcomeLabels, SagaMetrics};
 use crate::participants::Participants;
 use crate::retry::{RetryConfig, RetryPolicy};
 use crate::store::definitions::Registered;
@@ -65,7 +66,8 @@ pub struct Engine {
     /// Every transition goes through this one batching writer.
     pub(super) writer: Writer,
     /// The slots of the sagas driven here.
-    pub(super) admission: Admission,
+    pub(super) admission: Arc<Admission>,
+    pub(super) metrics: SagaMetrics,
     pub(super) tasks: TaskTracker,
     pub(super) shutdown: CancellationToken,
 }
@@ -123,11 +125,13 @@ impl Engine {
         // database does not answer, whatever the limit; once one has run
         // out, the fence keeps a takeover safe.
         let db_timeout = config.lease / 3;
+        let metrics = SagaMetrics::new(Duration::from_secs(config.retry.stuck_after_secs));
         let writer = Writer::start(
             pool.clone(),
             config.owner.clone(),
             config.lease.as_secs_f64(),
             db_timeout,
+            metrics.writer.clone(),
         );
         let longest_delay = Duration::from_millis(
             config
@@ -137,7 +141,8 @@ impl Engine {
         );
         Arc::new(Self {
             writer,
-            admission: Admission::new(config.limits.clone()),
+            admission: Arc::new(Admission::new(config.limits.clone())),
+            metrics,
             pool,
             participants,
             owner: config.owner.clone(),
@@ -156,6 +161,13 @@ impl Engine {
 
     pub fn pool(&self) -> &PgPool {
         &self.pool
+    }
+
+    /// Adds the engine's metrics (its sagas, steps, writer, recovery and
+    /// slots) to `registry`.
+    pub fn register_metrics(&self, registry: &mut common::metrics::Registry) {
+        self.metrics.register(registry);
+        registry.register_collector(Box::new(Arc::clone(&self.admission)));
     }
 
     pub fn participants(&self) -> &Participants {
@@ -342,6 +354,13 @@ impl Engine {
                     return;
                 }
             };
+            engine
+                .metrics
+                .started
+                .get_or_create(&DefinitionLabels {
+                    definition: definition.name.to_string(),
+                })
+                .inc();
             let first_step = definition.steps[0].forward.step.to_string();
             let mut shown_steps = Vec::new();
             StepView::fold(
@@ -409,8 +428,18 @@ impl Engine {
         rx: watch::Receiver<Progress>,
     ) {
         let saga_id = run.id.clone();
+        let definition = run.definition.name.to_string();
         match self.drive(run, &tx).await {
-            Ok(status) => tracing::info!(%saga_id, status = status.as_str(), "saga ended"),
+            Ok(status) => {
+                self.metrics
+                    .ended
+                    .get_or_create(&OutcomeLabels {
+                        definition,
+                        outcome: status.as_str(),
+                    })
+                    .inc();
+                tracing::info!(%saga_id, status = status.as_str(), "saga ended")
+            }
             Err(Stop::Shutdown) => {
                 tracing::info!(%saga_id, "saga left for recovery at shutdown")
             }

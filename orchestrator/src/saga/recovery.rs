@@ -112,6 +112,7 @@ impl Engine {
         };
         let claimed = self.claim(own_before, limit).await?;
         let full = claimed.len() == limit;
+        self.metrics.claimed.inc_by(claimed.len() as u64);
         // A saga claimed that finds no slot within a third of its lease is
         // left as it is: its lease runs out, and it is claimed again.
         let within = Duration::from_secs_f64(self.lease_secs / 3.0);

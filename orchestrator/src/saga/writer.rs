@@ -4,6 +4,7 @@
 //! the steps of many sagas. It does not wait for a batch to fill: while one
 //! batch commits, the next gathers.
 
+use crate::metrics::WriterMetrics;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -58,14 +59,21 @@ impl Writer {
     /// Starts the writer task for sagas owned by `owner`, whose leases last
     /// `lease_secs` from each write. A batch the database has not answered
     /// within `timeout` fails as an outage, and its connection is closed.
-    pub fn start(pool: PgPool, owner: String, lease_secs: f64, timeout: Duration) -> Self {
+    /// Each batch's size and time go to `metrics`.
+    pub fn start(
+        pool: PgPool,
+        owner: String,
+        lease_secs: f64,
+        timeout: Duration,
+        metrics: WriterMetrics,
+    ) -> Self {
         let (jobs, queue) = mpsc::unbounded_channel();
         let db = Connection {
             pool,
             held: None,
             timeout,
         };
-        let task = tokio::spawn(drain(db, owner, lease_secs, queue));
+        let task = tokio::spawn(drain(db, owner, lease_secs, queue, metrics));
         Self {
             jobs,
             task: Mutex::new(Some(task)),
@@ -104,6 +112,7 @@ async fn drain(
     owner: String,
     lease_secs: f64,
     mut queue: mpsc::UnboundedReceiver<(Job, Reply)>,
+    metrics: WriterMetrics,
 ) {
     while let Some(first) = queue.recv().await {
         // With few writes queued, let the drivers that are ready to run
@@ -142,7 +151,12 @@ async fn drain(
                 }
             }
         }
+        let began = std::time::Instant::now();
         let written = db.write(&owner, lease_secs, &creates, &moves).await;
+        metrics.commit.observe(began.elapsed().as_secs_f64());
+        metrics
+            .batch_size
+            .observe((creates.len() + moves.len()) as f64);
         match written {
             // A write the database refuses (not an outage) fails alone: the
             // batch is written again one saga at a time.

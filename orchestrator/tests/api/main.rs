@@ -286,6 +286,7 @@ async fn a_write_the_database_refuses_fails_alone_in_its_batch() {
         "a".into(),
         30.0,
         Duration::from_secs(10),
+        Default::default(),
     );
     let good = Transition {
         saga_id: "good".into(),
@@ -353,6 +354,7 @@ async fn after_a_database_restart_the_writer_takes_a_new_connection() {
         "a".into(),
         30.0,
         Duration::from_secs(10),
+        Default::default(),
     );
     let new = |id: &str| saga(id);
     assert!(matches!(writer.create(new("before")).await, Ok(Some(_))));
@@ -397,7 +399,13 @@ async fn a_write_the_database_never_answers_fails_as_an_outage_and_the_next_goes
     let db = TestDb::new().await;
     let (proxy, pool) = through_a_silent_proxy(&db).await;
     let timeout = Duration::from_millis(500);
-    let writer = orchestrator::saga::writer::Writer::start(pool.clone(), "a".into(), 30.0, timeout);
+    let writer = orchestrator::saga::writer::Writer::start(
+        pool.clone(),
+        "a".into(),
+        30.0,
+        timeout,
+        Default::default(),
+    );
     let new = |id: &str| saga(id);
     assert!(matches!(writer.create(new("before")).await, Ok(Some(_))));
 

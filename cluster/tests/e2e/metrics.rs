@@ -1,0 +1,149 @@
+//! `GET /metrics` on every service, in the Prometheus text format: a trip's
+//! sagas, steps, compensations and requests show in the series, by
+//! definition, step and route, never by saga id.
+
+use std::time::Duration;
+
+use faultproxy::Faults;
+use reqwest::StatusCode;
+
+use crate::support::Env;
+
+/// The text `GET /metrics` answers at `base`, once its content type is
+/// checked.
+async fn scrape(base: &str) -> String {
+    let answer = reqwest::get(format!("{base}/metrics"))
+        .await
+        .expect("GET /metrics");
+    assert_eq!(answer.status(), StatusCode::OK);
+    assert_eq!(
+        answer.headers()["content-type"],
+        "text/plain; version=0.0.4; charset=utf-8"
+    );
+    answer.text().await.expect("metrics text")
+}
+
+/// The value of the series `series` (name and labels, as written), or 0
+/// when it is absent.
+fn value(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        .map_or(0.0, |v| v.trim().parse().expect("a number"))
+}
+
+#[tokio::test]
+async fn every_service_serves_metrics_and_a_failed_trip_shows_in_them() {
+    let env = Env::start().await;
+    let trip = env.get("/trip?tripID=metered&runType=failPayment").await;
+    assert_eq!(trip.body["status"], "failed", "{}", trip.body);
+
+    let text = scrape(&env.cluster.orchestrator_url).await;
+    let travel = |rest: &str| format!("{{definition=\"travel\"{rest}}}");
+    assert_eq!(
+        value(&text, &format!("sagas_started_total{}", travel(""))),
+        1.0,
+        "{text}"
+    );
+    assert_eq!(
+        value(
+            &text,
+            &format!("sagas_ended_total{}", travel(",outcome=\"failed\""))
+        ),
+        1.0
+    );
+    for (step, outcome) in [
+        ("ReserveFlight", "succeeded"),
+        ("ProcessPayment", "failed"),
+        ("RefundPayment", "succeeded"),
+    ] {
+        let series = format!(
+            "saga_step_attempt_duration_seconds_count{}",
+            travel(&format!(",step=\"{step}\",outcome=\"{outcome}\""))
+        );
+        assert_eq!(value(&text, &series), 1.0, "{series}");
+    }
+    for step in [
+        "RefundPayment",
+        "CancelRentalReservation",
+        "CancelFlightReservation",
+    ] {
+        let series = format!(
+            "saga_compensations_total{}",
+            travel(&format!(",step=\"{step}\""))
+        );
+        assert_eq!(value(&text, &series), 1.0, "{series}");
+    }
+    assert_eq!(
+        value(
+            &text,
+            "http_requests_total{method=\"GET\",route=\"/trip\",status=\"200\"}"
+        ),
+        1.0
+    );
+    assert_eq!(value(&text, "saga_slots"), 128.0);
+    assert!(value(&text, "saga_writer_batch_size_count") >= 1.0);
+    assert!(!text.contains("metered"), "no saga id in a label: {text}");
+    // The saga's driver gives its slot back once it has answered.
+    testkit::eventually("the slot to be free", Duration::from_secs(5), || async {
+        let text = scrape(&env.cluster.orchestrator_url).await;
+        (value(&text, "saga_slots_in_use") == 0.0
+            && value(
+                &text,
+                &format!("sagas_driven{}", travel(",status=\"compensating\"")),
+            ) == 0.0)
+            .then_some(())
+    })
+    .await;
+
+    // A participant counts its own requests, by route as matched.
+    let payments = scrape(&env.cluster.payments_url).await;
+    let refused = "http_requests_total{method=\"POST\",route=\"/payments\",status=\"422\"}";
+    assert_eq!(value(&payments, refused), 1.0, "{payments}");
+    let refund =
+        "http_requests_total{method=\"POST\",route=\"/payments/{trip_id}/refund\",status=\"200\"}";
+    assert_eq!(value(&payments, refund), 1.0, "{payments}");
+    let flights = scrape(&env.cluster.flights_url).await;
+    assert_eq!(
+        value(
+            &flights,
+            "http_requests_total{method=\"POST\",route=\"/reservations\",status=\"200\"}"
+        ),
+        1.0,
+        "{flights}"
+    );
+    env.finish_clean().await;
+}
+
+#[tokio::test]
+async fn a_compensation_failing_past_stuck_after_counts_as_stuck_until_it_succeeds() {
+    let (env, proxies) = Env::start_proxied(|c| c.retry.stuck_after_secs = 0).await;
+    let stuck = "saga_compensations_stuck{definition=\"travel\",step=\"CancelRentalReservation\"}";
+    // The car rental's cancel fails until the participant is back.
+    proxies.cars.set_faults(Faults {
+        unavailable_rate: 1.0,
+        ..Faults::default()
+    });
+    let start = env
+        .get("/trip?tripID=stuck&runType=failPayment&wait=0")
+        .await;
+    assert_eq!(start.status, StatusCode::ACCEPTED, "{}", start.body);
+    let orchestrator = env.cluster.orchestrator_url.clone();
+    testkit::eventually(
+        "the compensation to count as stuck",
+        Duration::from_secs(10),
+        || async { (value(&scrape(&orchestrator).await, stuck) == 1.0).then_some(()) },
+    )
+    .await;
+    proxies.cars.set_faults(Faults::default());
+    env.saga_when("stuck", "the saga to end", |saga| {
+        saga["status"] == "failed"
+    })
+    .await;
+    testkit::eventually(
+        "the stuck count to drop",
+        Duration::from_secs(5),
+        || async { (value(&scrape(&orchestrator).await, stuck) == 0.0).then_some(()) },
+    )
+    .await;
+    env.finish_clean().await;
+}
