@@ -152,30 +152,22 @@ pub(crate) async fn start_or_join(
         input: Arc::clone(&input),
         deadline,
     };
-    let find = async || {
-        state
+    let created = match state.engine.admit().await {
+        Ok(slot) => state.engine.start(start, slot).await?,
+        // A start that found no slot is refused at once, unless its saga
+        // is driven here: that duplicate costs no slot, and is answered as
+        // ever. Refusing costs no read, so that it stays cheap when it
+        // matters most.
+        Err(overloaded) if !state.engine.is_driving(&id) => return Err(overloaded.into()),
+        Err(_) => false,
+    };
+    if !created {
+        // The id has a saga already: join it if it is the same saga.
+        let existing = state
             .engine
             .bounded(async |conn| store::find(conn, &id).await)
-            .await
-    };
-    let existing = match state.engine.admit().await {
-        Ok(slot) => match state.engine.start(start, slot).await? {
-            true => None,
-            // The id has a saga already.
-            false => Some(find().await?),
-        },
-        // Driven here: a duplicate costs no slot.
-        Err(_) if state.engine.is_driving(&id) => Some(find().await?),
-        // No slot: refused, unless its saga exists (one read by key), which
-        // is answered as ever.
-        Err(overloaded) => match find().await? {
-            Some(saga) => Some(Some(saga)),
-            None => return Err(overloaded.into()),
-        },
-    };
-    if let Some(existing) = existing {
-        // The id has a saga already: join it if it is the same saga.
-        let existing = existing.ok_or_else(|| Error::Missing(format!("saga {id} is gone")))?;
+            .await?
+            .ok_or_else(|| Error::Missing(format!("saga {id} is gone")))?;
         if existing.definition != *definition.name {
             return Err(Error::SagaConflict(format!(
                 "id {id} is taken by a saga of definition {}; use a new id",
