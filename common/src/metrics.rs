@@ -5,6 +5,7 @@
 //! in the Prometheus text format. Label values are bounded: routes as
 //! matched (`/reservations/{trip_id}`, never the id), methods, status codes.
 
+use std::fmt::Write;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -14,8 +15,10 @@ use axum::http::{Method, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+
 pub use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::encoding::prometheus_text;
+use prometheus_client::encoding::{EncodeLabelValue, LabelValueEncoder};
 pub use prometheus_client::metrics::counter::Counter;
 pub use prometheus_client::metrics::family::Family;
 pub use prometheus_client::metrics::gauge::Gauge;
@@ -39,14 +42,40 @@ pub fn latencies<S: Clone + std::hash::Hash + Eq>() -> Latencies<S> {
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
     method: &'static str,
-    route: String,
+    route: Route,
     status: u16,
 }
 
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct RouteLabels {
-    method: &'static str,
-    route: String,
+/// The route a request matched, as a label value: the router's own shared
+/// string, cloned without a copy (a request's labels are built for every
+/// request, refusals under overload included).
+#[derive(Debug, Clone)]
+struct Route(Option<MatchedPath>);
+
+impl Route {
+    fn as_str(&self) -> &str {
+        self.0.as_ref().map_or("unmatched", MatchedPath::as_str)
+    }
+}
+
+impl PartialEq for Route {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl Eq for Route {}
+
+impl std::hash::Hash for Route {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.as_str().hash(state);
+    }
+}
+
+impl EncodeLabelValue for Route {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        encoder.write_str(self.as_str())
+    }
 }
 
 /// A service's metrics: its registry, frozen once every metric is in it,
@@ -54,30 +83,24 @@ struct RouteLabels {
 #[derive(Debug, Clone)]
 pub struct Metrics {
     registry: Arc<Registry>,
-    requests: Family<RequestLabels, Counter>,
-    durations: Latencies<RouteLabels>,
+    requests: Latencies<RequestLabels>,
 }
 
 impl Metrics {
     /// Adds the HTTP request metrics to `registry` (which holds the
     /// service's own) and freezes it.
     pub fn new(mut registry: Registry) -> Self {
-        let requests = Family::<RequestLabels, Counter>::default();
-        registry.register(
-            "http_requests",
-            "HTTP requests answered, by method, route and status",
-            requests.clone(),
-        );
-        let durations = latencies();
+        // One histogram per method, route and status: its count is the
+        // requests answered, so one lookup a request serves both.
+        let requests = latencies();
         registry.register(
             "http_request_duration_seconds",
-            "Time to answer an HTTP request, by method and route",
-            durations.clone(),
+            "Time to answer an HTTP request, by method, route and status (its _count: the requests)",
+            requests.clone(),
         );
         Self {
             registry: Arc::new(registry),
             requests,
-            durations,
         }
     }
 
@@ -128,20 +151,9 @@ fn method_label(method: &Method) -> &'static str {
 async fn track(State(metrics): State<Metrics>, request: Request, next: Next) -> Response {
     let started = Instant::now();
     let method = method_label(request.method());
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or("unmatched", MatchedPath::as_str)
-        .to_owned();
+    let route = Route(request.extensions().get::<MatchedPath>().cloned());
     let response = next.run(request).await;
     let status = response.status().as_u16();
-    metrics
-        .durations
-        .get_or_create(&RouteLabels {
-            method,
-            route: route.clone(),
-        })
-        .observe(started.elapsed().as_secs_f64());
     metrics
         .requests
         .get_or_create(&RequestLabels {
@@ -149,6 +161,6 @@ async fn track(State(metrics): State<Metrics>, request: Request, next: Next) -> 
             route,
             status,
         })
-        .inc();
+        .observe(started.elapsed().as_secs_f64());
     response
 }

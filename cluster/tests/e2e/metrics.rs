@@ -76,7 +76,7 @@ async fn every_service_serves_metrics_and_a_failed_trip_shows_in_them() {
     assert_eq!(
         value(
             &text,
-            "http_requests_total{method=\"GET\",route=\"/trip\",status=\"200\"}"
+            "http_request_duration_seconds_count{method=\"GET\",route=\"/trip\",status=\"200\"}"
         ),
         1.0
     );
@@ -97,16 +97,16 @@ async fn every_service_serves_metrics_and_a_failed_trip_shows_in_them() {
 
     // A participant counts its own requests, by route as matched.
     let payments = scrape(&env.cluster.payments_url).await;
-    let refused = "http_requests_total{method=\"POST\",route=\"/payments\",status=\"422\"}";
+    let refused =
+        "http_request_duration_seconds_count{method=\"POST\",route=\"/payments\",status=\"422\"}";
     assert_eq!(value(&payments, refused), 1.0, "{payments}");
-    let refund =
-        "http_requests_total{method=\"POST\",route=\"/payments/{trip_id}/refund\",status=\"200\"}";
+    let refund = "http_request_duration_seconds_count{method=\"POST\",route=\"/payments/{trip_id}/refund\",status=\"200\"}";
     assert_eq!(value(&payments, refund), 1.0, "{payments}");
     let flights = scrape(&env.cluster.flights_url).await;
     assert_eq!(
         value(
             &flights,
-            "http_requests_total{method=\"POST\",route=\"/reservations\",status=\"200\"}"
+            "http_request_duration_seconds_count{method=\"POST\",route=\"/reservations\",status=\"200\"}"
         ),
         1.0,
         "{flights}"
