@@ -126,6 +126,21 @@ pub async fn start(
     }
 }
 
+/// The load generator's clients (a large pool, each with the client
+/// timeout) and the start URL of the orchestrator at `orchestrator_url`.
+pub fn clients(orchestrator_url: &str) -> anyhow::Result<(reqwest::Client, Arc<String>)> {
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(CLIENT_TIMEOUT)
+        .pool_max_idle_per_host(8192)
+        .build()?;
+    let url = Arc::new(format!(
+        "{orchestrator_url}/trips?wait={}",
+        CLIENT_TIMEOUT.as_secs()
+    ));
+    Ok((client, url))
+}
+
 /// Runs the sweep: each rate for `plan.seconds`, then waits until its sagas
 /// have all ended before the next.
 pub async fn sweep(
@@ -133,16 +148,7 @@ pub async fn sweep(
     orchestrator: &Service,
     pool: &PgPool,
 ) -> anyhow::Result<Sweep> {
-    let client = reqwest::Client::builder()
-        .no_proxy()
-        .timeout(CLIENT_TIMEOUT)
-        .pool_max_idle_per_host(8192)
-        .build()?;
-    let url = Arc::new(format!(
-        "{}/trips?wait={}",
-        plan.orchestrator_url,
-        CLIENT_TIMEOUT.as_secs()
-    ));
+    let (client, url) = clients(plan.orchestrator_url)?;
     let normal_ms = (2.0 * plan.closed_p50_ms).max(50.0);
     let mut rates = Vec::new();
     for (n, &multiple) in plan.multiples.iter().enumerate() {

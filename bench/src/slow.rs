@@ -16,7 +16,7 @@ use testkit::procs::Service;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use crate::open_loop::{Answer, CLIENT_TIMEOUT, start};
+use crate::open_loop::{Answer, CLIENT_TIMEOUT, clients, start};
 
 /// Seconds of each phase: normal, slow, recovered.
 const NORMAL_SECS: u64 = 10;
@@ -112,15 +112,7 @@ pub async fn run(
     proxy: &FaultProxy,
     pool: &PgPool,
 ) -> anyhow::Result<Report> {
-    let client = reqwest::Client::builder()
-        .no_proxy()
-        .timeout(CLIENT_TIMEOUT)
-        .pool_max_idle_per_host(8192)
-        .build()?;
-    let url = std::sync::Arc::new(format!(
-        "{orchestrator_url}/trips?wait={}",
-        CLIENT_TIMEOUT.as_secs()
-    ));
+    let (client, url) = clients(orchestrator_url)?;
     let proxy_port: u16 = proxy.url.rsplit(':').next().unwrap_or_default().parse()?;
     let total_secs = NORMAL_SECS + SLOW_SECS + AFTER_SECS;
     let total = (rate * total_secs as f64).round() as usize;
