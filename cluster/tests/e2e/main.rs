@@ -1,5 +1,6 @@
 //! The four real services over HTTP on port 0, on a fresh database per test.
 
+mod actions;
 mod bad_input;
 mod crashes;
 mod definitions;

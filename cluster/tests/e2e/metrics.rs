@@ -7,29 +7,7 @@ use std::time::Duration;
 use faultproxy::Faults;
 use reqwest::StatusCode;
 
-use crate::support::Env;
-
-/// The text `GET /metrics` answers at `base`, once its content type is
-/// checked.
-async fn scrape(base: &str) -> String {
-    let answer = reqwest::get(format!("{base}/metrics"))
-        .await
-        .expect("GET /metrics");
-    assert_eq!(answer.status(), StatusCode::OK);
-    assert_eq!(
-        answer.headers()["content-type"],
-        "text/plain; version=0.0.4; charset=utf-8"
-    );
-    answer.text().await.expect("metrics text")
-}
-
-/// The value of the series `series` (name and labels, as written), or 0
-/// when it is absent.
-fn value(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
-        .map_or(0.0, |v| v.trim().parse().expect("a number"))
-}
+use crate::support::{Env, scrape, value};
 
 #[tokio::test]
 async fn every_service_serves_metrics_and_a_failed_trip_shows_in_them() {

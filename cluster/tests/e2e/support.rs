@@ -181,7 +181,13 @@ impl Env {
     }
 
     pub async fn post(&self, path: &str, body: &Value) -> Answer {
-        let url = format!("{}{path}", self.cluster.orchestrator_url);
+        self.post_at(&self.cluster.orchestrator_url, path, body)
+            .await
+    }
+
+    /// POSTs `body` to `path` at the orchestrator at `base`.
+    pub async fn post_at(&self, base: &str, path: &str, body: &Value) -> Answer {
+        let url = format!("{base}{path}");
         Self::answer(self.http.post(url).json(body).send().await.expect("POST")).await
     }
 
@@ -302,4 +308,26 @@ pub async fn holding(proxy: &FaultProxy, n: usize) {
         || async { (proxy.holding() == n).then_some(()) },
     )
     .await;
+}
+
+/// The text `GET /metrics` answers at `base`, once its content type is
+/// checked.
+pub async fn scrape(base: &str) -> String {
+    let answer = reqwest::get(format!("{base}/metrics"))
+        .await
+        .expect("GET /metrics");
+    assert_eq!(answer.status(), StatusCode::OK);
+    assert_eq!(
+        answer.headers()["content-type"],
+        "text/plain; version=0.0.4; charset=utf-8"
+    );
+    answer.text().await.expect("metrics text")
+}
+
+/// The value of the series `series` (name and labels, as written), or 0
+/// when it is absent.
+pub fn value(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        .map_or(0.0, |v| v.trim().parse().expect("a number"))
 }

@@ -7,6 +7,7 @@ use common::error::ErrorBody;
 use serde::Serialize;
 
 use crate::definition::Diagnostic;
+use crate::saga::action::ActionError;
 use crate::saga::engine::RegisterError;
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -61,6 +62,10 @@ pub enum Error {
     #[error("{0}")]
     Missing(String),
 
+    /// 409: the saga's state does not allow the operator's action.
+    #[error("{0}")]
+    ActionRefused(String),
+
     /// 503 with `Retry-After`: no slot for a new saga; nothing was written.
     #[error(transparent)]
     Overloaded(#[from] crate::saga::admission::Overloaded),
@@ -73,6 +78,17 @@ pub enum Error {
     /// 503 when the database is unreachable (retry later), else 500; logged.
     #[error(transparent)]
     Write(#[from] crate::saga::writer::WriteError),
+}
+
+impl From<ActionError> for Error {
+    fn from(err: ActionError) -> Self {
+        match err {
+            ActionError::Missing(message) => Error::Missing(message),
+            ActionError::Refused(message) => Error::ActionRefused(message),
+            ActionError::Overloaded(overloaded) => Error::Overloaded(overloaded),
+            ActionError::Database(err) => Error::Database(err),
+        }
+    }
 }
 
 impl From<RegisterError> for Error {
@@ -147,6 +163,10 @@ impl IntoResponse for Error {
                 ),
             ),
             Error::Missing(_) => (StatusCode::NOT_FOUND, ErrorBody::new("not_found", message)),
+            Error::ActionRefused(_) => (
+                StatusCode::CONFLICT,
+                ErrorBody::new("action_refused", message),
+            ),
             Error::Overloaded(_) => {
                 let mut response = ErrorBody::new("overloaded", message)
                     .into_response_with(StatusCode::SERVICE_UNAVAILABLE);

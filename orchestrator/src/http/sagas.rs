@@ -1,5 +1,7 @@
 //! Sagas of any definition: start one (`POST /sagas/{definition}`), read
-//! one (`GET /sagas/{definition}/{id}`), list them (`GET /sagas`).
+//! one (`GET /sagas/{definition}/{id}`), list them (`GET /sagas`, the stuck
+//! ones with `?stuck=true`), and an operator's actions on one
+//! (`POST /sagas/{definition}/{id}/retry|resolve|abort`).
 //!
 //! Starting is idempotent by saga id: the same id with the same input joins
 //! the saga and starts nothing; with other input, or an id another
@@ -22,6 +24,7 @@ use super::{Error, Result};
 use crate::AppState;
 use crate::definition::Definition;
 use crate::saga::SagaStatus;
+use crate::saga::action::{self, Action};
 use crate::saga::engine::Start;
 use crate::saga::view::SagaView;
 use crate::store;
@@ -38,6 +41,9 @@ pub(crate) fn router() -> Router<AppState> {
         .route("/sagas", get(list))
         .route("/sagas/{definition}", post(start))
         .route("/sagas/{definition}/{id}", get(show))
+        .route("/sagas/{definition}/{id}/retry", post(retry))
+        .route("/sagas/{definition}/{id}/resolve", post(resolve))
+        .route("/sagas/{definition}/{id}/abort", post(abort))
 }
 
 #[derive(Debug, Deserialize)]
@@ -288,12 +294,77 @@ async fn show(
     Ok(Json(saga))
 }
 
+/// An operator action's body: both fields are required, and recorded.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ActionBody {
+    reason: Option<String>,
+    actor: Option<String>,
+}
+
+/// The longest `reason` or `actor` accepted, in characters.
+const MAX_ACTION_TEXT: usize = 1000;
+
+async fn retry(
+    state: State<AppState>,
+    path: Path<(String, String)>,
+    body: Json<ActionBody>,
+) -> Result<Json<SagaView>> {
+    act(state, path, body, Action::Retry).await
+}
+
+async fn resolve(
+    state: State<AppState>,
+    path: Path<(String, String)>,
+    body: Json<ActionBody>,
+) -> Result<Json<SagaView>> {
+    act(state, path, body, Action::Resolve).await
+}
+
+async fn abort(
+    state: State<AppState>,
+    path: Path<(String, String)>,
+    body: Json<ActionBody>,
+) -> Result<Json<SagaView>> {
+    act(state, path, body, Action::Abort).await
+}
+
+/// Takes `action` on the saga, and answers the saga as the action left it.
+#[tracing::instrument(skip_all, fields(%definition, %id, action = action.as_str()))]
+async fn act(
+    State(state): State<AppState>,
+    Path((definition, id)): Path<(String, String)>,
+    Json(body): Json<ActionBody>,
+    action: Action,
+) -> Result<Json<SagaView>> {
+    common::wire::validate_trip_id(&id)
+        .map_err(|err| Error::InvalidInput(err.replace("trip id", "saga id")))?;
+    let text = |field: &str, value: Option<String>| {
+        let value = value.map(|v| v.trim().to_owned()).unwrap_or_default();
+        if value.is_empty() || value.chars().count() > MAX_ACTION_TEXT {
+            return Err(Error::InvalidInput(format!(
+                "{field} is required: say {} in 1 to {MAX_ACTION_TEXT} characters; it is recorded with the action in saga_log",
+                if field == "reason" { "why" } else { "who acts" }
+            )));
+        }
+        Ok(value)
+    };
+    let request = action::Request {
+        action,
+        reason: text("reason", body.reason)?,
+        actor: text("actor", body.actor)?,
+    };
+    state.engine.act(&definition, &id, &request).await?;
+    Ok(Json(load(&state, &id).await?))
+}
+
 #[derive(Debug, Deserialize)]
 pub(crate) struct ListQuery {
     definition: Option<String>,
     status: Option<String>,
     limit: Option<String>,
     before: Option<String>,
+    stuck: Option<String>,
 }
 
 /// A page of sagas.
@@ -338,11 +409,25 @@ pub(crate) async fn page(
             })?,
     };
     let before = query.before.as_deref().map(decode_cursor).transpose()?;
-    let definition = definition.or(query.definition.as_deref());
+    let stuck = match query.stuck.as_deref() {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(other) => {
+            return Err(Error::InvalidQuery(format!(
+                "stuck={other:?} is not true or false"
+            )));
+        }
+    };
+    let filter = store::Filter {
+        definition: definition.or(query.definition.as_deref()),
+        status,
+        // STUCK_AFTER_SECS, as the stuck-compensations gauge counts them.
+        stuck_after_secs: stuck.then(|| state.engine.retry().stuck_after_secs as f64),
+    };
     let (sagas, logs) = state
         .engine
         .bounded(async |conn| {
-            let sagas = store::list(&mut *conn, definition, status, before, limit).await?;
+            let sagas = store::list(&mut *conn, &filter, before, limit).await?;
             let ids: Vec<String> = sagas.iter().map(|s| s.saga_id.clone()).collect();
             let logs = store::logs(&mut *conn, &ids).await?;
             Ok((sagas, logs))

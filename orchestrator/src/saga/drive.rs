@@ -10,6 +10,7 @@ use backon::{ExponentialBuilder, Retryable};
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 use super::engine::{Engine, Progress, is_outage};
 use super::model::{SagaStatus, StepEvent};
@@ -45,9 +46,43 @@ pub(super) struct Run {
     pub(super) interrupted: Option<Value>,
     /// Kept for a saga started here; a saga taken over is read back instead.
     pub(super) shown: Option<Shown>,
+    /// Cancelled when an operator's action here has taken the saga over:
+    /// this driver stops at once instead of at its next write.
+    pub(super) superseded: CancellationToken,
 }
 
 impl Run {
+    /// A saga at `position`, its write fence `version`, the next log row
+    /// `next_seq` and the current action's attempt `attempt`; nothing
+    /// interrupted, no view kept.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn new(
+        id: String,
+        definition: Arc<Definition>,
+        input: Arc<Value>,
+        position: Position,
+        version: i64,
+        outputs: Outputs,
+        next_seq: i32,
+        attempt: i32,
+        deadline: Option<DateTime<Utc>>,
+    ) -> Self {
+        Self {
+            id,
+            definition,
+            input,
+            position,
+            version,
+            outputs,
+            next_seq,
+            attempt,
+            deadline,
+            interrupted: None,
+            shown: None,
+            superseded: CancellationToken::new(),
+        }
+    }
+
     /// What the templates of this saga's calls see.
     fn scope(&self) -> Scope<'_> {
         Scope {
@@ -188,6 +223,7 @@ impl Engine {
         // participant's retry budget; a first attempt (or a taken-over
         // saga's next one) adds to it.
         let mut retry = false;
+        let superseded = run.superseded.clone();
         loop {
             if remaining() == Some(Duration::ZERO) {
                 return Ok(Err(deadline_passed(run, action, None)));
@@ -195,7 +231,7 @@ impl Engine {
             if retry {
                 let budget = self.participants.retry_budget(&action.participant);
                 if self
-                    .wait_logged(run, action, budget, BUDGET_WAIT, remaining)
+                    .wait_logged(run, action, budget, BUDGET_WAIT, remaining, &superseded)
                     .await?
                     .is_none()
                 {
@@ -207,7 +243,7 @@ impl Engine {
             // Wait for a turn, keeping one's place in line.
             let turn = self.participants.turn(&action.participant);
             let Some(turn) = self
-                .wait_logged(run, action, turn, TURN_WAIT, remaining)
+                .wait_logged(run, action, turn, TURN_WAIT, remaining, &superseded)
                 .await?
             else {
                 return Ok(Err(deadline_passed(run, action, None)));
@@ -217,7 +253,7 @@ impl Engine {
             let result = tokio::select! {
                 result = self.participants.call(action, &scope, turn) => result,
                 () = sleep_or_forever(remaining()) => return Ok(Err(deadline_passed(run, action, None))),
-                () = self.shutdown.cancelled() => return Err(Stop::Shutdown),
+                stop = self.stopping(&superseded) => return Err(stop),
             };
             let took = began.elapsed().as_secs_f64();
             let failure = match result {
@@ -277,8 +313,17 @@ impl Engine {
             retry = true;
             tokio::select! {
                 () = tokio::time::sleep(delay) => {}
-                () = self.shutdown.cancelled() => return Err(Stop::Shutdown),
+                stop = self.stopping(&superseded) => return Err(stop),
             }
+        }
+    }
+
+    /// Resolves when this driver must stop: the process is stopping, or an
+    /// operator's action has taken the saga over.
+    async fn stopping(&self, superseded: &CancellationToken) -> Stop {
+        tokio::select! {
+            () = self.shutdown.cancelled() => Stop::Shutdown,
+            () = superseded.cancelled() => Stop::Fenced,
         }
     }
 
@@ -293,6 +338,7 @@ impl Engine {
         ready: impl Future<Output = T>,
         why: &str,
         remaining: impl Fn() -> Option<Duration>,
+        superseded: &CancellationToken,
     ) -> Result<Option<T>, Stop> {
         let mut ready = std::pin::pin!(ready);
         loop {
@@ -303,7 +349,7 @@ impl Engine {
                     self.log_retry(run, action, waited).await?;
                 }
                 () = sleep_or_forever(remaining()) => return Ok(None),
-                () = self.shutdown.cancelled() => return Err(Stop::Shutdown),
+                stop = self.stopping(superseded) => return Err(stop),
             }
         }
     }

@@ -61,8 +61,9 @@ pub struct Engine {
     /// a turn, then the call) and the longest delay must fit in the lease.
     max_step_timeout: Duration,
     definitions: Registry,
-    /// The progress of every saga this process drives, for waiting requests.
-    running: Mutex<HashMap<String, watch::Receiver<Progress>>>,
+    /// Every saga this process drives: its progress, for waiting requests,
+    /// and the token that stops its driver when an action takes it over.
+    running: Mutex<HashMap<String, Tracked>>,
     /// Every transition goes through this one batching writer.
     pub(super) writer: Writer,
     /// The slots of the sagas driven here.
@@ -70,6 +71,13 @@ pub struct Engine {
     pub(super) metrics: SagaMetrics,
     pub(super) tasks: TaskTracker,
     pub(super) shutdown: CancellationToken,
+}
+
+/// A saga driven here.
+#[derive(Debug)]
+struct Tracked {
+    progress: watch::Receiver<Progress>,
+    superseded: CancellationToken,
 }
 
 /// What a request waiting for a saga driven here sees.
@@ -371,23 +379,22 @@ impl Engine {
                 &json!({ "idempotency_key": format!("{saga_id}:{first_step}") }),
                 at,
             );
-            let run = Run {
-                id: saga_id,
+            let mut run = Run::new(
+                saga_id,
                 definition,
                 input,
-                position: Position::Forward(0),
-                version: 0,
-                outputs: Outputs::new(),
-                next_seq: 2,
-                attempt: 1,
+                Position::Forward(0),
+                0,
+                Outputs::new(),
+                2,
+                1,
                 deadline,
-                interrupted: None,
-                shown: Some(Shown {
-                    steps: shown_steps,
-                    created_at: at,
-                    updated_at: at,
-                }),
-            };
+            );
+            run.shown = Some(Shown {
+                steps: shown_steps,
+                created_at: at,
+                updated_at: at,
+            });
             let (tx, rx) = engine.track(&run);
             let _ = reply.send(Ok(true));
             engine.drive_tracked(run, tx, rx).await;
@@ -414,11 +421,28 @@ impl Engine {
             status: run.position.status(),
             ended: None,
         });
+        let tracked = Tracked {
+            progress: rx.clone(),
+            superseded: run.superseded.clone(),
+        };
         self.running
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .insert(run.id.clone(), rx.clone());
+            .insert(run.id.clone(), tracked);
         (tx, rx)
+    }
+
+    /// Stops the driver here of the saga `saga_id`, if there is one: an
+    /// operator's action has taken the saga over.
+    pub(super) fn supersede(&self, saga_id: &str) {
+        let tracked = self
+            .running
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .remove(saga_id);
+        if let Some(tracked) = tracked {
+            tracked.superseded.cancel();
+        }
     }
 
     async fn drive_tracked(
@@ -443,7 +467,9 @@ impl Engine {
             Err(Stop::Shutdown) => {
                 tracing::info!(%saga_id, "saga left for recovery at shutdown")
             }
-            Err(Stop::Fenced) => tracing::warn!(%saga_id, "saga taken over by another process"),
+            Err(Stop::Fenced) => {
+                tracing::warn!(%saga_id, "saga taken over (by another process, or an operator's action)")
+            }
             Err(Stop::Failed(err)) => {
                 tracing::error!(%saga_id, %err, "cannot record the saga; left for recovery")
             }
@@ -455,7 +481,7 @@ impl Engine {
         // Only this driver's entry: a later driver may have replaced it.
         if running
             .get(&saga_id)
-            .is_some_and(|entry| entry.same_channel(&rx))
+            .is_some_and(|entry| entry.progress.same_channel(&rx))
         {
             running.remove(&saga_id);
         }
@@ -476,7 +502,7 @@ impl Engine {
                 .lock()
                 .unwrap_or_else(|poisoned| poisoned.into_inner())
                 .get(saga_id)
-                .cloned();
+                .map(|tracked| tracked.progress.clone());
             if let Some(mut rx) = local {
                 tokio::select! {
                     ended = rx.wait_for(|progress| progress.status.is_terminal()) => {

@@ -3,8 +3,10 @@
 //! the bound on the sagas driven at once ([`admission`]),
 //! the driving of one saga ([`drive`]), the takeover of sagas whose process
 //! stopped ([`recovery`]), the one batching writer of saga state
-//! ([`writer`]), and a saga as the API shows it ([`view`]).
+//! ([`writer`]), an operator's actions on one saga ([`action`]), and a saga
+//! as the API shows it ([`view`]).
 
+pub mod action;
 pub mod admission;
 pub mod drive;
 pub mod engine;

@@ -10,13 +10,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use serde_json::{Value, json};
+use serde_json::json;
 
+use super::action::forward_outputs;
 use super::admission::Slot;
 use super::drive::Run;
 use super::engine::Engine;
 use super::model::StepEvent;
-use crate::definition::{Outputs, Position};
+use crate::definition::Position;
 use crate::store;
 
 /// The most sagas one claim takes.
@@ -178,13 +179,7 @@ impl Engine {
             )));
         };
         // The forward steps' answers, handed to later steps.
-        let outputs: Outputs = match saga.outputs {
-            Value::Object(map) => map
-                .into_iter()
-                .filter(|(step, _)| definition.is_forward(step))
-                .collect(),
-            _ => Outputs::new(),
-        };
+        let outputs = forward_outputs(&definition, saga.outputs);
         // The attempt the previous owner may have sent: the first one if the
         // step had only started, else the one after the last retried.
         let interrupted = match saga.last_event {
@@ -197,25 +192,25 @@ impl Engine {
             status = saga.status.as_str(),
             "resuming saga"
         );
-        Ok(Ok(Run {
-            id: saga.saga_id,
+        let mut run = Run::new(
+            saga.saga_id,
             definition,
-            input: Arc::new(saga.input),
-            position: Position::from_row(saga.status, saga.cursor),
-            version: saga.version,
+            Arc::new(saga.input),
+            Position::from_row(saga.status, saga.cursor),
+            saga.version,
             outputs,
-            next_seq: saga.last_seq + 1,
-            attempt: interrupted,
-            deadline: saga.deadline,
-            interrupted: Some(json!({
-                "error": "interrupted",
-                "message": format!(
-                    "the process driving this saga ({}) stopped; resumed by {}",
-                    saga.previous_owner.as_deref().unwrap_or("none"),
-                    self.owner
-                ),
-            })),
-            shown: None,
-        }))
+            saga.last_seq + 1,
+            interrupted,
+            saga.deadline,
+        );
+        run.interrupted = Some(json!({
+            "error": "interrupted",
+            "message": format!(
+                "the process driving this saga ({}) stopped; resumed by {}",
+                saga.previous_owner.as_deref().unwrap_or("none"),
+                self.owner
+            ),
+        }));
+        Ok(Ok(run))
     }
 }

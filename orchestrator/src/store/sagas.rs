@@ -320,16 +320,30 @@ pub async fn find(
     .await
 }
 
-/// A page of sagas, newest first, optionally of one definition and one
-/// status, strictly before the cursor `(created_at, saga_id)`.
+/// Which sagas a page lists.
+#[derive(Debug, Clone, Default)]
+pub struct Filter<'a> {
+    pub definition: Option<&'a str>,
+    pub status: Option<SagaStatus>,
+    /// Only the sagas whose current compensation has been failing for
+    /// longer than this many seconds: its first `retrying` row is older.
+    pub stuck_after_secs: Option<f64>,
+}
+
+/// A page of sagas, newest first, those `filter` lets through, strictly
+/// before the cursor `(created_at, saga_id)`.
 #[tracing::instrument(skip_all, err)]
 pub async fn list(
     db: impl sqlx::PgExecutor<'_>,
-    definition: Option<&str>,
-    status: Option<SagaStatus>,
+    filter: &Filter<'_>,
     before: Option<(DateTime<Utc>, String)>,
     limit: i64,
 ) -> sqlx::Result<Vec<SagaRecord>> {
+    let Filter {
+        definition,
+        status,
+        stuck_after_secs,
+    } = *filter;
     let (before_at, before_id) = before.unzip();
     sqlx::query_as!(
         SagaRecord,
@@ -339,6 +353,14 @@ pub async fn list(
            WHERE ($1::text IS NULL OR status = $1::text::orchestrator.saga_status)
              AND ($2::timestamptz IS NULL OR (created_at, saga_id) < ($2, $3::text))
              AND ($5::text IS NULL OR definition = $5)
+             -- The current step is the one started last; it is stuck when
+             -- its first failure is older than the limit.
+             AND ($6::float8 IS NULL OR (status = 'compensating' AND EXISTS (
+                   SELECT 1 FROM orchestrator.saga_log f
+                   WHERE f.saga_id = sagas.saga_id AND f.status = 'retrying'
+                     AND f.at < now() - make_interval(secs => $6)
+                     AND f.seq > (SELECT max(seq) FROM orchestrator.saga_log c
+                                  WHERE c.saga_id = sagas.saga_id AND c.status = 'started'))))
            ORDER BY created_at DESC, saga_id DESC
            LIMIT $4"#,
         status.map(SagaStatus::as_str),
@@ -346,6 +368,7 @@ pub async fn list(
         before_id,
         limit,
         definition,
+        stuck_after_secs,
     )
     .fetch_all(db)
     .await
@@ -483,4 +506,96 @@ pub async fn claim(
     )
     .fetch_all(db)
     .await
+}
+
+/// Locks the saga `saga_id` for an operator's action, in the caller's
+/// transaction, and reads it as a claim does. The lock is held only until
+/// the action's write commits, never across a call: a driver's write
+/// waiting on it then finds the version moved, and is fenced.
+pub async fn lock(conn: &mut sqlx::PgConnection, saga_id: &str) -> sqlx::Result<Option<Claimed>> {
+    let Some(version) = sqlx::query_scalar!(
+        "SELECT version FROM orchestrator.sagas WHERE saga_id = $1 FOR UPDATE",
+        saga_id
+    )
+    .fetch_optional(&mut *conn)
+    .await?
+    else {
+        return Ok(None);
+    };
+    sqlx::query_as!(
+        Claimed,
+        r#"SELECT s.saga_id, s.definition, s.status AS "status: SagaStatus",
+                  s.definition_version, s.cursor, s.input, o.outputs AS "outputs!", s.version,
+                  s.owner AS previous_owner, s.deadline,
+                  l.seq AS "last_seq!", l.status AS "last_event!: StepEvent",
+                  l.attempt AS "last_attempt!"
+           FROM orchestrator.sagas s
+           CROSS JOIN LATERAL (
+               SELECT seq, status, attempt FROM orchestrator.saga_log
+               WHERE saga_id = s.saga_id ORDER BY seq DESC LIMIT 1) l
+           CROSS JOIN LATERAL (
+               SELECT coalesce(jsonb_object_agg(step, detail), '{}') AS outputs
+               FROM orchestrator.saga_log
+               WHERE saga_id = s.saga_id AND status = 'succeeded') o
+           WHERE s.saga_id = $1 AND s.version = $2"#,
+        saga_id,
+        version,
+    )
+    .fetch_optional(&mut *conn)
+    .await
+}
+
+/// Applies `t` to a saga locked by [`lock`] and makes `owner` its owner
+/// (none once it has ended), in the caller's transaction. Returns the
+/// saga's new version and the time written.
+pub async fn take_over(
+    conn: &mut sqlx::PgConnection,
+    t: &Transition,
+    owner: &str,
+    lease_secs: f64,
+) -> sqlx::Result<Option<(i64, DateTime<Utc>)>> {
+    let Some(moved) = sqlx::query!(
+        r#"UPDATE orchestrator.sagas
+           SET status = $3::text::orchestrator.saga_status, cursor = $4, version = version + 1,
+               owner = CASE WHEN $3 IN ('succeeded', 'failed') THEN NULL ELSE $5 END,
+               lease_until = CASE WHEN $3 IN ('succeeded', 'failed') THEN NULL
+                                  ELSE now() + make_interval(secs => $6) END,
+               updated_at = now()
+           WHERE saga_id = $1 AND version = $2
+           RETURNING version, now() AS "at!""#,
+        t.saga_id,
+        t.version,
+        t.position.status().as_str(),
+        t.position.cursor(),
+        owner,
+        lease_secs,
+    )
+    .fetch_optional(&mut *conn)
+    .await?
+    else {
+        return Ok(None);
+    };
+    let mut log = LogColumns::with_capacity(t.log.len());
+    for e in &t.log {
+        log.seqs.push(e.seq);
+        log.steps.push(&e.step);
+        log.events.push(e.event.as_str());
+        log.attempts.push(e.attempt);
+        log.details.push(&e.detail);
+    }
+    sqlx::query!(
+        r#"INSERT INTO orchestrator.saga_log (saga_id, seq, step, status, attempt, detail)
+           SELECT $1, l.seq, l.step, l.status::orchestrator.step_event, l.attempt, l.detail
+           FROM unnest($2::int4[], $3::text[], $4::text[], $5::int4[], $6::jsonb[])
+                AS l(seq, step, status, attempt, detail)"#,
+        t.saga_id,
+        &log.seqs,
+        &log.steps as &[&str],
+        &log.events as &[&str],
+        &log.attempts,
+        &log.details as &[&Value],
+    )
+    .execute(&mut *conn)
+    .await?;
+    Ok(Some((moved.version, moved.at)))
 }
