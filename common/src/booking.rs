@@ -9,6 +9,7 @@
 //! under its `Idempotency-Key`, in the same transaction as its effect.
 
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::Router;
 use axum::extract::{FromRef, State};
@@ -24,6 +25,7 @@ use crate::db::Db;
 use crate::error::ErrorBody;
 use crate::extract::{Json, Path};
 use crate::idempotency::{self, Answer, BusinessError, Key, to_answer};
+use crate::metrics::ParticipantMetrics;
 use crate::wire::{ActionRequest, BookingStatus, RunType};
 
 /// The trip's booking as the rules need it, and as the API answers it.
@@ -34,6 +36,52 @@ pub struct Found {
     /// Built by the service's SQL function, as every answer carrying a
     /// booking is.
     pub body: Value,
+}
+
+/// A cancel (or refund) that changed a row: the answer, and whether the row
+/// is a tombstone it wrote for a trip never seen (PostgreSQL's `xmax = 0`:
+/// the upsert inserted).
+#[derive(Debug)]
+pub struct Cancelled {
+    pub body: Value,
+    pub tombstone: bool,
+}
+
+/// Runs a keyed cancel (refund): `first` the one-statement way and, when
+/// it does not apply, `effect` (which reports a tombstone it wrote in
+/// `wrote`); counts a tombstone that was written, not one undone by a
+/// replay.
+pub async fn cancel_call<E>(
+    db: &Db,
+    metrics: &ParticipantMetrics,
+    table: &'static str,
+    key: Key,
+    first: impl AsyncFnOnce(&mut PgConnection, Option<&str>) -> sqlx::Result<Option<Cancelled>>,
+    effect: impl AsyncFnOnce(&mut PgConnection, &AtomicBool) -> Result<Answer, E>,
+) -> Result<Answer, E>
+where
+    E: From<sqlx::Error>,
+{
+    let wrote = AtomicBool::new(false);
+    let called = idempotency::call(
+        db,
+        metrics,
+        table,
+        key,
+        async |conn, key| {
+            let cancelled = first(conn, key).await?;
+            Ok(cancelled.map(|c| {
+                wrote.store(c.tombstone, Ordering::Relaxed);
+                c.body
+            }))
+        },
+        async |tx| effect(tx, &wrote).await,
+    )
+    .await?;
+    if wrote.load(Ordering::Relaxed) && !called.replayed {
+        metrics.tombstones.inc();
+    }
+    Ok(called.answer)
 }
 
 /// What a booking service supplies: its names, its request, and the four
@@ -81,7 +129,7 @@ pub trait Bookings: Send + Sync + 'static {
         conn: &mut PgConnection,
         trip_id: &str,
         key: Option<&str>,
-    ) -> impl Future<Output = sqlx::Result<Option<Value>>> + Send;
+    ) -> impl Future<Output = sqlx::Result<Option<Cancelled>>> + Send;
     fn find(
         conn: &mut PgConnection,
         trip_id: &str,
@@ -93,6 +141,7 @@ pub fn router<B: Bookings, S>(collection: &str) -> Router<S>
 where
     S: Clone + Send + Sync + 'static,
     Db: FromRef<S>,
+    ParticipantMetrics: FromRef<S>,
 {
     Router::new()
         .route(collection, post(reserve::<B>))
@@ -225,6 +274,7 @@ fn cancelled<B: Bookings>(trip_id: &str) -> Error {
 #[tracing::instrument(skip_all, fields(service = B::SERVICE, trip_id = B::trip_id(&req)), err(level = "info"))]
 async fn reserve<B: Bookings>(
     State(db): State<Db>,
+    State(metrics): State<ParticipantMetrics>,
     key: Key,
     Json(req): Json<B::Request>,
 ) -> Result<Answer> {
@@ -238,12 +288,14 @@ async fn reserve<B: Bookings>(
     }
     idempotency::call(
         &db,
+        &metrics,
         B::KEYS,
         key,
         async |conn, key| B::reserve(conn, &req, key).await,
         async |tx| to_answer(reserve_row::<B>(tx, &req).await),
     )
     .await
+    .map(|called| called.answer)
 }
 
 async fn reserve_row<B: Bookings>(conn: &mut PgConnection, req: &B::Request) -> Result<Value> {
@@ -279,6 +331,7 @@ async fn show<B: Bookings>(
 #[tracing::instrument(skip_all, fields(service = B::SERVICE, %trip_id), err(level = "info"))]
 async fn confirm<B: Bookings>(
     State(db): State<Db>,
+    State(metrics): State<ParticipantMetrics>,
     Path(trip_id): Path<String>,
     key: Key,
     Json(req): Json<ActionRequest>,
@@ -293,12 +346,14 @@ async fn confirm<B: Bookings>(
     }
     idempotency::call(
         &db,
+        &metrics,
         B::KEYS,
         key,
         async |conn, key| B::confirm(conn, &trip_id, req.booking_id, key).await,
         async |tx| to_answer(confirm_row::<B>(tx, &trip_id, req.booking_id).await),
     )
     .await
+    .map(|called| called.answer)
 }
 
 async fn confirm_row<B: Bookings>(
@@ -330,26 +385,35 @@ async fn confirm_row<B: Bookings>(
 #[tracing::instrument(skip_all, fields(service = B::SERVICE, %trip_id), err(level = "info"))]
 async fn cancel<B: Bookings>(
     State(db): State<Db>,
+    State(metrics): State<ParticipantMetrics>,
     Path(trip_id): Path<String>,
     key: Key,
     Json(_req): Json<ActionRequest>,
 ) -> Result<Answer> {
     check_trip_id(&trip_id)?;
-    idempotency::call(
+    cancel_call(
         &db,
+        &metrics,
         B::KEYS,
         key,
         async |conn, key| B::cancel(conn, &trip_id, key).await,
-        async |tx| to_answer(cancel_row::<B>(tx, &trip_id).await),
+        async |tx, wrote| to_answer(cancel_row::<B>(tx, &trip_id, wrote).await),
     )
     .await
 }
 
 /// Cancel never fails for business reasons: it cancels whatever is there,
-/// or leaves a tombstone for a trip never seen.
-async fn cancel_row<B: Bookings>(conn: &mut PgConnection, trip_id: &str) -> Result<Value> {
+/// or leaves a tombstone for a trip never seen (and says so in `wrote`).
+async fn cancel_row<B: Bookings>(
+    conn: &mut PgConnection,
+    trip_id: &str,
+    wrote: &AtomicBool,
+) -> Result<Value> {
     match B::cancel(conn, trip_id, None).await? {
-        Some(body) => Ok(body),
+        Some(cancelled) => {
+            wrote.store(cancelled.tombstone, Ordering::Relaxed);
+            Ok(cancelled.body)
+        }
         None => B::find(conn, trip_id)
             .await?
             .map(|found| found.body)

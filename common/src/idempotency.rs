@@ -16,6 +16,7 @@ use sqlx::{Connection, PgConnection};
 
 use crate::db::Db;
 use crate::error::ErrorBody;
+use crate::metrics::ParticipantMetrics;
 use crate::wire::IDEMPOTENCY_KEY;
 
 /// The longest key accepted.
@@ -92,7 +93,7 @@ pub async fn once<E>(
     table: &'static str,
     key: Key,
     effect: impl AsyncFnOnce(&mut PgConnection) -> Result<Answer, E>,
-) -> Result<Answer, E>
+) -> Result<Called, E>
 where
     E: From<sqlx::Error>,
 {
@@ -100,7 +101,7 @@ where
     let answer = effect(&mut tx).await?;
     let Some(key) = key.0 else {
         tx.commit().await?;
-        return Ok(answer);
+        return Ok(Called::fresh(answer));
     };
     let stored = sqlx::query(sqlx::AssertSqlSafe(format!(
         "INSERT INTO {table} (key, status, body) VALUES ($1, $2, $3) ON CONFLICT (key) DO NOTHING"
@@ -114,7 +115,7 @@ where
         == 1;
     if stored {
         tx.commit().await?;
-        return Ok(answer);
+        return Ok(Called::fresh(answer));
     }
     tx.rollback().await?;
     let (status, body): (i16, Value) = sqlx::query_as(sqlx::AssertSqlSafe(format!(
@@ -127,30 +128,56 @@ where
         .ok()
         .and_then(|s| StatusCode::from_u16(s).ok())
         .unwrap_or(StatusCode::OK);
-    Ok(Answer { status, body })
+    Ok(Called {
+        answer: Answer { status, body },
+        replayed: true,
+    })
+}
+
+/// A keyed call's answer, and whether it is the first answer replayed (the
+/// effect of this copy undone) rather than a new one.
+#[derive(Debug)]
+pub struct Called {
+    pub answer: Answer,
+    pub replayed: bool,
+}
+
+impl Called {
+    fn fresh(answer: Answer) -> Self {
+        Self {
+            answer,
+            replayed: false,
+        }
+    }
 }
 
 /// A keyed participant call on a connection of `db`: `first` the usual case
 /// in one statement (see [`first_time`]), given the key; when it does not
 /// apply, `effect` the general way, [`once`]. Every participant action is
-/// this sequence.
+/// this sequence. A replay is counted in `metrics`.
 pub async fn call<E>(
     db: &Db,
+    metrics: &ParticipantMetrics,
     table: &'static str,
     key: Key,
     first: impl AsyncFnOnce(&mut PgConnection, Option<&str>) -> sqlx::Result<Option<Value>>,
     effect: impl AsyncFnOnce(&mut PgConnection) -> Result<Answer, E>,
-) -> Result<Answer, E>
+) -> Result<Called, E>
 where
     E: From<sqlx::Error>,
 {
-    db.run(async |conn| {
-        if let Some(answer) = first_time(first(&mut *conn, key.0.as_deref())).await? {
-            return Ok(answer);
-        }
-        once(conn, table, key, effect).await
-    })
-    .await
+    let called = db
+        .run(async |conn| {
+            if let Some(answer) = first_time(first(&mut *conn, key.0.as_deref())).await? {
+                return Ok(Called::fresh(answer));
+            }
+            once(conn, table, key, effect).await
+        })
+        .await?;
+    if called.replayed {
+        metrics.replays.inc();
+    }
+    Ok(called)
 }
 
 /// The usual case in one round trip: a call whose effect applies. `statement`

@@ -134,6 +134,33 @@ impl Metrics {
     }
 }
 
+/// What a participant counts beyond its requests: the calls answered by
+/// replaying a key's first answer, and the tombstones its cancels (refunds)
+/// wrote for a trip it had never seen.
+#[derive(Debug, Clone, Default)]
+pub struct ParticipantMetrics {
+    pub replays: Counter,
+    pub tombstones: Counter,
+}
+
+impl ParticipantMetrics {
+    /// New counters, added to `registry`.
+    pub fn new(registry: &mut Registry) -> Self {
+        let metrics = Self::default();
+        registry.register(
+            "idempotent_replays",
+            "Calls answered with the first answer of their Idempotency-Key, with no second effect",
+            metrics.replays.clone(),
+        );
+        registry.register(
+            "tombstones_written",
+            "Cancels (refunds) of a trip never seen, which wrote a row that refuses a late reserve (charge)",
+            metrics.tombstones.clone(),
+        );
+        metrics
+    }
+}
+
 /// A method as a bounded label value.
 fn method_label(method: &Method) -> &'static str {
     match *method {

@@ -18,7 +18,7 @@ use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
 use crate::error::ErrorBody;
-use crate::metrics::{Metrics, Registry};
+use crate::metrics::{Metrics, ParticipantMetrics, Registry};
 
 /// The largest request body any service accepts.
 pub const BODY_LIMIT: usize = 64 * 1024;
@@ -112,7 +112,7 @@ pub async fn run_participant(
     config: &crate::config::CommonConfig,
     schema: &'static str,
     migrator: sqlx::migrate::Migrator,
-    app: impl FnOnce(crate::db::Db) -> Router,
+    app: impl FnOnce(crate::db::Db, ParticipantMetrics) -> Router,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
@@ -120,8 +120,10 @@ pub async fn run_participant(
         crate::db::connect_and_migrate(&config.database_url, schema, migrator, config.pool())
             .await?;
     let db = crate::db::Db::new(pool).with_query_timeout(config.query_timeout());
-    let metrics = Metrics::new(Registry::default());
-    let router = with_middleware(app(db), &metrics, Duration::from_secs(30));
+    let mut registry = Registry::default();
+    let counted = ParticipantMetrics::new(&mut registry);
+    let metrics = Metrics::new(registry);
+    let router = with_middleware(app(db, counted), &metrics, Duration::from_secs(30));
     serve(listener, router, shutdown).await?;
     Ok(())
 }

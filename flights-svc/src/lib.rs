@@ -10,6 +10,7 @@ use std::future::Future;
 use axum::Router;
 use axum::extract::FromRef;
 use common::db::Db;
+use common::metrics::ParticipantMetrics;
 use sqlx::migrate::Migrator;
 use tokio::net::TcpListener;
 
@@ -39,6 +40,7 @@ pub struct Config {
 #[derive(Debug, Clone, FromRef)]
 pub struct AppState {
     pub db: Db,
+    pub metrics: ParticipantMetrics,
 }
 
 /// The service's routes, as the binary serves them (without middleware).
@@ -56,7 +58,7 @@ pub async fn run(
         &config.common,
         SCHEMA,
         migrator(),
-        |db| app(AppState { db }),
+        |db, metrics| app(AppState { db, metrics }),
         listener,
         shutdown,
     )

@@ -2,7 +2,7 @@
 //! rules of [`common::booking`] (reserve, confirm, cancel, read one). Every
 //! answer is built by `cars.answer` (migration 0003).
 
-use common::booking::{Bookings, Found};
+use common::booking::{Bookings, Cancelled, Found};
 use common::wire::{BookingStatus, CarRequest, RunType};
 use serde_json::Value;
 use sqlx::PgConnection;
@@ -84,18 +84,19 @@ impl Bookings for Cars {
         conn: &mut PgConnection,
         trip_id: &str,
         key: Option<&str>,
-    ) -> sqlx::Result<Option<Value>> {
-        sqlx::query_scalar!(
+    ) -> sqlx::Result<Option<Cancelled>> {
+        sqlx::query_as!(
+            Cancelled,
             r#"WITH done AS (
                    INSERT INTO cars.rentals (trip_id, booking_id, status)
                    VALUES ($1, $2, 'cancelled')
                    ON CONFLICT (trip_id) DO UPDATE SET status = 'cancelled', updated_at = now()
                        WHERE rentals.status <> 'cancelled'
-                   RETURNING cars.answer(rentals) AS body),
+                   RETURNING cars.answer(rentals) AS body, rentals.xmax = 0 AS tombstone),
                kept AS (
                    INSERT INTO cars.idempotency_keys (key, status, body)
                    SELECT $3, 200, body FROM done WHERE $3::text IS NOT NULL)
-               SELECT body AS "body!" FROM done"#,
+               SELECT body AS "body!", tombstone AS "tombstone!" FROM done"#,
             trip_id,
             Uuid::new_v4(),
             key,

@@ -21,6 +21,7 @@ async fn keeps_the_booking_contract() {
     let db = TestDb::new().await;
     let server = TestServer::start(app(AppState {
         db: Db::new(db.new_pool().await),
+        metrics: Default::default(),
     }))
     .await;
     Booking {
@@ -40,6 +41,7 @@ async fn stores_the_sample_fields() {
     let db = TestDb::new().await;
     let server = TestServer::start(app(AppState {
         db: Db::new(db.new_pool().await),
+        metrics: Default::default(),
     }))
     .await;
     let (status, body) = testkit::contract::post(
@@ -66,6 +68,7 @@ async fn answers_as_the_wire_type_writes_them() {
     let db = TestDb::new().await;
     let server = TestServer::start(app(AppState {
         db: Db::new(db.new_pool().await),
+        metrics: Default::default(),
     }))
     .await;
     let mut body = reserve_body("t", "success");

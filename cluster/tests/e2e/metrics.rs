@@ -125,3 +125,39 @@ async fn a_compensation_failing_past_stuck_after_counts_as_stuck_until_it_succee
     .await;
     env.finish_clean().await;
 }
+
+#[tokio::test]
+async fn participants_count_their_replays_and_the_tombstones_they_write() {
+    let env = Env::start().await;
+    // The payment is refused, so its refund finds no charge: a tombstone.
+    // The flight and the car are cancelled from pending: no tombstone.
+    let trip = env.get("/trip?tripID=tomb&runType=failPayment").await;
+    assert_eq!(trip.body["status"], "failed", "{}", trip.body);
+    let tombstones = "tombstones_written_total";
+    let replays = "idempotent_replays_total";
+    let payments = scrape(&env.cluster.payments_url).await;
+    assert_eq!(value(&payments, tombstones), 1.0, "{payments}");
+    assert_eq!(value(&payments, replays), 0.0, "{payments}");
+    for base in [&env.cluster.flights_url, &env.cluster.cars_url] {
+        let text = scrape(base).await;
+        assert_eq!(value(&text, tombstones), 0.0, "{base}: {text}");
+    }
+
+    // The refund again under its key is a replay, with no second effect;
+    // under a new key it finds the trip refunded: neither is a tombstone.
+    let http = reqwest::Client::new();
+    for key in ["tomb:RefundPayment", "by-hand"] {
+        let answer = http
+            .post(format!("{}/payments/tomb/refund", env.cluster.payments_url))
+            .header("idempotency-key", key)
+            .json(&serde_json::json!({}))
+            .send()
+            .await
+            .expect("POST refund");
+        assert_eq!(answer.status(), StatusCode::OK);
+    }
+    let payments = scrape(&env.cluster.payments_url).await;
+    assert_eq!(value(&payments, replays), 1.0, "{payments}");
+    assert_eq!(value(&payments, tombstones), 1.0, "{payments}");
+    env.finish_clean().await;
+}

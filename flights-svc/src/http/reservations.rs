@@ -2,7 +2,7 @@
 //! rules of [`common::booking`] (reserve, confirm, cancel, read one). Every
 //! answer is built by `flights.answer` (migration 0003).
 
-use common::booking::{Bookings, Found};
+use common::booking::{Bookings, Cancelled, Found};
 use common::wire::{BookingStatus, FlightRequest, RunType};
 use serde_json::Value;
 use sqlx::PgConnection;
@@ -85,18 +85,19 @@ impl Bookings for Flights {
         conn: &mut PgConnection,
         trip_id: &str,
         key: Option<&str>,
-    ) -> sqlx::Result<Option<Value>> {
-        sqlx::query_scalar!(
+    ) -> sqlx::Result<Option<Cancelled>> {
+        sqlx::query_as!(
+            Cancelled,
             r#"WITH done AS (
                    INSERT INTO flights.reservations (trip_id, booking_id, status)
                    VALUES ($1, $2, 'cancelled')
                    ON CONFLICT (trip_id) DO UPDATE SET status = 'cancelled', updated_at = now()
                        WHERE reservations.status <> 'cancelled'
-                   RETURNING flights.answer(reservations) AS body),
+                   RETURNING flights.answer(reservations) AS body, reservations.xmax = 0 AS tombstone),
                kept AS (
                    INSERT INTO flights.idempotency_keys (key, status, body)
                    SELECT $3, 200, body FROM done WHERE $3::text IS NOT NULL)
-               SELECT body AS "body!" FROM done"#,
+               SELECT body AS "body!", tombstone AS "tombstone!" FROM done"#,
             trip_id,
             Uuid::new_v4(),
             key,

@@ -22,6 +22,7 @@ async fn keeps_the_booking_contract() {
     let db = TestDb::new().await;
     let server = TestServer::start(app(AppState {
         db: Db::new(db.new_pool().await),
+        metrics: Default::default(),
     }))
     .await;
     Booking {
@@ -41,6 +42,7 @@ async fn stores_the_sample_fields() {
     let db = TestDb::new().await;
     let server = TestServer::start(app(AppState {
         db: Db::new(db.new_pool().await),
+        metrics: Default::default(),
     }))
     .await;
     let (status, body) = testkit::contract::post(
@@ -71,6 +73,7 @@ async fn answers_as_the_wire_type_writes_them() {
     let db = TestDb::new().await;
     let server = TestServer::start(app(AppState {
         db: Db::new(db.new_pool().await),
+        metrics: Default::default(),
     }))
     .await;
     let mut body = reserve_body("t", "success");
@@ -107,6 +110,7 @@ async fn a_database_that_never_answers_is_a_503_and_the_retry_books_once() {
     let limit = Duration::from_millis(500);
     let server = TestServer::start(app(AppState {
         db: Db::new(pool).with_query_timeout(limit),
+        metrics: Default::default(),
     }))
     .await;
     let url = format!("{}/reservations", server.url);

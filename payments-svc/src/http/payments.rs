@@ -4,12 +4,16 @@
 //! refunded one (409); refund succeeds from every state, and for a trip never
 //! charged writes a tombstone that refuses a late charge.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use axum::Router;
 use axum::extract::State;
 use axum::routing::{get, post};
+use common::booking::{Cancelled, cancel_call};
 use common::db::Db;
 use common::extract::{Json, Path};
 use common::idempotency::{self, Answer, Key, to_answer};
+use common::metrics::ParticipantMetrics;
 use common::wire::{ActionRequest, PaymentRequest, PaymentStatus, RunType};
 use serde_json::Value;
 use sqlx::PgConnection;
@@ -33,7 +37,12 @@ fn check_trip_id(trip_id: &str) -> Result<()> {
 }
 
 #[tracing::instrument(skip_all, fields(trip_id = %req.trip_id), err(level = "info"))]
-async fn charge(State(db): State<Db>, key: Key, Json(req): Json<PaymentRequest>) -> Result<Answer> {
+async fn charge(
+    State(db): State<Db>,
+    State(metrics): State<ParticipantMetrics>,
+    key: Key,
+    Json(req): Json<PaymentRequest>,
+) -> Result<Answer> {
     check_trip_id(&req.trip_id)?;
     common::wire::validate_payment(req.amount, &req.currency).map_err(Error::InvalidPayment)?;
     if req.run_type == RunType::FailPayment {
@@ -44,12 +53,14 @@ async fn charge(State(db): State<Db>, key: Key, Json(req): Json<PaymentRequest>)
     }
     idempotency::call(
         &db,
+        &metrics,
         KEYS,
         key,
         async |conn, key| insert_charged(conn, &req, key).await,
         async |tx| to_answer(charge_row(tx, &req).await),
     )
     .await
+    .map(|called| called.answer)
 }
 
 /// Inserts the charged row unless the trip has one (`None` then), and stores
@@ -111,17 +122,19 @@ async fn show(State(db): State<Db>, Path(trip_id): Path<String>) -> Result<Json<
 #[tracing::instrument(skip_all, fields(%trip_id), err(level = "info"))]
 async fn refund(
     State(db): State<Db>,
+    State(metrics): State<ParticipantMetrics>,
     Path(trip_id): Path<String>,
     key: Key,
     Json(_req): Json<ActionRequest>,
 ) -> Result<Answer> {
     check_trip_id(&trip_id)?;
-    idempotency::call(
+    cancel_call(
         &db,
+        &metrics,
         KEYS,
         key,
         async |conn, key| refund_any(conn, &trip_id, key).await,
-        async |tx| to_answer(refund_row(tx, &trip_id).await),
+        async |tx, wrote| to_answer(refund_row(tx, &trip_id, wrote).await),
     )
     .await
 }
@@ -132,18 +145,19 @@ async fn refund_any(
     conn: &mut PgConnection,
     trip_id: &str,
     key: Option<&str>,
-) -> sqlx::Result<Option<Value>> {
-    sqlx::query_scalar!(
+) -> sqlx::Result<Option<Cancelled>> {
+    sqlx::query_as!(
+        Cancelled,
         r#"WITH done AS (
                INSERT INTO payments.payments (trip_id, payment_id, status)
                VALUES ($1, $2, 'refunded')
                ON CONFLICT (trip_id) DO UPDATE SET status = 'refunded', updated_at = now()
                    WHERE payments.status <> 'refunded'
-               RETURNING payments.answer(payments) AS body),
+               RETURNING payments.answer(payments) AS body, payments.xmax = 0 AS tombstone),
            kept AS (
                INSERT INTO payments.idempotency_keys (key, status, body)
                SELECT $3, 200, body FROM done WHERE $3::text IS NOT NULL)
-           SELECT body AS "body!" FROM done"#,
+           SELECT body AS "body!", tombstone AS "tombstone!" FROM done"#,
         trip_id,
         Uuid::new_v4(),
         key,
@@ -154,9 +168,12 @@ async fn refund_any(
 
 /// Refund never fails for business reasons: it refunds whatever is there,
 /// or leaves a tombstone for a trip never charged.
-async fn refund_row(conn: &mut PgConnection, trip_id: &str) -> Result<Value> {
+async fn refund_row(conn: &mut PgConnection, trip_id: &str, wrote: &AtomicBool) -> Result<Value> {
     match refund_any(conn, trip_id, None).await? {
-        Some(body) => Ok(body),
+        Some(refunded) => {
+            wrote.store(refunded.tombstone, Ordering::Relaxed);
+            Ok(refunded.body)
+        }
         None => find(conn, trip_id)
             .await?
             .map(|found| found.body)

@@ -30,6 +30,7 @@ async fn rows(pool: &PgPool, trip_id: &str) -> Vec<(String, Option<String>)> {
 async fn server(db: &TestDb) -> TestServer {
     TestServer::start(app(AppState {
         db: Db::new(db.new_pool().await),
+        metrics: Default::default(),
     }))
     .await
 }
