@@ -6,10 +6,12 @@ use cars_svc::Config;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
-    common::telemetry::init(config.common.log_format);
+    common::telemetry::init(config.common.log_format, "cars-svc");
     let listener = tokio::net::TcpListener::bind(&config.listen_addr)
         .await
         .with_context(|| format!("cannot listen on LISTEN_ADDR={}", config.listen_addr))?;
     tracing::info!(addr = %listener.local_addr()?, "cars-svc listening");
-    cars_svc::run(config, listener, common::shutdown::signal()).await
+    let served = cars_svc::run(config, listener, common::shutdown::signal()).await;
+    tokio::task::spawn_blocking(common::telemetry::shutdown).await?;
+    served
 }

@@ -86,7 +86,7 @@ struct FaultLog {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    common::telemetry::init(common::telemetry::LogFormat::Text);
+    common::telemetry::init(common::telemetry::LogFormat::Text, env!("CARGO_PKG_NAME"));
     let passed = run(&args).await?;
     if !passed {
         std::process::exit(1);

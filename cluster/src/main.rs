@@ -48,7 +48,7 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    common::telemetry::init(args.log_format);
+    common::telemetry::init(args.log_format, "cluster");
     let listeners = Listeners::bind(&args.host, args.port).await?;
     let (database_url, private) = match args.database_url.filter(|url| !url.is_empty()) {
         Some(url) => (url, None),

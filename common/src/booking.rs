@@ -313,7 +313,7 @@ async fn reserve_row<B: Bookings>(conn: &mut PgConnection, req: &B::Request) -> 
     }
 }
 
-#[tracing::instrument(skip_all, fields(service = B::SERVICE, %trip_id), err(level = "info"))]
+#[tracing::instrument(skip_all, fields(service = B::SERVICE, ?trip_id), err(level = "info"))]
 async fn show<B: Bookings>(
     State(db): State<Db>,
     Path(trip_id): Path<String>,
@@ -328,7 +328,7 @@ async fn show<B: Bookings>(
     .await
 }
 
-#[tracing::instrument(skip_all, fields(service = B::SERVICE, %trip_id), err(level = "info"))]
+#[tracing::instrument(skip_all, fields(service = B::SERVICE, ?trip_id), err(level = "info"))]
 async fn confirm<B: Bookings>(
     State(db): State<Db>,
     State(metrics): State<ParticipantMetrics>,
@@ -382,7 +382,7 @@ async fn confirm_row<B: Bookings>(
     }
 }
 
-#[tracing::instrument(skip_all, fields(service = B::SERVICE, %trip_id), err(level = "info"))]
+#[tracing::instrument(skip_all, fields(service = B::SERVICE, ?trip_id), err(level = "info"))]
 async fn cancel<B: Bookings>(
     State(db): State<Db>,
     State(metrics): State<ParticipantMetrics>,

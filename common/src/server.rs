@@ -45,13 +45,21 @@ pub fn with_middleware(router: Router, metrics: &Metrics, request_timeout: Durat
                         .get(crate::wire::IDEMPOTENCY_KEY)
                         .and_then(|v| v.to_str().ok())
                         .unwrap_or_default();
-                    tracing::info_span!(
+                    let span = tracing::info_span!(
                         "request",
+                        otel.name = %req.method(),
+                        otel.kind = "server",
                         method = %req.method(),
                         uri = %req.uri(),
                         request_id,
                         idempotency_key,
-                    )
+                        trace_id = tracing::field::Empty,
+                    );
+                    // A participant call continues the saga's trace.
+                    if let Some(trace_id) = crate::telemetry::continue_trace(&span, req.headers()) {
+                        span.record("trace_id", trace_id);
+                    }
+                    span
                 }),
             )
             .layer(PropagateRequestIdLayer::x_request_id())

@@ -20,7 +20,7 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    common::telemetry::init(common::telemetry::LogFormat::Text);
+    common::telemetry::init(common::telemetry::LogFormat::Text, env!("CARGO_PKG_NAME"));
     let listener = tokio::net::TcpListener::bind(&args.listen).await?;
     let proxy = faultproxy::FaultProxy::start(listener, &args.upstream, args.faults)?;
     println!("fault proxy on {} -> {}", proxy.url, args.upstream);

@@ -6,10 +6,12 @@ use flights_svc::Config;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
-    common::telemetry::init(config.common.log_format);
+    common::telemetry::init(config.common.log_format, "flights-svc");
     let listener = tokio::net::TcpListener::bind(&config.listen_addr)
         .await
         .with_context(|| format!("cannot listen on LISTEN_ADDR={}", config.listen_addr))?;
     tracing::info!(addr = %listener.local_addr()?, "flights-svc listening");
-    flights_svc::run(config, listener, common::shutdown::signal()).await
+    let served = flights_svc::run(config, listener, common::shutdown::signal()).await;
+    tokio::task::spawn_blocking(common::telemetry::shutdown).await?;
+    served
 }

@@ -24,14 +24,16 @@ fn main() -> anyhow::Result<ExitCode> {
 
 #[tokio::main]
 async fn serve(config: Config) -> anyhow::Result<()> {
-    common::telemetry::init(config.common.log_format);
+    common::telemetry::init(config.common.log_format, "orchestrator");
     let listener = tokio::net::TcpListener::bind(&config.listen_addr)
         .await
         .with_context(|| format!("cannot listen on LISTEN_ADDR={}", config.listen_addr))?;
     tracing::info!(addr = %listener.local_addr()?, "orchestrator listening");
-    orchestrator::run(config, listener, async {
+    let served = orchestrator::run(config, listener, async {
         common::shutdown::signal().await;
         orchestrator::StopMode::Graceful
     })
-    .await
+    .await;
+    tokio::task::spawn_blocking(common::telemetry::shutdown).await?;
+    served
 }

@@ -178,6 +178,11 @@ impl Participants {
             .client
             .request(action.method.clone(), url)
             .header(IDEMPOTENCY_KEY, key);
+        if common::telemetry::enabled() {
+            let mut headers = reqwest::header::HeaderMap::new();
+            common::telemetry::inject(&mut headers);
+            request = request.headers(headers);
+        }
         if let Some(timeout) = action.timeout {
             request = request.timeout(timeout);
         }

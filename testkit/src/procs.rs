@@ -52,8 +52,8 @@ impl Service {
             .with_context(|| format!("cannot open {}", self.log.display()))?;
         let child = Command::new(&self.binary)
             .env("SAGAS_DIR", SAGAS_DIR)
-            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .env("RUST_LOG", "warn")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)

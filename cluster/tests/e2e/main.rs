@@ -10,3 +10,4 @@ mod hangups;
 mod metrics;
 mod overload;
 mod support;
+mod traces;

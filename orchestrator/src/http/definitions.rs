@@ -88,7 +88,7 @@ struct Version {
     created_at: DateTime<Utc>,
 }
 
-#[tracing::instrument(skip_all, fields(%name))]
+#[tracing::instrument(skip_all, fields(?name))]
 async fn versions(State(state): State<AppState>, Path(name): Path<String>) -> Result<Json<Value>> {
     let rows = state
         .engine
@@ -112,7 +112,7 @@ async fn versions(State(state): State<AppState>, Path(name): Path<String>) -> Re
     ))
 }
 
-#[tracing::instrument(skip_all, fields(%name, %version))]
+#[tracing::instrument(skip_all, fields(?name, ?version))]
 async fn document(
     State(state): State<AppState>,
     Path((name, version)): Path<(String, String)>,
@@ -147,7 +147,7 @@ struct RegisteredBody {
     diagnostics: Vec<Diagnostic>,
 }
 
-#[tracing::instrument(skip_all, fields(%name))]
+#[tracing::instrument(skip_all, fields(?name))]
 async fn register(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -217,7 +217,7 @@ struct DryRunBody {
     outcomes: BTreeMap<String, Outcome>,
 }
 
-#[tracing::instrument(skip_all, fields(%name))]
+#[tracing::instrument(skip_all, fields(?name))]
 async fn dry_run(
     State(state): State<AppState>,
     Path(name): Path<String>,

@@ -64,7 +64,7 @@ struct StartBody {
     deadline_secs: Option<u64>,
 }
 
-#[tracing::instrument(skip_all, fields(%definition, id = body.id))]
+#[tracing::instrument(skip_all, fields(?definition, id = body.id))]
 async fn start(
     State(state): State<AppState>,
     Path(definition): Path<String>,
@@ -278,7 +278,7 @@ async fn view(
     }))
 }
 
-#[tracing::instrument(skip_all, fields(%definition, %id))]
+#[tracing::instrument(skip_all, fields(?definition, ?id))]
 async fn show(
     State(state): State<AppState>,
     Path((definition, id)): Path<(String, String)>,
@@ -330,7 +330,7 @@ async fn abort(
 }
 
 /// Takes `action` on the saga, and answers the saga as the action left it.
-#[tracing::instrument(skip_all, fields(%definition, %id, action = action.as_str()))]
+#[tracing::instrument(skip_all, fields(?definition, ?id, action = action.as_str()))]
 async fn act(
     State(state): State<AppState>,
     Path((definition, id)): Path<(String, String)>,

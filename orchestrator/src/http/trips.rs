@@ -106,7 +106,7 @@ async fn start_or_join(
     Ok(joined.respond(&TripView::from(&*joined.view), &location))
 }
 
-#[tracing::instrument(skip_all, fields(%trip_id))]
+#[tracing::instrument(skip_all, fields(?trip_id))]
 async fn show(State(state): State<AppState>, Path(trip_id): Path<String>) -> Result<Response> {
     common::wire::validate_trip_id(&trip_id).map_err(Error::InvalidTrip)?;
     let saga = sagas::load(&state, &trip_id)

@@ -11,6 +11,7 @@ use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use super::engine::{Engine, Progress, is_outage};
 use super::model::{SagaStatus, StepEvent};
@@ -250,8 +251,21 @@ impl Engine {
             };
             let scope = run.scope();
             let began = std::time::Instant::now();
+            // One span per attempt, named by its step: its `traceparent`
+            // goes with the call.
+            let attempt_span = tracing::info_span!(
+                "attempt",
+                otel.name = &*action.step,
+                otel.kind = "client",
+                step = &*action.step,
+                attempt = run.attempt,
+            );
+            let call = self
+                .participants
+                .call(action, &scope, turn)
+                .instrument(attempt_span);
             let result = tokio::select! {
-                result = self.participants.call(action, &scope, turn) => result,
+                result = call => result,
                 () = sleep_or_forever(remaining()) => return Ok(Err(deadline_passed(run, action, None))),
                 stop = self.stopping(&superseded) => return Err(stop),
             };

@@ -17,6 +17,7 @@ use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 
 use super::admission::{Admission, Limits, Overloaded, Slot};
 use super::drive::{Run, Shown, Stop};
@@ -78,6 +79,24 @@ pub struct Engine {
 struct Tracked {
     progress: watch::Receiver<Progress>,
     superseded: CancellationToken,
+}
+
+/// The span of one saga's driving: every log line about the saga carries
+/// its id, definition and (when traces are on) trace id. With no `parent`
+/// it starts a trace of its own.
+fn saga_span(parent: Option<tracing::Id>, saga_id: &str, definition: &str) -> tracing::Span {
+    let span = tracing::info_span!(
+        parent: parent,
+        "saga",
+        otel.name = %format_args!("saga {definition}"),
+        saga_id,
+        definition,
+        trace_id = tracing::field::Empty,
+    );
+    if let Some(trace_id) = common::telemetry::trace_id(&span) {
+        span.record("trace_id", trace_id);
+    }
+    span
 }
 
 /// What a request waiting for a saga driven here sees.
@@ -351,7 +370,14 @@ impl Engine {
         };
         let (reply, answer) = oneshot::channel();
         let engine = Arc::clone(self);
-        self.tasks.spawn(async move {
+        // A child of the request's span: the saga continues the trace its
+        // start was sent in, if any.
+        let span = saga_span(
+            tracing::Span::current().id(),
+            &new.saga_id,
+            &definition.name,
+        );
+        let started = async move {
             let _slot = slot;
             let saga_id = new.saga_id.clone();
             let input = Arc::clone(&new.input);
@@ -398,7 +424,8 @@ impl Engine {
             let (tx, rx) = engine.track(&run);
             let _ = reply.send(Ok(true));
             engine.drive_tracked(run, tx, rx).await;
-        });
+        };
+        self.tasks.spawn(started.instrument(span));
         answer.await.map_err(|_| WriteError {
             outage: false,
             message: "the engine stopped before the saga was recorded".into(),
@@ -409,10 +436,15 @@ impl Engine {
     pub(super) fn spawn(self: &Arc<Self>, run: Run, slot: Slot) {
         let (tx, rx) = self.track(&run);
         let engine = Arc::clone(self);
-        self.tasks.spawn(async move {
-            let _slot = slot;
-            engine.drive_tracked(run, tx, rx).await
-        });
+        // A saga taken over starts a trace of its own.
+        let span = saga_span(None, &run.id, &run.definition.name);
+        self.tasks.spawn(
+            async move {
+                let _slot = slot;
+                engine.drive_tracked(run, tx, rx).await
+            }
+            .instrument(span),
+        );
     }
 
     /// Makes `run`'s progress visible to the requests that wait for it.

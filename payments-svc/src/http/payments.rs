@@ -36,7 +36,7 @@ fn check_trip_id(trip_id: &str) -> Result<()> {
     common::wire::validate_trip_id(trip_id).map_err(Error::InvalidTripId)
 }
 
-#[tracing::instrument(skip_all, fields(trip_id = %req.trip_id), err(level = "info"))]
+#[tracing::instrument(skip_all, fields(trip_id = ?req.trip_id), err(level = "info"))]
 async fn charge(
     State(db): State<Db>,
     State(metrics): State<ParticipantMetrics>,
@@ -107,7 +107,7 @@ async fn charge_row(conn: &mut PgConnection, req: &PaymentRequest) -> Result<Val
     }
 }
 
-#[tracing::instrument(skip_all, fields(%trip_id), err(level = "info"))]
+#[tracing::instrument(skip_all, fields(?trip_id), err(level = "info"))]
 async fn show(State(db): State<Db>, Path(trip_id): Path<String>) -> Result<Json<Value>> {
     check_trip_id(&trip_id)?;
     db.run(async |conn| {
@@ -119,7 +119,7 @@ async fn show(State(db): State<Db>, Path(trip_id): Path<String>) -> Result<Json<
     .await
 }
 
-#[tracing::instrument(skip_all, fields(%trip_id), err(level = "info"))]
+#[tracing::instrument(skip_all, fields(?trip_id), err(level = "info"))]
 async fn refund(
     State(db): State<Db>,
     State(metrics): State<ParticipantMetrics>,
