@@ -9,6 +9,7 @@
 //! - [`participants`]: the HTTP client that makes each step's call.
 //! - [`store`]: every read and write of the `orchestrator` schema.
 //! - [`retry`]: how failed calls are retried.
+//! - [`webhooks`]: a saga's end sent, signed, to the subscribed URLs.
 //! - [`http`]: the API (`/sagas`, `/definitions`, and the travel sample's
 //!   `/trip` and `/trips`, with [`travel`] checking the trip's fields).
 //! - [`cli`]: `orchestrator validate` and `orchestrator dry-run`.
@@ -40,6 +41,7 @@ pub mod retry;
 pub mod saga;
 pub mod store;
 pub mod travel;
+pub mod webhooks;
 
 use definition::{Document, Format};
 use participants::{BaseUrl, Participants};
@@ -59,10 +61,17 @@ pub const SCHEMA: &str = "orchestrator";
 /// plan keeps as the table grows). The writer's statement matches its own
 /// small sets with `= ANY (ARRAY(...))` rather than joins, which these
 /// settings would make nested loops.
+///
+/// A scan these settings disable but a query still needs (the few rows of
+/// `orchestrator.webhooks`, which has no index to use instead) is costed
+/// past `jit_above_cost`, and PostgreSQL would compile the writer's
+/// statement to machine code on every new connection: 400 ms for a query
+/// that runs in one. No query here is long enough to gain from JIT.
 const DB_SETTINGS: &[(&str, &str)] = &[
     ("enable_seqscan", "off"),
     ("enable_mergejoin", "off"),
     ("enable_hashjoin", "off"),
+    ("jit", "off"),
 ];
 
 /// Connects to `url` as the orchestrator does (its connection settings, its
@@ -151,6 +160,9 @@ pub struct Config {
     pub limits: saga::admission::Limits,
 
     #[command(flatten)]
+    pub webhooks: webhooks::WebhookConfig,
+
+    #[command(flatten)]
     pub common: common::config::CommonConfig,
 }
 
@@ -173,6 +185,7 @@ impl Config {
             participant_max_in_flight: 64,
             retry: retry::RetryConfig::default(),
             limits: saga::admission::Limits::default(),
+            webhooks: webhooks::WebhookConfig::default(),
             common: common::config::CommonConfig::new(database_url),
         }
     }
@@ -329,6 +342,7 @@ pub async fn run(
         &config.retry,
         config.participant_max_in_flight,
     )?;
+    let webhook = config.webhooks.configured()?;
     let documents = read_definitions(&config.sagas_dir)?;
     let pool = connect(&config.common.database_url, config.common.pool()).await?;
     let token = CancellationToken::new();
@@ -347,7 +361,19 @@ pub async fn run(
         register_at_start(&engine, &path, doc).await?;
     }
     engine.refresh_definitions().await?;
+    store::webhooks::configure(
+        &pool,
+        webhook
+            .as_ref()
+            .map(|(url, secret)| (url.as_str(), secret.as_str())),
+    )
+    .await?;
     let started = engine.reclaim_own().await?;
+    let delivering = tokio::spawn(webhooks::deliver(
+        Arc::clone(&engine),
+        config.webhooks.clone(),
+        token.clone(),
+    ));
     let recovery = tokio::spawn(Arc::clone(&engine).recover(
         Duration::from_millis(config.recovery_interval_ms),
         Some(started),
@@ -373,6 +399,7 @@ pub async fn run(
     })
     .await?;
     recovery.await?;
+    delivering.await?;
     let mode = mode_rx.await.unwrap_or(StopMode::Graceful);
     engine.stop(mode == StopMode::Graceful).await;
     Ok(())

@@ -11,3 +11,4 @@ mod metrics;
 mod overload;
 mod support;
 mod traces;
+mod webhooks;

@@ -184,6 +184,17 @@ pub fn compile(doc: Document, checks: &Checks) -> Compiled {
     }
 }
 
+/// Checks a definition name given elsewhere than in a document (a webhook's
+/// filter).
+pub fn check_name(s: &str) -> Result<(), String> {
+    if is_name(s) {
+        return Ok(());
+    }
+    Err(format!(
+        "{s:?} is not a definition name: 1 to {NAME_MAX_LEN} letters, digits, '-', '_' or '.', starting with a letter or digit"
+    ))
+}
+
 /// A name usable in a URL path segment.
 fn is_name(s: &str) -> bool {
     !s.is_empty()

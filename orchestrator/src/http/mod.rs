@@ -1,7 +1,8 @@
 //! The orchestrator's HTTP API: [`sagas`] (start, read and list sagas of any
 //! definition), [`definitions`] (register, read, validate and dry-run
 //! definitions), [`trips`] (the travel sample's API, onto the `travel`
-//! definition) and the health probes.
+//! definition), [`webhooks`] (subscriptions, and a saga's deliveries) and
+//! the health probes.
 
 use axum::Router;
 
@@ -11,6 +12,7 @@ pub mod definitions;
 mod error;
 pub mod sagas;
 pub mod trips;
+pub mod webhooks;
 
 pub use error::{Error, Result};
 
@@ -19,5 +21,6 @@ pub(crate) fn router() -> Router<AppState> {
         .merge(trips::router())
         .merge(sagas::router())
         .merge(definitions::router())
+        .merge(webhooks::router())
         .merge(common::health::router())
 }

@@ -309,6 +309,7 @@ impl Engine {
                 if since.elapsed() >= self.metrics.stuck_after {
                     tracing::warn!(saga_id = %run.id, step = %action.step, "compensation stuck (failing for longer than STUCK_AFTER_SECS)");
                     stuck = Some(Stuck::new(&self.metrics, step_labels(run, action)));
+                    self.notify_stuck(&run.id).await;
                 }
             }
             if deadline.is_some_and(|at| Utc::now() + delay >= at) {
@@ -329,6 +330,18 @@ impl Engine {
                 () = tokio::time::sleep(delay) => {}
                 stop = self.stopping(&superseded) => return Err(stop),
             }
+        }
+    }
+
+    /// Enqueues the webhooks of a stuck compensation. Best effort: a saga
+    /// is not held up by it, and an outage is logged.
+    async fn notify_stuck(&self, saga_id: &str) {
+        let kind = crate::webhooks::STUCK;
+        let enqueued = self
+            .bounded(async |conn| store::webhooks::enqueue(conn, saga_id, kind).await)
+            .await;
+        if let Err(err) = enqueued {
+            tracing::warn!(%err, "cannot enqueue the stuck compensation's webhooks");
         }
     }
 

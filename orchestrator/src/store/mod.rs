@@ -1,7 +1,9 @@
 //! Every read and write of the orchestrator's tables: the sagas and their
-//! log ([`sagas`]) and the definitions ([`definitions`]).
+//! log ([`sagas`]), the definitions ([`definitions`]) and the webhook
+//! subscriptions and deliveries ([`webhooks`]).
 
 pub mod definitions;
 pub mod sagas;
+pub mod webhooks;
 
 pub use sagas::*;

@@ -199,7 +199,17 @@ pub async fn write<T: Borrow<Transition>>(
                    updated_at = now()
                FROM moves m
                WHERE s.saga_id = m.saga_id AND s.version = m.version
-               RETURNING s.saga_id, m.version AS from_version),
+               RETURNING s.saga_id, m.version AS from_version, m.status, s.definition),
+           -- A saga's end notifies every subscription that wants it, in
+           -- the same transaction (the webhook outbox).
+           notified AS (
+               INSERT INTO orchestrator.webhook_deliveries (id, webhook, saga_id, type)
+               SELECT 'msg_' || replace(gen_random_uuid()::text, '-', ''), w.id, d.saga_id,
+                      'saga.' || d.status
+               FROM moved d CROSS JOIN orchestrator.webhooks w
+               WHERE d.status IN ('succeeded', 'failed')
+                 AND (w.event_types = '{}' OR 'saga.' || d.status = ANY (w.event_types))
+                 AND (w.definitions = '{}' OR d.definition = ANY (w.definitions))),
            moved_log AS (
                INSERT INTO orchestrator.saga_log (saga_id, seq, step, status, attempt, detail)
                SELECT l.saga_id, l.seq, l.step, l.status::orchestrator.step_event, l.attempt, l.detail
@@ -575,6 +585,10 @@ pub async fn take_over(
     else {
         return Ok(None);
     };
+    if t.position.status().is_terminal() {
+        let kind = super::webhooks::ended(t.position.status());
+        super::webhooks::enqueue(&mut *conn, &t.saga_id, &kind).await?;
+    }
     let mut log = LogColumns::with_capacity(t.log.len());
     for e in &t.log {
         log.seqs.push(e.seq);

@@ -1,0 +1,326 @@
+//! Webhooks: a saga's end, sent to every subscribed URL as a signed JSON
+//! event, following the Standard Webhooks convention (`webhook-id`,
+//! `webhook-timestamp`, `webhook-signature: v1,<base64 HMAC-SHA256 of
+//! "id.timestamp.body">`, the secret in the `whsec_<base64>` form), so that
+//! the receivers' own libraries verify it.
+//!
+//! The end of a saga and its deliveries are one transaction (the outbox,
+//! [`crate::store::webhooks`]); a worker in every orchestrator claims the
+//! due ones (`SKIP LOCKED`, so replicas share them), sends each, and retries
+//! what is not answered 2xx with backoff for a day. A delivery is sent at
+//! least once: receivers drop a second copy by its `webhook-id`. Sending
+//! never touches a saga's driving: the worker has its own client and its
+//! own connections of the pool.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use hmac::{KeyInit, Mac};
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+use crate::saga::engine::Engine;
+use crate::saga::view::SagaView;
+use crate::store::{self, webhooks::Due};
+
+/// The event types a subscription may ask for.
+pub const EVENT_TYPES: [&str; 3] = ["saga.succeeded", "saga.failed", STUCK];
+
+/// A compensation has failed for longer than `STUCK_AFTER_SECS`.
+pub const STUCK: &str = "saga.compensation_stuck";
+
+/// Webhook settings, from flags or the environment.
+#[derive(Debug, Clone, clap::Args)]
+pub struct WebhookConfig {
+    /// A URL that gets every event, as a subscription named `config`
+    /// (`WEBHOOK_SECRET_FILE` holds its secret).
+    #[arg(long, env = "WEBHOOK_URL")]
+    pub webhook_url: Option<String>,
+
+    /// A file holding the secret of `WEBHOOK_URL`, `whsec_` and base64, as
+    /// the Standard Webhooks libraries take it.
+    #[arg(long, env = "WEBHOOK_SECRET_FILE")]
+    pub webhook_secret_file: Option<PathBuf>,
+
+    /// Time limit of one delivery attempt, in milliseconds.
+    #[arg(long, env = "WEBHOOK_TIMEOUT_MS", default_value_t = 10_000)]
+    pub webhook_timeout_ms: u64,
+
+    /// Delay before a failed delivery's second attempt, in milliseconds;
+    /// each delay doubles, up to an hour, for a day.
+    #[arg(long, env = "WEBHOOK_RETRY_INITIAL_MS", default_value_t = 5_000)]
+    pub webhook_retry_initial_ms: u64,
+
+    /// How often the worker looks for due deliveries, in milliseconds.
+    #[arg(long, env = "WEBHOOK_POLL_MS", default_value_t = 500)]
+    pub webhook_poll_ms: u64,
+}
+
+impl Default for WebhookConfig {
+    fn default() -> Self {
+        Self {
+            webhook_url: None,
+            webhook_secret_file: None,
+            webhook_timeout_ms: 10_000,
+            webhook_retry_initial_ms: 5_000,
+            webhook_poll_ms: 500,
+        }
+    }
+}
+
+impl WebhookConfig {
+    /// `WEBHOOK_URL` and the secret its file holds, checked.
+    pub fn configured(&self) -> anyhow::Result<Option<(String, String)>> {
+        let Some(url) = self.webhook_url.as_deref().filter(|u| !u.is_empty()) else {
+            return Ok(None);
+        };
+        check_url(url).map_err(|err| anyhow::anyhow!("WEBHOOK_URL={url:?}: {err}"))?;
+        let file = self
+            .webhook_secret_file
+            .as_ref()
+            .context("WEBHOOK_URL is set without WEBHOOK_SECRET_FILE: give the file that holds its secret (whsec_ and base64)")?;
+        let secret = std::fs::read_to_string(file)
+            .with_context(|| format!("cannot read WEBHOOK_SECRET_FILE={}", file.display()))?
+            .trim()
+            .to_owned();
+        key(&secret).with_context(|| {
+            format!(
+                "WEBHOOK_SECRET_FILE={} does not hold a secret of the form whsec_<base64>",
+                file.display()
+            )
+        })?;
+        Ok(Some((url.to_owned(), secret)))
+    }
+}
+
+/// Whether `url` is one a webhook can be sent to.
+pub fn check_url(url: &str) -> Result<(), String> {
+    let parsed = reqwest::Url::parse(url).map_err(|err| format!("not a URL: {err}"))?;
+    if !matches!(parsed.scheme(), "http" | "https") || parsed.host().is_none() {
+        return Err("give an http:// or https:// URL with a host".into());
+    }
+    Ok(())
+}
+
+/// A new secret: 32 random bytes, as `whsec_<base64>`.
+pub fn new_secret() -> String {
+    let mut bytes = Vec::with_capacity(32);
+    bytes.extend_from_slice(uuid::Uuid::new_v4().as_bytes());
+    bytes.extend_from_slice(uuid::Uuid::new_v4().as_bytes());
+    format!("whsec_{}", STANDARD.encode(bytes))
+}
+
+/// The signing key a `whsec_<base64>` secret holds.
+fn key(secret: &str) -> anyhow::Result<Vec<u8>> {
+    let encoded = secret
+        .strip_prefix("whsec_")
+        .context("the secret does not start with whsec_")?;
+    let key = STANDARD.decode(encoded).context("not base64")?;
+    anyhow::ensure!(!key.is_empty(), "the key is empty");
+    Ok(key)
+}
+
+/// The `webhook-signature` header of `body`, sent as message `id` at
+/// `timestamp` (Unix seconds).
+pub fn sign(secret: &str, id: &str, timestamp: i64, body: &[u8]) -> anyhow::Result<String> {
+    let key = key(secret)?;
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(&key)
+        .map_err(|_| anyhow::anyhow!("HMAC takes a key of any length"))?;
+    mac.update(format!("{id}.{timestamp}.").as_bytes());
+    mac.update(body);
+    Ok(format!(
+        "v1,{}",
+        STANDARD.encode(mac.finalize().into_bytes())
+    ))
+}
+
+/// The event of a saga's end: the saga as the API shows it, and a line a
+/// person reads.
+pub fn event(kind: &str, created_at: chrono::DateTime<chrono::Utc>, saga: &SagaView) -> Value {
+    let failed = saga.steps.iter().find(|s| s.status == "failed");
+    let undone: Vec<&str> = saga
+        .steps
+        .iter()
+        .skip_while(|s| s.status != "failed")
+        .skip(1)
+        .filter(|s| s.status == "succeeded")
+        .map(|s| s.step.as_str())
+        .collect();
+    let message = match failed {
+        _ if kind == STUCK => format!(
+            "Saga {} ({}) is stuck compensating: {} has failed for longer than STUCK_AFTER_SECS",
+            saga.id,
+            saga.definition,
+            saga.steps
+                .last()
+                .map_or("its compensation", |s| s.step.as_str())
+        ),
+        None => format!("Saga {} ({}) succeeded", saga.id, saga.definition),
+        Some(step) if undone.is_empty() => format!(
+            "Saga {} ({}) failed at {}; nothing to undo",
+            saga.id, saga.definition, step.step
+        ),
+        Some(step) => format!(
+            "Saga {} ({}) failed at {}; undone: {}",
+            saga.id,
+            saga.definition,
+            step.step,
+            undone.join(", ")
+        ),
+    };
+    let mut data = serde_json::to_value(saga).unwrap_or_default();
+    if let Value::Object(map) = &mut data {
+        map.insert("message".into(), Value::String(message));
+        map.insert(
+            "failed_step".into(),
+            failed.map_or(Value::Null, |s| Value::String(s.step.clone())),
+        );
+    }
+    json!({ "type": kind, "timestamp": created_at, "data": data })
+}
+
+/// The delivery worker: every `WEBHOOK_POLL_MS` until `shutdown`, claims the
+/// due deliveries and sends them, at most 32 at once.
+pub async fn deliver(engine: Arc<Engine>, config: WebhookConfig, shutdown: CancellationToken) {
+    let timeout = Duration::from_millis(config.webhook_timeout_ms);
+    let client = match reqwest::Client::builder().timeout(timeout).build() {
+        Ok(client) => client,
+        Err(err) => {
+            tracing::error!(%err, "cannot build the webhook client; no webhook is sent");
+            return;
+        }
+    };
+    // A claim outlasts its attempt, so that a live worker's is never taken.
+    let claim_secs = timeout.as_secs_f64() * 2.0 + 5.0;
+    let poll = Duration::from_millis(config.webhook_poll_ms.max(10));
+    loop {
+        let due = engine
+            .bounded(async |conn| store::webhooks::claim_due(conn, 32, claim_secs).await)
+            .await;
+        let due = match due {
+            Ok(due) => due,
+            Err(err) => {
+                tracing::warn!(%err, "cannot claim webhook deliveries; will retry");
+                Vec::new()
+            }
+        };
+        let full = due.len() == 32;
+        let sends = due
+            .into_iter()
+            .map(|due| send(&engine, &client, &config, due));
+        futures::future::join_all(sends).await;
+        if full {
+            continue;
+        }
+        tokio::select! {
+            () = tokio::time::sleep(poll) => {}
+            () = shutdown.cancelled() => return,
+        }
+    }
+}
+
+/// One attempt of one delivery, and its outcome recorded.
+async fn send(engine: &Engine, client: &reqwest::Client, config: &WebhookConfig, due: Due) {
+    let outcome = attempt(engine, client, &due).await;
+    let (delivered, last_status, last_error) = match &outcome {
+        Ok(status) if (200..300).contains(status) => (true, Some(*status), None),
+        Ok(status) => (
+            false,
+            Some(*status),
+            Some(format!("answered {status}; not 2xx")),
+        ),
+        Err(err) => (false, None, Some(format!("{err:#}"))),
+    };
+    if !delivered {
+        tracing::warn!(
+            delivery = due.id,
+            saga_id = due.saga_id,
+            attempt = due.attempts,
+            error = last_error.as_deref(),
+            "webhook not delivered; will retry"
+        );
+    }
+    // 1, 2, 4 ... times the first delay, up to an hour.
+    let doublings = u32::try_from(due.attempts.saturating_sub(1).min(20)).unwrap_or(20);
+    let retry = Duration::from_millis(config.webhook_retry_initial_ms)
+        .saturating_mul(2u32.saturating_pow(doublings))
+        .min(Duration::from_secs(3600));
+    let give_up = Duration::from_secs(24 * 3600).as_secs_f64();
+    let recorded = engine
+        .bounded(async |conn| {
+            store::webhooks::record(
+                conn,
+                &due.id,
+                delivered,
+                last_status.map(i32::from),
+                last_error.as_deref(),
+                retry.as_secs_f64(),
+                give_up,
+            )
+            .await
+        })
+        .await;
+    if let Err(err) = recorded {
+        // The claim runs out, and the delivery is sent again.
+        tracing::warn!(%err, delivery = due.id, "cannot record a webhook delivery");
+    }
+}
+
+/// Builds the event, signs it and sends it: the receiver's status.
+async fn attempt(engine: &Engine, client: &reqwest::Client, due: &Due) -> anyhow::Result<u16> {
+    let saga_id = &due.saga_id;
+    let (saga, logs) = engine
+        .bounded(async |conn| {
+            let saga = store::find(&mut *conn, saga_id).await?;
+            let logs = store::logs(&mut *conn, std::slice::from_ref(saga_id)).await?;
+            Ok((saga, logs))
+        })
+        .await?;
+    let saga = saga.with_context(|| format!("saga {saga_id} is gone"))?;
+    let definition = engine
+        .definition(&saga.definition, Some(saga.definition_version))
+        .await?;
+    let view = SagaView::new(saga, &logs, |step| {
+        definition.as_ref().is_none_or(|d| d.is_forward(step))
+    });
+    let body = serde_json::to_vec(&event(&due.kind, due.created_at, &view))?;
+    let timestamp = chrono::Utc::now().timestamp();
+    let signature = sign(&due.secret, &due.id, timestamp, &body)?;
+    let response = client
+        .post(&due.url)
+        .header("content-type", "application/json")
+        .header("webhook-id", &due.id)
+        .header("webhook-timestamp", timestamp.to_string())
+        .header("webhook-signature", signature)
+        .body(body)
+        .send()
+        .await
+        .context("cannot reach the webhook URL")?;
+    Ok(response.status().as_u16())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The Standard Webhooks specification's own example.
+    #[test]
+    fn signs_as_the_specification_does() {
+        let secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+        let body = br#"{"test": 2432232314}"#;
+        let signature = sign(secret, "msg_p5jXN8AQM9LWM0D4loKWxJek", 1614265330, body).unwrap();
+        assert_eq!(signature, "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=");
+    }
+
+    #[test]
+    fn secrets_are_whsec_and_32_bytes() {
+        let secret = new_secret();
+        assert_eq!(key(&secret).unwrap().len(), 32);
+        assert!(key("nope").is_err());
+        assert!(key("whsec_%%").is_err());
+    }
+}
