@@ -92,10 +92,15 @@ where
 /// violation when the key is taken, which undoes the statement.
 pub trait Bookings: Send + Sync + 'static {
     /// The reserve body.
-    type Request: DeserializeOwned + Send + Sync + 'static;
+    type Request: DeserializeOwned + utoipa::ToSchema + Send + Sync + 'static;
+    /// The booking as every route answers it, for the API's document (the
+    /// answers themselves are built by the service's SQL).
+    type Booking: utoipa::ToSchema;
 
     /// The service's name, for messages: `flights-svc`.
     const SERVICE: &'static str;
+    /// The API document's tag and operation id suffix: `flights`.
+    const TAG: &'static str;
     /// What one row is, for messages: `flight reservation`.
     const NOUN: &'static str;
     /// The error code of a refused transition: `reservation_cancelled`.
@@ -419,4 +424,118 @@ async fn cancel_row<B: Bookings>(
             .map(|found| found.body)
             .ok_or_else(|| not_found::<B>(trip_id)),
     }
+}
+
+/// The booking routes under `collection`, described: [`router`]'s
+/// handlers are generic over the service, so their document is built here
+/// rather than by `#[utoipa::path]`. `B::Request` and `B::Booking` name
+/// schemas registered with it.
+pub fn api<B: Bookings>(collection: &str) -> utoipa::openapi::OpenApi {
+    use utoipa::openapi::path::HttpMethod;
+
+    let noun = B::NOUN;
+    let request = <B::Request as utoipa::ToSchema>::name();
+    let booking = <B::Booking as utoipa::ToSchema>::name();
+    let item = format!("{collection}/{{trip_id}}");
+    let reserve = crate::openapi::operation(
+        collection,
+        &format!("reserve_{}", B::TAG),
+        B::TAG,
+        &format!("Reserves the trip's {noun} (pending)"),
+        Some(&request),
+        &booking,
+        &[
+            (
+                200,
+                "The trip's booking: created pending, or the one it has",
+            ),
+            (
+                400,
+                "The trip id is not acceptable, or the body is not JSON",
+            ),
+            (409, "The trip's booking is cancelled"),
+            (415, "The body is not sent as application/json"),
+            (
+                422,
+                "The body does not fit the schema, or runType fails this step on purpose",
+            ),
+            (503, "The database is unreachable; retry"),
+        ],
+    );
+    let show = crate::openapi::operation(
+        &item,
+        &format!("show_{}", B::TAG),
+        B::TAG,
+        &format!("The trip's {noun}"),
+        None,
+        &booking,
+        &[
+            (200, "The trip's booking"),
+            (400, "The trip id is not acceptable"),
+            (404, "No booking for the trip"),
+            (503, "The database is unreachable; retry"),
+        ],
+    );
+    let confirm = crate::openapi::operation(
+        &format!("{item}/confirm"),
+        &format!("confirm_{}", B::TAG),
+        B::TAG,
+        &format!("Confirms the trip's pending {noun}"),
+        Some("ActionRequest"),
+        &booking,
+        &[
+            (200, "The booking, confirmed"),
+            (
+                400,
+                "The trip id is not acceptable, or the body is not JSON",
+            ),
+            (404, "No booking for the trip"),
+            (
+                409,
+                "The booking is cancelled, or booking_id is another booking's",
+            ),
+            (415, "The body is not sent as application/json"),
+            (
+                422,
+                "The body does not fit the schema, or runType fails this step on purpose",
+            ),
+            (503, "The database is unreachable; retry"),
+        ],
+    );
+    let cancel = crate::openapi::operation(
+        &format!("{item}/cancel"),
+        &format!("cancel_{}", B::TAG),
+        B::TAG,
+        &format!(
+            "Cancels the trip's {noun}; for a trip never seen, leaves a tombstone so that a late reserve is refused"
+        ),
+        Some("ActionRequest"),
+        &booking,
+        &[
+            (
+                200,
+                "The booking, cancelled (a tombstone's trip fields are null)",
+            ),
+            (
+                400,
+                "The trip id is not acceptable, or the body is not JSON",
+            ),
+            (415, "The body is not sent as application/json"),
+            (422, "The body does not fit the schema"),
+            (503, "The database is unreachable; retry"),
+        ],
+    );
+    let mut schemas = Vec::new();
+    crate::openapi::schema::<B::Request>(&mut schemas);
+    crate::openapi::schema::<B::Booking>(&mut schemas);
+    crate::openapi::schema::<crate::wire::ActionRequest>(&mut schemas);
+    crate::openapi::document(
+        vec![
+            (collection.to_owned(), HttpMethod::Post, reserve),
+            (item.clone(), HttpMethod::Get, show),
+            (format!("{item}/confirm"), HttpMethod::Post, confirm),
+            (format!("{item}/cancel"), HttpMethod::Post, cancel),
+        ],
+        schemas,
+    )
 }

@@ -20,11 +20,28 @@ where
         .route("/readyz", get(readyz))
 }
 
-async fn healthz() -> Json<serde_json::Value> {
+/// A probe's answer.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub(crate) struct Probe {
+    /// `ok` (`/healthz`) or `ready` (`/readyz`).
+    status: String,
+}
+
+/// The process is up.
+#[utoipa::path(get, path = "/healthz", tag = "operations",
+    responses((status = 200, description = "Up", body = Probe)))]
+pub(crate) async fn healthz() -> Json<serde_json::Value> {
     Json(json!({ "status": "ok" }))
 }
 
-async fn readyz(State(db): State<Db>) -> Response {
+/// The process is up and its database answers.
+#[utoipa::path(get, path = "/readyz", tag = "operations",
+    responses(
+        (status = 200, description = "Ready", body = Probe),
+        (status = 503, description = "The database does not answer", body = crate::error::ErrorBody),
+    ))]
+pub(crate) async fn readyz(State(db): State<Db>) -> Response {
     let ping = db.run(async |conn| sqlx::query("SELECT 1").execute(conn).await);
     match ping.await {
         Ok(_) => Json(json!({ "status": "ready" })).into_response(),

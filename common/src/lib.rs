@@ -17,6 +17,7 @@ pub mod extract;
 pub mod health;
 pub mod idempotency;
 pub mod metrics;
+pub mod openapi;
 pub mod server;
 pub mod shutdown;
 pub mod telemetry;

@@ -57,7 +57,9 @@ pub fn validate_payment(amount: Decimal, currency: &str) -> Result<(), String> {
 
 /// The sample's run types: `success`, or which participant action should fail
 /// with a business error.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize, utoipa::ToSchema,
+)]
 #[serde(rename_all = "camelCase")]
 pub enum RunType {
     #[default]
@@ -113,7 +115,9 @@ impl FromStr for RunType {
 
 /// A flight reservation or a car rental. Flights and cars keep the same
 /// lifecycle, each in its own schema's `booking_status` type.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, sqlx::Type)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, sqlx::Type, utoipa::ToSchema,
+)]
 #[serde(rename_all = "lowercase")]
 #[sqlx(type_name = "booking_status", rename_all = "lowercase")]
 pub enum BookingStatus {
@@ -123,7 +127,9 @@ pub enum BookingStatus {
 }
 
 /// A payment's lifecycle.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, sqlx::Type)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, sqlx::Type, utoipa::ToSchema,
+)]
 #[serde(rename_all = "lowercase")]
 #[sqlx(type_name = "payment_status", rename_all = "lowercase")]
 pub enum PaymentStatus {
@@ -132,7 +138,7 @@ pub enum PaymentStatus {
 }
 
 /// `POST /reservations` on flights-svc.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FlightRequest {
     pub trip_id: String,
@@ -145,7 +151,7 @@ pub struct FlightRequest {
 }
 
 /// `POST /rentals` on cars-svc.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CarRequest {
     pub trip_id: String,
@@ -158,7 +164,7 @@ pub struct CarRequest {
 
 /// `POST /payments` on payments-svc: charge the trip, naming the bookings the
 /// earlier steps made.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PaymentRequest {
     pub trip_id: String,
@@ -171,7 +177,7 @@ pub struct PaymentRequest {
 }
 
 /// Body of confirm, cancel and refund: the trip is in the path.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ActionRequest {
     #[serde(default)]
@@ -183,7 +189,7 @@ pub struct ActionRequest {
 
 /// A flight reservation as flights-svc answers it. The trip fields are empty
 /// on a tombstone (a cancel for a trip never reserved).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct FlightReservation {
     pub trip_id: String,
     pub booking_id: Uuid,
@@ -195,7 +201,7 @@ pub struct FlightReservation {
 }
 
 /// A car rental as cars-svc answers it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CarRental {
     pub trip_id: String,
     pub booking_id: Uuid,
@@ -206,7 +212,7 @@ pub struct CarRental {
 }
 
 /// A payment as payments-svc answers it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Payment {
     pub trip_id: String,
     pub payment_id: Uuid,

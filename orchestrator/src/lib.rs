@@ -311,7 +311,16 @@ impl FromRef<AppState> for common::db::Db {
 
 /// The service's routes (without middleware).
 pub fn app(state: AppState) -> Router {
-    http::router().with_state(state)
+    let (router, api) = http::router().split_for_parts();
+    let api = common::openapi::finish(
+        "orchestrator",
+        "Sagas as documents: start, read and act on sagas; register definitions; subscribe to webhooks",
+        api,
+    );
+    router
+        .merge(common::health::router())
+        .merge(common::openapi::router(&api))
+        .with_state(state)
 }
 
 /// Connects, migrates, resumes this process's unfinished sagas and serves on

@@ -14,7 +14,7 @@ pub const DEFINITION: &str = "travel";
 
 /// The trip as a caller sends it: every field optional. Unknown fields are
 /// refused, so that a typo is not silently replaced by a default.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TripInput {
     pub trip_id: Option<String>,

@@ -12,6 +12,7 @@
 //! never touches a saga's driving: the worker has its own client and its
 //! own connections of the pool.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -183,8 +184,15 @@ pub fn event(kind: &str, created_at: chrono::DateTime<chrono::Utc>, saga: &SagaV
     json!({ "type": kind, "timestamp": created_at, "data": data })
 }
 
-/// The delivery worker: every `WEBHOOK_POLL_MS` until `shutdown`, claims the
-/// due deliveries and sends them, at most 32 at once.
+/// The most deliveries claimed and sent at once: the statements of a
+/// batch (claim, read the sagas, record the outcomes) are the same few
+/// whatever its size, so that under load delivery costs the database
+/// little per saga.
+const BATCH: usize = 256;
+
+/// The delivery worker: every `WEBHOOK_POLL_MS` until `shutdown`, and at
+/// once while there are more, claims the due deliveries, sends them
+/// together and records their outcomes.
 pub async fn deliver(engine: Arc<Engine>, config: WebhookConfig, shutdown: CancellationToken) {
     let timeout = Duration::from_millis(config.webhook_timeout_ms);
     let client = match reqwest::Client::builder().timeout(timeout).build() {
@@ -198,21 +206,14 @@ pub async fn deliver(engine: Arc<Engine>, config: WebhookConfig, shutdown: Cance
     let claim_secs = timeout.as_secs_f64() * 2.0 + 5.0;
     let poll = Duration::from_millis(config.webhook_poll_ms.max(10));
     loop {
-        let due = engine
-            .bounded(async |conn| store::webhooks::claim_due(conn, 32, claim_secs).await)
-            .await;
-        let due = match due {
-            Ok(due) => due,
+        let full = match batch(&engine, &client, &config, claim_secs).await {
+            Ok(sent) => sent == BATCH,
             Err(err) => {
-                tracing::warn!(%err, "cannot claim webhook deliveries; will retry");
-                Vec::new()
+                // What was claimed is due again when its claim runs out.
+                tracing::warn!(%err, "cannot deliver webhooks now; will retry");
+                false
             }
         };
-        let full = due.len() == 32;
-        let sends = due
-            .into_iter()
-            .map(|due| send(&engine, &client, &config, due));
-        futures::future::join_all(sends).await;
         if full {
             continue;
         }
@@ -223,10 +224,69 @@ pub async fn deliver(engine: Arc<Engine>, config: WebhookConfig, shutdown: Cance
     }
 }
 
-/// One attempt of one delivery, and its outcome recorded.
-async fn send(engine: &Engine, client: &reqwest::Client, config: &WebhookConfig, due: Due) {
-    let outcome = attempt(engine, client, &due).await;
-    let (delivered, last_status, last_error) = match &outcome {
+/// One batch: claims, sends, records. Returns how many were claimed.
+async fn batch(
+    engine: &Engine,
+    client: &reqwest::Client,
+    config: &WebhookConfig,
+    claim_secs: f64,
+) -> anyhow::Result<usize> {
+    let limit = i64::try_from(BATCH).unwrap_or(i64::MAX);
+    let due = engine
+        .bounded(async |conn| store::webhooks::claim_due(conn, limit, claim_secs).await)
+        .await?;
+    if due.is_empty() {
+        return Ok(0);
+    }
+    let mut ids: Vec<String> = due.iter().map(|d| d.saga_id.clone()).collect();
+    ids.sort();
+    ids.dedup();
+    let (sagas, logs) = engine
+        .bounded(async |conn| {
+            let sagas = store::find_all(&mut *conn, &ids).await?;
+            let logs = store::logs(&mut *conn, &ids).await?;
+            Ok((sagas, logs))
+        })
+        .await?;
+    let mut by_saga: HashMap<String, Vec<store::LogRecord>> = HashMap::new();
+    for log in logs {
+        by_saga.entry(log.saga_id.clone()).or_default().push(log);
+    }
+    let mut views = HashMap::new();
+    for saga in sagas {
+        let definition = engine
+            .definition(&saga.definition, Some(saga.definition_version))
+            .await?;
+        let own = by_saga.remove(&saga.saga_id).unwrap_or_default();
+        let id = saga.saga_id.clone();
+        let view = SagaView::new(saga, &own, |step| {
+            definition.as_ref().is_none_or(|d| d.is_forward(step))
+        });
+        views.insert(id, view);
+    }
+    let claimed = due.len();
+    let sends = due.iter().map(|due| async {
+        let outcome = match views.get(&due.saga_id) {
+            Some(view) => attempt(client, due, view).await,
+            None => Err(anyhow::anyhow!("saga {} is gone", due.saga_id)),
+        };
+        outcome_of(config, due, outcome)
+    });
+    let outcomes = futures::future::join_all(sends).await;
+    let give_up = Duration::from_secs(24 * 3600).as_secs_f64();
+    engine
+        .bounded(async |conn| store::webhooks::record(conn, &outcomes, give_up).await)
+        .await?;
+    Ok(claimed)
+}
+
+/// What an attempt's answer means for its delivery.
+fn outcome_of(
+    config: &WebhookConfig,
+    due: &Due,
+    answer: anyhow::Result<u16>,
+) -> store::webhooks::Outcome {
+    let (delivered, last_status, last_error) = match &answer {
         Ok(status) if (200..300).contains(status) => (true, Some(*status), None),
         Ok(status) => (
             false,
@@ -249,45 +309,18 @@ async fn send(engine: &Engine, client: &reqwest::Client, config: &WebhookConfig,
     let retry = Duration::from_millis(config.webhook_retry_initial_ms)
         .saturating_mul(2u32.saturating_pow(doublings))
         .min(Duration::from_secs(3600));
-    let give_up = Duration::from_secs(24 * 3600).as_secs_f64();
-    let recorded = engine
-        .bounded(async |conn| {
-            store::webhooks::record(
-                conn,
-                &due.id,
-                delivered,
-                last_status.map(i32::from),
-                last_error.as_deref(),
-                retry.as_secs_f64(),
-                give_up,
-            )
-            .await
-        })
-        .await;
-    if let Err(err) = recorded {
-        // The claim runs out, and the delivery is sent again.
-        tracing::warn!(%err, delivery = due.id, "cannot record a webhook delivery");
+    store::webhooks::Outcome {
+        id: due.id.clone(),
+        delivered,
+        last_status: last_status.map(i32::from),
+        last_error,
+        retry_secs: retry.as_secs_f64(),
     }
 }
 
 /// Builds the event, signs it and sends it: the receiver's status.
-async fn attempt(engine: &Engine, client: &reqwest::Client, due: &Due) -> anyhow::Result<u16> {
-    let saga_id = &due.saga_id;
-    let (saga, logs) = engine
-        .bounded(async |conn| {
-            let saga = store::find(&mut *conn, saga_id).await?;
-            let logs = store::logs(&mut *conn, std::slice::from_ref(saga_id)).await?;
-            Ok((saga, logs))
-        })
-        .await?;
-    let saga = saga.with_context(|| format!("saga {saga_id} is gone"))?;
-    let definition = engine
-        .definition(&saga.definition, Some(saga.definition_version))
-        .await?;
-    let view = SagaView::new(saga, &logs, |step| {
-        definition.as_ref().is_none_or(|d| d.is_forward(step))
-    });
-    let body = serde_json::to_vec(&event(&due.kind, due.created_at, &view))?;
+async fn attempt(client: &reqwest::Client, due: &Due, view: &SagaView) -> anyhow::Result<u16> {
+    let body = serde_json::to_vec(&event(&due.kind, due.created_at, view))?;
     let timestamp = chrono::Utc::now().timestamp();
     let signature = sign(&due.secret, &due.id, timestamp, &body)?;
     let response = client

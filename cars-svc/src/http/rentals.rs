@@ -14,8 +14,10 @@ pub struct Cars;
 
 impl Bookings for Cars {
     type Request = CarRequest;
+    type Booking = common::wire::CarRental;
 
     const SERVICE: &'static str = "cars-svc";
+    const TAG: &'static str = "cars";
     const NOUN: &'static str = "car rental";
     const CANCELLED: &'static str = "rental_cancelled";
     const KEYS: &'static str = "cars.idempotency_keys";

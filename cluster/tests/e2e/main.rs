@@ -8,6 +8,7 @@ mod faults;
 mod flows;
 mod hangups;
 mod metrics;
+mod openapi;
 mod overload;
 mod support;
 mod traces;

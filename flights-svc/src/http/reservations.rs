@@ -14,8 +14,10 @@ pub struct Flights;
 
 impl Bookings for Flights {
     type Request = FlightRequest;
+    type Booking = common::wire::FlightReservation;
 
     const SERVICE: &'static str = "flights-svc";
+    const TAG: &'static str = "flights";
     const NOUN: &'static str = "flight reservation";
     const CANCELLED: &'static str = "reservation_cancelled";
     const KEYS: &'static str = "flights.idempotency_keys";

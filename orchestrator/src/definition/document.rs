@@ -188,7 +188,8 @@ impl Document {
     /// `sha256:<hex>` of the canonical JSON: the same content has the same
     /// digest in YAML and in JSON, with any layout or comments.
     pub fn digest(&self) -> String {
-        let canonical = self.to_json().to_string();
+        let mut canonical = String::new();
+        canonical_json(&self.to_json(), &mut canonical);
         let hash = Sha256::digest(canonical.as_bytes());
         let mut hex = String::with_capacity(7 + 64);
         hex.push_str("sha256:");
@@ -196,6 +197,39 @@ impl Document {
             hex.push_str(&format!("{byte:02x}"));
         }
         hex
+    }
+}
+
+/// `value` as compact JSON with every object's keys sorted, whatever
+/// order `serde_json`'s maps keep (a dependency's `preserve_order` feature
+/// would otherwise change every digest).
+fn canonical_json(value: &Value, out: &mut String) {
+    match value {
+        Value::Object(map) => {
+            let mut keys: Vec<&String> = map.keys().collect();
+            keys.sort();
+            out.push('{');
+            for (i, key) in keys.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                out.push_str(&Value::String(key.clone()).to_string());
+                out.push(':');
+                canonical_json(&map[key], out);
+            }
+            out.push('}');
+        }
+        Value::Array(items) => {
+            out.push('[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                canonical_json(item, out);
+            }
+            out.push(']');
+        }
+        scalar => out.push_str(&scalar.to_string()),
     }
 }
 
@@ -231,6 +265,14 @@ steps:
   - name: One
     call: {participant: a, path: /one, body: {x: '{{ saga.id }}'}}
 ";
+
+    #[test]
+    fn canonical_json_sorts_keys_whatever_the_map_order() {
+        let value: Value = serde_json::from_str(r#"{"b":1,"a":{"d":"x\n","c":[3,null]}}"#).unwrap();
+        let mut out = String::new();
+        canonical_json(&value, &mut out);
+        assert_eq!(out, r#"{"a":{"c":[3,null],"d":"x\n"},"b":1}"#);
+    }
 
     #[test]
     fn yaml_and_json_of_the_same_content_have_the_same_digest() {

@@ -12,7 +12,7 @@ use super::{Definition, Outputs, Position};
 use crate::saga::SagaStatus;
 
 /// A mocked answer for one step.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Outcome {
     pub status: u16,
@@ -21,7 +21,7 @@ pub struct Outcome {
 }
 
 /// One call the saga would make.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Call {
     pub step: String,
     pub method: String,
@@ -33,7 +33,7 @@ pub struct Call {
 }
 
 /// The calls in order, and how the saga would end.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct DryRun {
     pub calls: Vec<Call>,
     /// `succeeded` or `failed`; `compensating` when a mocked compensation

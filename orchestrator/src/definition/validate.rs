@@ -16,7 +16,7 @@ use super::{Action, Definition, InputSchema, StepDef};
 
 /// How bad a diagnostic is: an error refuses the definition, a warning
 /// does not.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Severity {
     Error,
@@ -24,7 +24,7 @@ pub enum Severity {
 }
 
 /// One finding about a document.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Diagnostic {
     pub severity: Severity,
     /// A stable code such as `unknown_step`.

@@ -6,19 +6,20 @@
 
 use std::collections::BTreeMap;
 
-use axum::Router;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use chrono::{DateTime, Utc};
 use common::extract::{Json, Path, Query};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::sagas::checked;
-use super::{Error, Result};
+use super::{DiagnosticsBody, Error, ErrorBody, Result};
 use crate::AppState;
 use crate::definition::dry_run::{self, DryRun, Outcome};
 use crate::definition::validate::{self, Diagnostic};
@@ -26,14 +27,14 @@ use crate::definition::{Document, Format};
 use crate::store;
 use crate::store::definitions::Registered;
 
-pub(crate) fn router() -> Router<AppState> {
-    Router::new()
-        .route("/definitions", get(list))
-        .route("/definitions/validate", post(check))
-        .route("/definitions/schema", get(schema))
-        .route("/definitions/{name}", get(versions).put(register))
-        .route("/definitions/{name}/dry-run", post(dry_run))
-        .route("/definitions/{name}/{version}", get(document))
+pub(crate) fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list))
+        .routes(routes!(check))
+        .routes(routes!(schema))
+        .routes(routes!(versions, register))
+        .routes(routes!(dry_run))
+        .routes(routes!(document))
 }
 
 /// A request body read as a document, in the syntax its `Content-Type`
@@ -47,19 +48,33 @@ fn parse(headers: &HeaderMap, body: &Bytes) -> std::result::Result<Document, Str
 }
 
 /// The JSON Schema of a definition document, for editors and linters.
+#[utoipa::path(get, path = "/definitions/schema", tag = "definitions",
+    responses((status = 200, description = "A JSON Schema (draft 2020-12)", body = Object)))]
 async fn schema() -> Json<Value> {
     Json(crate::definition::document::json_schema())
 }
 
-#[derive(Debug, Serialize)]
+/// The definitions registered.
+#[derive(Debug, Serialize, ToSchema)]
+struct Definitions {
+    definitions: Vec<Summary>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
 struct Summary {
     name: String,
     latest: i32,
     versions: Vec<i32>,
 }
 
+/// Every definition, with its versions.
+#[utoipa::path(get, path = "/definitions", tag = "definitions",
+    responses(
+        (status = 200, description = "The definitions", body = Definitions),
+        (status = 503, description = "The database is unreachable", body = ErrorBody),
+    ))]
 #[tracing::instrument(skip_all)]
-async fn list(State(state): State<AppState>) -> Result<Json<Value>> {
+async fn list(State(state): State<AppState>) -> Result<Json<Definitions>> {
     let rows = state
         .engine
         .bounded(async |conn| store::definitions::list(conn, None).await)
@@ -78,18 +93,39 @@ async fn list(State(state): State<AppState>) -> Result<Json<Value>> {
             }),
         }
     }
-    Ok(Json(serde_json::json!({ "definitions": summaries })))
+    Ok(Json(Definitions {
+        definitions: summaries,
+    }))
 }
 
-#[derive(Debug, Serialize)]
+/// A definition's versions.
+#[derive(Debug, Serialize, ToSchema)]
+struct Versions {
+    name: String,
+    versions: Vec<Version>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
 struct Version {
     version: i32,
+    /// The SHA-256 of the document's canonical JSON.
     digest: String,
     created_at: DateTime<Utc>,
 }
 
+/// The versions of one definition.
+#[utoipa::path(get, path = "/definitions/{name}", tag = "definitions",
+    params(("name" = String, Path, description = "The definition's name")),
+    responses(
+        (status = 200, description = "Its versions, oldest first", body = Versions),
+        (status = 404, description = "No definition of that name", body = ErrorBody),
+        (status = 503, description = "The database is unreachable", body = ErrorBody),
+    ))]
 #[tracing::instrument(skip_all, fields(?name))]
-async fn versions(State(state): State<AppState>, Path(name): Path<String>) -> Result<Json<Value>> {
+async fn versions(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<Versions>> {
     let rows = state
         .engine
         .bounded(async |conn| store::definitions::list(conn, Some(&name)).await)
@@ -107,11 +143,21 @@ async fn versions(State(state): State<AppState>, Path(name): Path<String>) -> Re
             created_at,
         })
         .collect();
-    Ok(Json(
-        serde_json::json!({ "name": name, "versions": versions }),
-    ))
+    Ok(Json(Versions { name, versions }))
 }
 
+/// One version's document, as registered (`ETag`: its digest).
+#[utoipa::path(get, path = "/definitions/{name}/{version}", tag = "definitions",
+    params(
+        ("name" = String, Path, description = "The definition's name"),
+        ("version" = i32, Path, description = "The version"),
+    ),
+    responses(
+        (status = 200, description = "The document, in JSON (its schema: GET /definitions/schema)", body = Object),
+        (status = 400, description = "The version is not a whole number", body = ErrorBody),
+        (status = 404, description = "No such definition or version", body = ErrorBody),
+        (status = 503, description = "The database is unreachable", body = ErrorBody),
+    ))]
 #[tracing::instrument(skip_all, fields(?name, ?version))]
 async fn document(
     State(state): State<AppState>,
@@ -136,7 +182,7 @@ async fn document(
     Ok(response)
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 struct RegisteredBody {
     name: String,
     version: i32,
@@ -147,6 +193,19 @@ struct RegisteredBody {
     diagnostics: Vec<Diagnostic>,
 }
 
+/// Registers a version of the definition (YAML or JSON, by Content-Type).
+#[utoipa::path(put, path = "/definitions/{name}", tag = "definitions",
+    params(("name" = String, Path, description = "The definition's name, as the document names it")),
+    request_body(description = "The document (its schema: GET /definitions/schema)",
+        content((String = "application/yaml"), (Object = "application/json"))),
+    responses(
+        (status = 200, description = "The same content was registered before", body = RegisteredBody),
+        (status = 201, description = "Registered", body = RegisteredBody),
+        (status = 400, description = "The body is not a document, or it names another definition", body = ErrorBody),
+        (status = 409, description = "The version is registered with other content", body = ErrorBody),
+        (status = 422, description = "The document has errors", body = DiagnosticsBody),
+        (status = 503, description = "The database is unreachable", body = ErrorBody),
+    ))]
 #[tracing::instrument(skip_all, fields(?name))]
 async fn register(
     State(state): State<AppState>,
@@ -181,12 +240,17 @@ async fn register(
     Ok((status, Json(body)).into_response())
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 struct Validation {
     valid: bool,
     diagnostics: Vec<Diagnostic>,
 }
 
+/// Checks a document without registering it.
+#[utoipa::path(post, path = "/definitions/validate", tag = "definitions",
+    request_body(description = "The document (YAML or JSON, by Content-Type)",
+        content((String = "application/yaml"), (Object = "application/json"))),
+    responses((status = 200, description = "Whether it is valid, and every finding", body = Validation)))]
 #[tracing::instrument(skip_all)]
 async fn check(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Json<Validation> {
     let diagnostics = match parse(&headers, &body) {
@@ -199,24 +263,42 @@ async fn check(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -
     Json(Validation { valid, diagnostics })
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct DryRunQuery {
+    /// The version to run (default: the newest).
+    #[param(value_type = Option<i32>)]
     version: Option<String>,
 }
 
 /// `POST /definitions/{name}/dry-run`'s body.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct DryRunBody {
+    /// The saga id the templates see (default `dry-run`).
     #[serde(default)]
     id: Option<String>,
+    /// The input, checked as a start's is.
     #[serde(default)]
+    #[schema(value_type = Option<Object>)]
     input: Option<Value>,
     /// Mocked answers by step name; every other step succeeds.
     #[serde(default)]
     outcomes: BTreeMap<String, Outcome>,
 }
 
+/// The calls a saga of the definition would make, with mocked answers.
+#[utoipa::path(post, path = "/definitions/{name}/dry-run", tag = "definitions",
+    params(("name" = String, Path, description = "The definition's name"), DryRunQuery),
+    request_body = DryRunBody,
+    responses(
+        (status = 200, description = "The calls in order, and how the saga would end", body = DryRun),
+        (status = 400, description = "The input, the outcomes or a query parameter is not acceptable, or the body is not JSON", body = ErrorBody),
+        (status = 404, description = "No such definition or version", body = ErrorBody),
+        (status = 415, description = "The body is not sent as application/json", body = ErrorBody),
+        (status = 422, description = "The body does not fit the schema", body = ErrorBody),
+        (status = 503, description = "The database is unreachable", body = ErrorBody),
+    ))]
 #[tracing::instrument(skip_all, fields(?name))]
 async fn dry_run(
     State(state): State<AppState>,

@@ -105,10 +105,11 @@ impl From<RegisterError> for Error {
 
 /// The error body of a refused definition: the usual two fields and the
 /// diagnostics.
-#[derive(Serialize)]
-struct DiagnosticsBody<'a> {
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct DiagnosticsBody<'a> {
     error: &'static str,
     message: String,
+    #[schema(value_type = Vec<Diagnostic>)]
     diagnostics: &'a [Diagnostic],
 }
 

@@ -4,7 +4,7 @@
 //! definition), [`webhooks`] (subscriptions, and a saga's deliveries) and
 //! the health probes.
 
-use axum::Router;
+use utoipa_axum::router::OpenApiRouter;
 
 use crate::AppState;
 
@@ -14,13 +14,17 @@ pub mod sagas;
 pub mod trips;
 pub mod webhooks;
 
+pub(crate) use common::error::ErrorBody;
+pub(crate) use error::DiagnosticsBody;
 pub use error::{Error, Result};
 
-pub(crate) fn router() -> Router<AppState> {
-    Router::new()
+/// The routes and their OpenAPI document, from the same registrations;
+/// the probes, `/metrics` and `/openapi.json` are every service's
+/// (`common::openapi`).
+pub(crate) fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
         .merge(trips::router())
         .merge(sagas::router())
         .merge(definitions::router())
         .merge(webhooks::router())
-        .merge(common::health::router())
 }

@@ -10,17 +10,18 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Router;
 use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use chrono::{DateTime, Utc};
 use common::extract::{Json, Path, Query};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-use super::{Error, Result};
+use super::{Error, ErrorBody, Result};
 use crate::AppState;
 use crate::definition::Definition;
 use crate::saga::SagaStatus;
@@ -36,34 +37,57 @@ const MAX_LIMIT: i64 = 500;
 /// The longest deadline accepted: a week.
 pub const MAX_DEADLINE_SECS: u64 = 7 * 24 * 3600;
 
-pub(crate) fn router() -> Router<AppState> {
-    Router::new()
-        .route("/sagas", get(list))
-        .route("/sagas/{definition}", post(start))
-        .route("/sagas/{definition}/{id}", get(show))
-        .route("/sagas/{definition}/{id}/retry", post(retry))
-        .route("/sagas/{definition}/{id}/resolve", post(resolve))
-        .route("/sagas/{definition}/{id}/abort", post(abort))
+pub(crate) fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list))
+        .routes(routes!(start))
+        .routes(routes!(show))
+        .routes(routes!(retry))
+        .routes(routes!(resolve))
+        .routes(routes!(abort))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct StartQuery {
+    /// Seconds to wait for the saga to end before answering 202 (0 to 60;
+    /// default TRIP_WAIT_SECS).
+    #[param(value_type = Option<u64>)]
     wait: Option<String>,
+    /// The definition's version to run (default: the newest).
+    #[param(value_type = Option<i32>)]
     version: Option<String>,
 }
 
 /// `POST /sagas/{definition}`'s body.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct StartBody {
-    /// Default: a new UUID.
+    /// The saga's id; default: a new UUID. The same id with the same input
+    /// joins the saga.
     id: Option<String>,
+    /// The saga's input, checked against the definition's input schema.
     #[serde(default)]
+    #[schema(value_type = Option<Object>)]
     input: Option<Value>,
     /// Seconds the forward steps may take before the saga compensates.
     deadline_secs: Option<u64>,
 }
 
+/// Starts a saga of the definition, or joins the one of that id.
+#[utoipa::path(post, path = "/sagas/{definition}", tag = "sagas",
+    params(("definition" = String, Path, description = "The definition's name"), StartQuery),
+    request_body = StartBody,
+    responses(
+        (status = 200, description = "The saga has ended", body = SagaView),
+        (status = 202, description = "The saga runs; Location names it", body = SagaView),
+        (status = 400, description = "The id, the input or a query parameter is not acceptable, or the body is not JSON", body = ErrorBody),
+        (status = 404, description = "No such definition or version", body = ErrorBody),
+        (status = 409, description = "The id is taken by a saga with another input or definition", body = ErrorBody),
+        (status = 415, description = "The body is not sent as application/json", body = ErrorBody),
+        (status = 422, description = "The body does not fit the schema", body = ErrorBody),
+        (status = 503, description = "No slot for a new saga (Retry-After), or the database is unreachable", body = ErrorBody),
+    ))]
 #[tracing::instrument(skip_all, fields(?definition, id = body.id))]
 async fn start(
     State(state): State<AppState>,
@@ -278,6 +302,18 @@ async fn view(
     }))
 }
 
+/// One saga, with its steps.
+#[utoipa::path(get, path = "/sagas/{definition}/{id}", tag = "sagas",
+    params(
+        ("definition" = String, Path, description = "The definition's name"),
+        ("id" = String, Path, description = "The saga's id"),
+    ),
+    responses(
+        (status = 200, description = "The saga", body = SagaView),
+        (status = 400, description = "The id is not acceptable", body = ErrorBody),
+        (status = 404, description = "No saga of that id and definition", body = ErrorBody),
+        (status = 503, description = "The database is unreachable", body = ErrorBody),
+    ))]
 #[tracing::instrument(skip_all, fields(?definition, ?id))]
 async fn show(
     State(state): State<AppState>,
@@ -295,16 +331,36 @@ async fn show(
 }
 
 /// An operator action's body: both fields are required, and recorded.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct ActionBody {
+    /// Why (1 to 1000 characters).
+    #[schema(required)]
     reason: Option<String>,
+    /// Who acts (1 to 1000 characters).
+    #[schema(required)]
     actor: Option<String>,
 }
 
 /// The longest `reason` or `actor` accepted, in characters.
 const MAX_ACTION_TEXT: usize = 1000;
 
+/// Retries the saga now: a failed compensation, or a step waiting for its next attempt.
+#[utoipa::path(post, path = "/sagas/{definition}/{id}/retry", tag = "actions",
+    params(
+        ("definition" = String, Path, description = "The definition's name"),
+        ("id" = String, Path, description = "The saga's id"),
+    ),
+    request_body = ActionBody,
+    responses(
+        (status = 200, description = "The saga, as the action left it (its log has the action's row)", body = SagaView),
+        (status = 400, description = "The id is not acceptable, reason or actor is missing, or the body is not JSON", body = ErrorBody),
+        (status = 404, description = "No saga of that id and definition", body = ErrorBody),
+        (status = 409, description = "The saga's state does not allow the action", body = ErrorBody),
+        (status = 415, description = "The body is not sent as application/json", body = ErrorBody),
+        (status = 422, description = "The body does not fit the schema", body = ErrorBody),
+        (status = 503, description = "No slot to drive the saga, or the database is unreachable", body = ErrorBody),
+    ))]
 async fn retry(
     state: State<AppState>,
     path: Path<(String, String)>,
@@ -313,6 +369,22 @@ async fn retry(
     act(state, path, body, Action::Retry).await
 }
 
+/// Marks the saga ended as it is (an operator has undone by hand what its compensations could not).
+#[utoipa::path(post, path = "/sagas/{definition}/{id}/resolve", tag = "actions",
+    params(
+        ("definition" = String, Path, description = "The definition's name"),
+        ("id" = String, Path, description = "The saga's id"),
+    ),
+    request_body = ActionBody,
+    responses(
+        (status = 200, description = "The saga, as the action left it (its log has the action's row)", body = SagaView),
+        (status = 400, description = "The id is not acceptable, reason or actor is missing, or the body is not JSON", body = ErrorBody),
+        (status = 404, description = "No saga of that id and definition", body = ErrorBody),
+        (status = 409, description = "The saga's state does not allow the action", body = ErrorBody),
+        (status = 415, description = "The body is not sent as application/json", body = ErrorBody),
+        (status = 422, description = "The body does not fit the schema", body = ErrorBody),
+        (status = 503, description = "No slot to drive the saga, or the database is unreachable", body = ErrorBody),
+    ))]
 async fn resolve(
     state: State<AppState>,
     path: Path<(String, String)>,
@@ -321,6 +393,22 @@ async fn resolve(
     act(state, path, body, Action::Resolve).await
 }
 
+/// Stops the saga going forward and compensates what it did.
+#[utoipa::path(post, path = "/sagas/{definition}/{id}/abort", tag = "actions",
+    params(
+        ("definition" = String, Path, description = "The definition's name"),
+        ("id" = String, Path, description = "The saga's id"),
+    ),
+    request_body = ActionBody,
+    responses(
+        (status = 200, description = "The saga, as the action left it (its log has the action's row)", body = SagaView),
+        (status = 400, description = "The id is not acceptable, reason or actor is missing, or the body is not JSON", body = ErrorBody),
+        (status = 404, description = "No saga of that id and definition", body = ErrorBody),
+        (status = 409, description = "The saga's state does not allow the action", body = ErrorBody),
+        (status = 415, description = "The body is not sent as application/json", body = ErrorBody),
+        (status = 422, description = "The body does not fit the schema", body = ErrorBody),
+        (status = 503, description = "No slot to drive the saga, or the database is unreachable", body = ErrorBody),
+    ))]
 async fn abort(
     state: State<AppState>,
     path: Path<(String, String)>,
@@ -358,23 +446,41 @@ async fn act(
     Ok(Json(load(&state, &id).await?))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct ListQuery {
+    /// Only sagas of this definition.
     definition: Option<String>,
+    /// Only sagas in this status.
+    #[param(value_type = Option<SagaStatus>)]
     status: Option<String>,
+    /// Sagas per page, 1 to 500 (default 50).
+    #[param(value_type = Option<i64>)]
     limit: Option<String>,
+    /// The `next` of the previous page.
     before: Option<String>,
+    /// Only sagas whose compensation has failed for longer than
+    /// STUCK_AFTER_SECS.
+    #[param(value_type = Option<bool>)]
     stuck: Option<String>,
 }
 
 /// A page of sagas.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct Page<T> {
     pub sagas: Vec<T>,
     /// Pass as `before` for the next page; `null` on the last page.
     pub next: Option<String>,
 }
 
+/// Sagas, newest first.
+#[utoipa::path(get, path = "/sagas", tag = "sagas",
+    params(ListQuery),
+    responses(
+        (status = 200, description = "A page of sagas", body = Page<SagaView>),
+        (status = 400, description = "A query parameter is not acceptable", body = ErrorBody),
+        (status = 503, description = "The database is unreachable", body = ErrorBody),
+    ))]
 #[tracing::instrument(skip_all)]
 async fn list(
     State(state): State<AppState>,

@@ -2,32 +2,35 @@
 //! `DELETE /webhooks/{id}`) and a saga's deliveries
 //! (`GET /sagas/{definition}/{id}/webhooks`).
 
-use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get};
 use common::extract::{Json, Path};
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-use super::{Error, Result};
+use super::{Error, ErrorBody, Result};
 use crate::AppState;
 use crate::store::{self, webhooks::Delivery, webhooks::Webhook};
 use crate::webhooks::{EVENT_TYPES, check_url, new_secret};
 
-pub(crate) fn router() -> Router<AppState> {
-    Router::new()
-        .route("/webhooks", get(list).post(subscribe))
-        .route("/webhooks/{id}", delete(unsubscribe))
-        .route("/sagas/{definition}/{id}/webhooks", get(deliveries))
+pub(crate) fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list, subscribe))
+        .routes(routes!(unsubscribe))
+        .routes(routes!(deliveries))
 }
 
 /// `POST /webhooks`'s body.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct Subscribe {
+    /// An http:// or https:// URL.
     url: String,
-    /// Default: every type.
+    /// `saga.succeeded`, `saga.failed`, `saga.compensation_stuck`; default:
+    /// every type.
     #[serde(default)]
     event_types: Vec<String>,
     /// Default: every definition.
@@ -36,13 +39,24 @@ struct Subscribe {
 }
 
 /// A new subscription, with its secret: shown this once.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 struct Subscribed {
     #[serde(flatten)]
     webhook: Webhook,
+    /// `whsec_` and base64: the key of every signature.
     secret: String,
 }
 
+/// Subscribes a URL to saga events.
+#[utoipa::path(post, path = "/webhooks", tag = "webhooks",
+    request_body = Subscribe,
+    responses(
+        (status = 201, description = "Subscribed; the secret is shown this once", body = Subscribed),
+        (status = 400, description = "The URL, an event type or a definition name is not acceptable, or the body is not JSON", body = ErrorBody),
+        (status = 415, description = "The body is not sent as application/json", body = ErrorBody),
+        (status = 422, description = "The body does not fit the schema", body = ErrorBody),
+        (status = 503, description = "The database is unreachable", body = ErrorBody),
+    ))]
 async fn subscribe(State(state): State<AppState>, Json(body): Json<Subscribe>) -> Result<Response> {
     check_url(&body.url).map_err(|err| Error::InvalidInput(format!("url: {err}")))?;
     if let Some(unknown) = body
@@ -78,11 +92,17 @@ async fn subscribe(State(state): State<AppState>, Json(body): Json<Subscribe>) -
     Ok((StatusCode::CREATED, Json(Subscribed { webhook, secret })).into_response())
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 struct Webhooks {
     webhooks: Vec<Webhook>,
 }
 
+/// The subscriptions (never their secrets).
+#[utoipa::path(get, path = "/webhooks", tag = "webhooks",
+    responses(
+        (status = 200, description = "The subscriptions", body = Webhooks),
+        (status = 503, description = "The database is unreachable", body = ErrorBody),
+    ))]
 async fn list(State(state): State<AppState>) -> Result<Json<Webhooks>> {
     let webhooks = state
         .engine
@@ -91,6 +111,15 @@ async fn list(State(state): State<AppState>) -> Result<Json<Webhooks>> {
     Ok(Json(Webhooks { webhooks }))
 }
 
+/// Removes a subscription and its deliveries.
+#[utoipa::path(delete, path = "/webhooks/{id}", tag = "webhooks",
+    params(("id" = String, Path, description = "The subscription's id")),
+    responses(
+        (status = 204, description = "Removed"),
+        (status = 404, description = "No such subscription", body = ErrorBody),
+        (status = 409, description = "The subscription is WEBHOOK_URL's", body = ErrorBody),
+        (status = 503, description = "The database is unreachable", body = ErrorBody),
+    ))]
 async fn unsubscribe(State(state): State<AppState>, Path(id): Path<String>) -> Result<StatusCode> {
     if id == "config" {
         return Err(Error::SagaConflict(
@@ -109,11 +138,23 @@ async fn unsubscribe(State(state): State<AppState>, Path(id): Path<String>) -> R
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 struct Deliveries {
     deliveries: Vec<Delivery>,
 }
 
+/// The webhook deliveries of one saga, and their attempts.
+#[utoipa::path(get, path = "/sagas/{definition}/{id}/webhooks", tag = "webhooks",
+    params(
+        ("definition" = String, Path, description = "The definition's name"),
+        ("id" = String, Path, description = "The saga's id"),
+    ),
+    responses(
+        (status = 200, description = "Its deliveries, oldest first", body = Deliveries),
+        (status = 400, description = "The id is not acceptable", body = ErrorBody),
+        (status = 404, description = "No saga of that id and definition", body = ErrorBody),
+        (status = 503, description = "The database is unreachable", body = ErrorBody),
+    ))]
 async fn deliveries(
     State(state): State<AppState>,
     Path((definition, id)): Path<(String, String)>,

@@ -8,14 +8,17 @@ use crate::saga::{SagaStatus, StepEvent};
 use crate::store::{LogRecord, SagaRecord};
 
 /// A saga in JSON.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct SagaView {
     pub id: String,
     pub definition: String,
     pub definition_version: i32,
     pub status: SagaStatus,
+    /// The saga's input, its definition's defaults filled in.
+    #[schema(value_type = Object)]
     pub input: Value,
     /// The answers of the forward steps that succeeded, by step name.
+    #[schema(value_type = Object)]
     pub outputs: Value,
     /// The steps that ran, in order.
     pub steps: Vec<StepView>,
@@ -24,16 +27,18 @@ pub struct SagaView {
 }
 
 /// One step that ran.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct StepView {
     pub step: String,
     /// `running`, `succeeded` or `failed`.
+    #[schema(value_type = String, pattern = "^(running|succeeded|failed)$")]
     pub status: &'static str,
     pub attempts: i32,
     pub started_at: DateTime<Utc>,
     pub ended_at: Option<DateTime<Utc>>,
     /// The last failed attempt's error, while retrying or once failed.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
     pub last_error: Option<Value>,
 }
 

@@ -330,6 +330,22 @@ pub async fn find(
     .await
 }
 
+/// The sagas of `saga_ids` that exist, in no order.
+pub async fn find_all(
+    db: impl sqlx::PgExecutor<'_>,
+    saga_ids: &[String],
+) -> sqlx::Result<Vec<SagaRecord>> {
+    sqlx::query_as!(
+        SagaRecord,
+        r#"SELECT saga_id, definition, status AS "status: SagaStatus", definition_version, cursor,
+                  input, version, owner, created_at, updated_at
+           FROM orchestrator.sagas WHERE saga_id = ANY ($1)"#,
+        saga_ids,
+    )
+    .fetch_all(db)
+    .await
+}
+
 /// Which sagas a page lists.
 #[derive(Debug, Clone, Default)]
 pub struct Filter<'a> {

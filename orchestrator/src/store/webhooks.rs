@@ -9,7 +9,7 @@ use serde::Serialize;
 use crate::saga::SagaStatus;
 
 /// A subscription, as the API shows it (never its secret).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Webhook {
     pub id: String,
     pub url: String,
@@ -19,7 +19,7 @@ pub struct Webhook {
 }
 
 /// One delivery of one event to one subscription, as the API shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Delivery {
     /// The `webhook-id` every attempt carries.
     pub id: String,
@@ -185,32 +185,46 @@ pub async fn claim_due(
     .await
 }
 
-/// Records an attempt's outcome: delivered, or due again after
-/// `retry_secs` (given up, `failed`, once `give_up` has passed since the
-/// event).
+/// One attempt's outcome, for [`record`].
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub id: String,
+    pub delivered: bool,
+    pub last_status: Option<i32>,
+    pub last_error: Option<String>,
+    /// When not delivered: due again after this many seconds.
+    pub retry_secs: f64,
+}
+
+/// Records the outcomes of a batch of attempts in one statement: each
+/// delivered, or due again after its `retry_secs` (given up, `failed`, once
+/// `give_up_secs` have passed since its event).
 pub async fn record(
     db: impl sqlx::PgExecutor<'_>,
-    id: &str,
-    delivered: bool,
-    last_status: Option<i32>,
-    last_error: Option<&str>,
-    retry_secs: f64,
+    outcomes: &[Outcome],
     give_up_secs: f64,
 ) -> sqlx::Result<()> {
+    let ids: Vec<&str> = outcomes.iter().map(|o| o.id.as_str()).collect();
+    let delivered: Vec<bool> = outcomes.iter().map(|o| o.delivered).collect();
+    let statuses: Vec<Option<i32>> = outcomes.iter().map(|o| o.last_status).collect();
+    let errors: Vec<Option<&str>> = outcomes.iter().map(|o| o.last_error.as_deref()).collect();
+    let retries: Vec<f64> = outcomes.iter().map(|o| o.retry_secs).collect();
     sqlx::query!(
-        r#"UPDATE orchestrator.webhook_deliveries
-           SET status = CASE WHEN $2 THEN 'delivered'
-                             WHEN created_at < now() - make_interval(secs => $6) THEN 'failed'
+        r#"UPDATE orchestrator.webhook_deliveries d
+           SET status = CASE WHEN o.delivered THEN 'delivered'
+                             WHEN d.created_at < now() - make_interval(secs => $6) THEN 'failed'
                              ELSE 'pending' END,
-               delivered_at = CASE WHEN $2 THEN now() END,
-               next_attempt_at = now() + make_interval(secs => $5),
-               last_status = $3, last_error = $4
-           WHERE id = $1 AND status = 'pending'"#,
-        id,
-        delivered,
-        last_status,
-        last_error,
-        retry_secs,
+               delivered_at = CASE WHEN o.delivered THEN now() END,
+               next_attempt_at = now() + make_interval(secs => o.retry_secs),
+               last_status = o.last_status, last_error = o.last_error
+           FROM unnest($1::text[], $2::bool[], $3::int4[], $4::text[], $5::float8[])
+                AS o(id, delivered, last_status, last_error, retry_secs)
+           WHERE d.id = o.id AND d.status = 'pending'"#,
+        &ids as &[&str],
+        &delivered,
+        &statuses as &[Option<i32>],
+        &errors as &[Option<&str>],
+        &retries,
         give_up_secs,
     )
     .execute(db)

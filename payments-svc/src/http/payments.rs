@@ -32,6 +32,83 @@ pub(crate) fn router() -> Router<AppState> {
         .route("/payments/{trip_id}/refund", post(refund))
 }
 
+/// [`router`]'s routes, described.
+pub(crate) fn api() -> utoipa::openapi::OpenApi {
+    use common::openapi::operation;
+    use utoipa::openapi::path::HttpMethod;
+
+    let charge = operation(
+        "/payments",
+        "charge",
+        "payments",
+        "Charges the trip, naming the bookings the earlier steps made",
+        Some("PaymentRequest"),
+        "Payment",
+        &[
+            (200, "The trip's payment: charged now, or the one it has"),
+            (
+                400,
+                "The trip id is not acceptable, or the body is not JSON",
+            ),
+            (409, "The trip's payment is refunded"),
+            (415, "The body is not sent as application/json"),
+            (
+                422,
+                "The body does not fit the schema, the amount or currency is not acceptable, or runType fails the payment on purpose",
+            ),
+            (503, "The database is unreachable; retry"),
+        ],
+    );
+    let show = operation(
+        "/payments/{trip_id}",
+        "show_payment",
+        "payments",
+        "The trip's payment",
+        None,
+        "Payment",
+        &[
+            (200, "The trip's payment"),
+            (400, "The trip id is not acceptable"),
+            (404, "No payment for the trip"),
+            (503, "The database is unreachable; retry"),
+        ],
+    );
+    let refund = operation(
+        "/payments/{trip_id}/refund",
+        "refund",
+        "payments",
+        "Refunds the trip's payment; for a trip never charged, leaves a tombstone so that a late charge is refused",
+        Some("ActionRequest"),
+        "Payment",
+        &[
+            (200, "The payment, refunded (a tombstone's fields are null)"),
+            (
+                400,
+                "The trip id is not acceptable, or the body is not JSON",
+            ),
+            (415, "The body is not sent as application/json"),
+            (422, "The body does not fit the schema"),
+            (503, "The database is unreachable; retry"),
+        ],
+    );
+    let mut schemas = Vec::new();
+    common::openapi::schema::<PaymentRequest>(&mut schemas);
+    common::openapi::schema::<common::wire::Payment>(&mut schemas);
+    common::openapi::schema::<ActionRequest>(&mut schemas);
+    common::openapi::document(
+        vec![
+            ("/payments".into(), HttpMethod::Post, charge),
+            ("/payments/{trip_id}".into(), HttpMethod::Get, show),
+            (
+                "/payments/{trip_id}/refund".into(),
+                HttpMethod::Post,
+                refund,
+            ),
+        ],
+        schemas,
+    )
+}
+
 fn check_trip_id(trip_id: &str) -> Result<()> {
     common::wire::validate_trip_id(trip_id).map_err(Error::InvalidTripId)
 }
