@@ -26,6 +26,7 @@ mod open_loop;
 mod recovery;
 mod restate;
 mod slow;
+mod webhooks;
 
 #[derive(Debug, Parser)]
 #[command(name = "bench", version, about)]
@@ -126,6 +127,11 @@ struct Args {
     /// second by second, what the clients and the participant saw.
     #[arg(long)]
     slow_participant: bool,
+    /// Subscribe a webhook receiver in this process to every orchestrator
+    /// (`WEBHOOK_URL`), and end each phase only once its deliveries have
+    /// been received.
+    #[arg(long)]
+    webhooks: bool,
 }
 
 /// One measured phase.
@@ -151,6 +157,8 @@ struct Phase {
     machine_cpu_secs: f64,
     /// With `--no-wait`: the most sagas seen in flight at once.
     peak_in_flight: i64,
+    /// With `--webhooks`: deliveries received in the phase.
+    webhooks_received: usize,
 }
 
 #[derive(Debug, Serialize)]
@@ -163,12 +171,18 @@ struct Latency {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
+    let mut args = Args::parse();
     if let Some(n) = args.recovery {
         return recovery::run(&args, n).await;
     }
     let client = http_client()?;
     let mut cluster = Cluster::start(&args, &client).await?;
+    let receiver = match args.webhooks {
+        true => Some(webhooks::Receiver::start(&cluster.logs).await?),
+        false => None,
+    };
+    args.orchestrator_env
+        .extend(receiver.iter().flat_map(webhooks::Receiver::env));
     let port = free_port()?;
     let orchestrator_url = format!("http://127.0.0.1:{port}");
     // With --slow-participant, payments-svc is called through a fault proxy
@@ -192,6 +206,7 @@ async fn main() -> anyhow::Result<()> {
         .wait_ready(&client, Duration::from_secs(30))
         .await?;
     let mut candidate = None;
+    let mut candidate_pool = None;
     if args.candidate_bin_dir.is_some() || !args.candidate_env.is_empty() {
         let port = free_port()?;
         // Its own lease owner: by default both would be the host. Its own
@@ -216,6 +231,7 @@ async fn main() -> anyhow::Result<()> {
         service.start()?;
         service.wait_ready(&client, Duration::from_secs(30)).await?;
         candidate = Some(service);
+        candidate_pool = Some(PgPool::connect(&candidate_db).await?);
     }
     let mut services = std::mem::take(&mut cluster.participants);
     services.push(orchestrator);
@@ -230,6 +246,7 @@ async fn main() -> anyhow::Result<()> {
         orchestrator: &orchestrator_url,
         participants: &cluster.urls,
         restate: None,
+        webhooks: receiver.as_ref().map(|r| (r, &pool)),
     };
     let ours: Vec<&Service> = services.iter().collect();
     if args.open_loop || args.slow_participant {
@@ -292,6 +309,7 @@ async fn main() -> anyhow::Result<()> {
         if let Some(candidate) = &candidate {
             let load = Load {
                 orchestrator: &candidate.url,
+                webhooks: receiver.as_ref().zip(candidate_pool.as_ref()),
                 ..load
             };
             let measured: Vec<&Service> = services[..3].iter().chain([candidate]).collect();
@@ -408,6 +426,9 @@ async fn main() -> anyhow::Result<()> {
                 "{}: at most {} sagas in flight at once",
                 p.name, p.peak_in_flight
             );
+        }
+        if args.webhooks {
+            println!("{}: {} webhooks received", label(p), p.webhooks_received);
         }
     }
     let rounds: Vec<&[Phase]> = phases.chunk_by(|a, b| a.round == b.round).collect();
@@ -671,6 +692,9 @@ struct Load<'a> {
     orchestrator: &'a str,
     participants: &'a [String],
     restate: Option<&'a restate::Restate>,
+    /// With `--webhooks`: the receiver, and the database of the phase's
+    /// orchestrator, whose outbox a phase waits to see drained.
+    webhooks: Option<(&'a webhooks::Receiver, &'a PgPool)>,
 }
 
 /// Latencies of the sagas that completed, and the number that did not.
@@ -968,6 +992,13 @@ async fn measure(
     // Warmed up first, not measured.
     let warmup = round_tag(&format!("warmup-{name}"), round);
     load.run(&warmup, load.args.warmup, kind).await;
+    let drained = async || match load.webhooks {
+        Some((_, outbox)) => webhooks::drained(outbox).await,
+        None => Ok(()),
+    };
+    let received = || load.webhooks.map_or(0, |(receiver, _)| receiver.received());
+    drained().await?;
+    let received_before = received();
     let before: Vec<_> = services
         .iter()
         .map(|s| s.usage().unwrap_or_default())
@@ -1007,6 +1038,12 @@ async fn measure(
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        outcome.elapsed = started.elapsed();
+    }
+    if load.webhooks.is_some() {
+        // The phase ends when its notifications have been delivered too.
+        let started = Instant::now() - outcome.elapsed;
+        drained().await?;
         outcome.elapsed = started.elapsed();
     }
     let cpu_after = machine_cpu();
@@ -1056,6 +1093,7 @@ async fn measure(
         processes,
         machine_cpu_secs: cpu_after - cpu_before,
         peak_in_flight,
+        webhooks_received: received() - received_before,
     })
 }
 
