@@ -24,6 +24,7 @@ use hmac::{KeyInit, Mac};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
+use crate::definition::{Definition, template};
 use crate::saga::engine::Engine;
 use crate::saga::view::SagaView;
 use crate::store::{self, webhooks::Due};
@@ -140,39 +141,17 @@ pub fn sign(secret: &str, id: &str, timestamp: i64, body: &[u8]) -> anyhow::Resu
 }
 
 /// The event of a saga's end: the saga as the API shows it, and a line a
-/// person reads.
-pub fn event(kind: &str, created_at: chrono::DateTime<chrono::Utc>, saga: &SagaView) -> Value {
+/// person reads, from the definition's `messages` when it has one.
+pub fn event(
+    kind: &str,
+    created_at: chrono::DateTime<chrono::Utc>,
+    saga: &SagaView,
+    definition: Option<&Definition>,
+) -> Value {
     let failed = saga.steps.iter().find(|s| s.status == "failed");
-    let undone: Vec<&str> = saga
-        .steps
-        .iter()
-        .skip_while(|s| s.status != "failed")
-        .skip(1)
-        .filter(|s| s.status == "succeeded")
-        .map(|s| s.step.as_str())
-        .collect();
-    let message = match failed {
-        _ if kind == STUCK => format!(
-            "Saga {} ({}) is stuck compensating: {} has failed for longer than STUCK_AFTER_SECS",
-            saga.id,
-            saga.definition,
-            saga.steps
-                .last()
-                .map_or("its compensation", |s| s.step.as_str())
-        ),
-        None => format!("Saga {} ({}) succeeded", saga.id, saga.definition),
-        Some(step) if undone.is_empty() => format!(
-            "Saga {} ({}) failed at {}; nothing to undo",
-            saga.id, saga.definition, step.step
-        ),
-        Some(step) => format!(
-            "Saga {} ({}) failed at {}; undone: {}",
-            saga.id,
-            saga.definition,
-            step.step,
-            undone.join(", ")
-        ),
-    };
+    let message = definition
+        .and_then(|d| custom_message(kind, saga, failed.map(|s| s.step.as_str()), d))
+        .unwrap_or_else(|| generic_message(kind, saga, failed.map(|s| s.step.as_str())));
     let mut data = serde_json::to_value(saga).unwrap_or_default();
     if let Value::Object(map) = &mut data {
         map.insert("message".into(), Value::String(message));
@@ -182,6 +161,94 @@ pub fn event(kind: &str, created_at: chrono::DateTime<chrono::Utc>, saga: &SagaV
         );
     }
     json!({ "type": kind, "timestamp": created_at, "data": data })
+}
+
+/// The message made of step names, for a definition without `messages`.
+fn generic_message(kind: &str, saga: &SagaView, failed: Option<&str>) -> String {
+    let undone: Vec<&str> = saga
+        .steps
+        .iter()
+        .skip_while(|s| s.status != "failed")
+        .skip(1)
+        .filter(|s| s.status == "succeeded")
+        .map(|s| s.step.as_str())
+        .collect();
+    let (id, name) = (&saga.id, &saga.definition);
+    match failed {
+        _ if kind == STUCK => format!(
+            "Saga {id} ({name}) is stuck compensating: {} has failed for longer than STUCK_AFTER_SECS",
+            saga.steps
+                .last()
+                .map_or("its compensation", |s| s.step.as_str())
+        ),
+        None => format!("Saga {id} ({name}) succeeded"),
+        Some(step) if undone.is_empty() => {
+            format!("Saga {id} ({name}) failed at {step}; nothing to undo")
+        }
+        Some(step) => format!(
+            "Saga {id} ({name}) failed at {step}; undone: {}",
+            undone.join(", ")
+        ),
+    }
+}
+
+/// The definition's own message for the event, if it has one that renders;
+/// one that does not (a field missing from the input, say) is logged, and
+/// the event gets the generic message instead of none.
+fn custom_message(
+    kind: &str,
+    saga: &SagaView,
+    failed: Option<&str>,
+    definition: &Definition,
+) -> Option<String> {
+    let messages = definition.document.messages.as_ref()?;
+    let template = match kind {
+        STUCK => messages.compensation_stuck.as_deref(),
+        "saga.succeeded" => messages.succeeded.as_deref(),
+        _ => messages.failed.as_deref(),
+    }?;
+    let status = |step: &str| {
+        saga.steps
+            .iter()
+            .rev()
+            .find(|s| s.step == step)
+            .map(|s| s.status)
+    };
+    // The forward steps that had succeeded and whose compensation ran.
+    let undone: Vec<String> = definition
+        .steps
+        .iter()
+        .filter(|s| status(&s.forward.step) == Some("succeeded"))
+        .filter(|s| {
+            s.compensation
+                .as_ref()
+                .is_some_and(|c| status(&c.step) == Some("succeeded"))
+        })
+        .map(|s| s.forward.step.to_string())
+        .collect();
+    let context = minijinja::context! {
+        saga => minijinja::context! {
+            id => &saga.id,
+            definition => &saga.definition,
+            version => saga.definition_version,
+        },
+        input => minijinja::Value::from(minijinja::value::Serde(&saga.input)),
+        failed_step => failed,
+        undone => undone,
+        last_step => saga.steps.last().map(|s| s.step.clone()),
+    };
+    match template::render_message(template, context) {
+        Ok(message) => Some(message),
+        Err(err) => {
+            tracing::warn!(
+                saga_id = saga.id,
+                definition = saga.definition,
+                %err,
+                "the definition's message does not render; the event gets the generic one"
+            );
+            None
+        }
+    }
 }
 
 /// The most deliveries claimed and sent at once: the statements of a
@@ -262,12 +329,12 @@ async fn batch(
         let view = SagaView::new(saga, &own, |step| {
             definition.as_ref().is_none_or(|d| d.is_forward(step))
         });
-        views.insert(id, view);
+        views.insert(id, (view, definition));
     }
     let claimed = due.len();
     let sends = due.iter().map(|due| async {
         let outcome = match views.get(&due.saga_id) {
-            Some(view) => attempt(client, due, view).await,
+            Some((view, definition)) => attempt(client, due, view, definition.as_deref()).await,
             None => Err(anyhow::anyhow!("saga {} is gone", due.saga_id)),
         };
         outcome_of(config, due, outcome)
@@ -319,8 +386,13 @@ fn outcome_of(
 }
 
 /// Builds the event, signs it and sends it: the receiver's status.
-async fn attempt(client: &reqwest::Client, due: &Due, view: &SagaView) -> anyhow::Result<u16> {
-    let body = serde_json::to_vec(&event(&due.kind, due.created_at, view))?;
+async fn attempt(
+    client: &reqwest::Client,
+    due: &Due,
+    view: &SagaView,
+    definition: Option<&Definition>,
+) -> anyhow::Result<u16> {
+    let body = serde_json::to_vec(&event(&due.kind, due.created_at, view, definition))?;
     let timestamp = chrono::Utc::now().timestamp();
     let signature = sign(&due.secret, &due.id, timestamp, &body)?;
     let response = client

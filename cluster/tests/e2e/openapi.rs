@@ -309,7 +309,7 @@ async fn every_operation_of_the_orchestrator_answers_as_its_document_says() {
         api.check(get("/definitions/none")).await.0,
         StatusCode::NOT_FOUND
     );
-    let (status, travel) = api.check(get("/definitions/travel/1")).await;
+    let (status, travel) = api.check(get("/definitions/travel/2")).await;
     assert_eq!(status, ok);
     assert_eq!(
         api.check(get("/definitions/travel/one")).await.0,
@@ -325,7 +325,7 @@ async fn every_operation_of_the_orchestrator_answers_as_its_document_says() {
     let travel_path = "/definitions/travel";
     assert_eq!(api.check(put(travel_path, &travel)).await.0, ok);
     let mut broken = travel.clone();
-    broken["version"] = json!(2);
+    broken["version"] = json!(3);
     broken["steps"][0]["call"]["participant"] = json!("nobody");
     assert_eq!(
         api.check(put(travel_path, &broken)).await.0,

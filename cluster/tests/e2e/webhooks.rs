@@ -114,7 +114,8 @@ async fn a_failed_trip_is_sent_signed_to_its_subscribers() {
     assert_eq!(event["data"]["failed_step"], "ProcessPayment");
     assert_eq!(
         event["data"]["message"],
-        "Saga trip-4 (travel) failed at ProcessPayment; undone: RefundPayment, CancelRentalReservation, CancelFlightReservation"
+        "Your trip trip-4 could not be booked: payment failed; flight and car cancelled",
+        "the travel definition's message"
     );
     assert_eq!(event["data"]["steps"].as_array().unwrap().len(), 6);
 
@@ -134,6 +135,10 @@ async fn a_failed_trip_is_sent_signed_to_its_subscribers() {
     assert_eq!(
         (&event["type"], &event["data"]["id"]),
         (&json!("saga.succeeded"), &json!("trip-1"))
+    );
+    assert_eq!(
+        event["data"]["message"],
+        "Your trip trip-1 is booked: flight from Detroit to Frankfurt, BMW rental, 750.00 USD paid"
     );
     await_deliveries(&inbox, 2).await;
     assert_eq!(other.got.lock().unwrap().len(), 1, "no failure sent to it");
@@ -289,7 +294,7 @@ async fn a_stuck_compensation_is_sent_once() {
         event["data"]["message"]
             .as_str()
             .unwrap()
-            .contains("is stuck compensating: CancelRentalReservation"),
+            .contains("is stuck being undone: CancelRentalReservation has failed"),
         "{event}"
     );
     proxies.cars.set_faults(faultproxy::Faults::default());

@@ -32,6 +32,39 @@ pub struct Document {
     /// The forward steps, in order.
     #[schemars(length(min = 1))]
     pub steps: Vec<StepDoc>,
+    /// The `message` of the saga's webhook events, in a person's words.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub messages: Option<MessagesDoc>,
+}
+
+/// MiniJinja templates of the webhook events' `message`, one per event;
+/// an event without one gets a message made of its step names. They see
+/// `saga` (`id`, `definition`, `version`), `input`, `failed_step` (the
+/// forward step that failed, or none), `undone` (the forward steps that
+/// had succeeded and were undone, in their order) and `last_step` (the
+/// step attempted last: the stuck compensation, for that event).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MessagesDoc {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub succeeded: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compensation_stuck: Option<String>,
+}
+
+impl MessagesDoc {
+    /// Each template with its field's name.
+    pub fn templates(&self) -> impl Iterator<Item = (&'static str, &str)> {
+        [
+            ("succeeded", &self.succeeded),
+            ("failed", &self.failed),
+            ("compensation_stuck", &self.compensation_stuck),
+        ]
+        .into_iter()
+        .filter_map(|(field, t)| t.as_deref().map(|t| (field, t)))
+    }
 }
 
 /// One forward step.

@@ -29,6 +29,20 @@ static ENV: LazyLock<minijinja::Environment<'static>> = LazyLock::new(|| {
     env
 });
 
+/// Checks that a definition's message template (a whole MiniJinja
+/// template, not one expression) compiles.
+pub fn check_message(source: &str) -> Result<(), String> {
+    ENV.template_from_str(source)
+        .map(drop)
+        .map_err(|err| err.to_string())
+}
+
+/// Renders a definition's message template. Compiled on each call: a
+/// message is rendered once per webhook event, off the saga's path.
+pub fn render_message(source: &str, context: minijinja::Value) -> Result<String, minijinja::Error> {
+    Ok(ENV.render_str(source, context)?.trim().to_owned())
+}
+
 /// What a template can see while a saga runs.
 #[derive(Debug, Clone, Copy)]
 pub struct Scope<'a> {

@@ -10,8 +10,8 @@ use std::time::Duration;
 use serde::Serialize;
 use serde_json::Value;
 
-use super::document::{Document, strings};
-use super::template::{Expr, Template};
+use super::document::{Document, MessagesDoc, strings};
+use super::template::{self, Expr, Template};
 use super::{Action, Definition, InputSchema, StepDef};
 
 /// How bad a diagnostic is: an error refuses the definition, a warning
@@ -163,6 +163,15 @@ pub fn compile(doc: Document, checks: &Checks) -> Compiled {
                     compensation: None,
                 }),
             }
+        }
+    }
+    for (field, source) in doc.messages.iter().flat_map(MessagesDoc::templates) {
+        if let Err(message) = template::check_message(source) {
+            out.push(Diagnostic::error(
+                "template_syntax",
+                format!("messages.{field}"),
+                message,
+            ));
         }
     }
     warn_uncompensated(&doc, &mut out);
@@ -681,6 +690,8 @@ steps:
     compensation: {name: One, participant: a, path: /undo}
   - name: Three
     call: {participant: a, path: /three}
+messages:
+  failed: "{% if %}"
 "#;
         let found = diagnostics(yaml);
         let error = |code, path: &str| (Severity::Error, code, path.to_owned());
@@ -700,6 +711,7 @@ steps:
             error("unknown_variable", "steps[1].call.body.v"),
             error("invalid_retry", "steps[1].retry.max_attempts"),
             error("invalid_status", "steps[1].business_failure[0]"),
+            error("template_syntax", "messages.failed"),
             (Severity::Warning, "no_compensation", "steps[0]".to_owned()),
         ] {
             assert!(found.contains(&expected), "{expected:?} not in {found:#?}");
