@@ -132,6 +132,11 @@ struct Args {
     /// been received.
     #[arg(long)]
     webhooks: bool,
+    /// Export the orchestrators' spans (`OTEL_EXPORTER_OTLP_ENDPOINT`) to
+    /// an OTLP/HTTP receiver in this process; `--candidate-env
+    /// OTEL_EXPORTER_OTLP_ENDPOINT=` measures the same build without.
+    #[arg(long)]
+    otlp: bool,
 }
 
 /// One measured phase.
@@ -183,6 +188,12 @@ async fn main() -> anyhow::Result<()> {
     };
     args.orchestrator_env
         .extend(receiver.iter().flat_map(webhooks::Receiver::env));
+    let otlp = match args.otlp {
+        true => Some(webhooks::Receiver::start_otlp().await?),
+        false => None,
+    };
+    args.orchestrator_env
+        .extend(otlp.iter().map(webhooks::Receiver::otlp_env));
     let port = free_port()?;
     let orchestrator_url = format!("http://127.0.0.1:{port}");
     // With --slow-participant, payments-svc is called through a fault proxy
@@ -430,6 +441,9 @@ async fn main() -> anyhow::Result<()> {
         if args.webhooks {
             println!("{}: {} webhooks received", label(p), p.webhooks_received);
         }
+    }
+    if let Some(otlp) = &otlp {
+        println!("OTLP export requests received: {}", otlp.received());
     }
     let rounds: Vec<&[Phase]> = phases.chunk_by(|a, b| a.round == b.round).collect();
     let others: Vec<&str> = rounds[0][1..].iter().map(|p| p.name.as_str()).collect();
