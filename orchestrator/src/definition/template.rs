@@ -29,12 +29,39 @@ static ENV: LazyLock<minijinja::Environment<'static>> = LazyLock::new(|| {
     env
 });
 
+/// The variables a definition's message template can read.
+pub const MESSAGE_VARIABLES: [&str; 5] = ["saga", "input", "failed_step", "undone", "last_step"];
+
+/// Why a message template is refused.
+#[derive(Debug, PartialEq, Eq)]
+pub enum MessageError {
+    /// It does not compile.
+    Syntax(String),
+    /// It reads a variable that is not one of [`MESSAGE_VARIABLES`].
+    Unknown(String),
+}
+
 /// Checks that a definition's message template (a whole MiniJinja
-/// template, not one expression) compiles.
-pub fn check_message(source: &str) -> Result<(), String> {
-    ENV.template_from_str(source)
-        .map(drop)
-        .map_err(|err| err.to_string())
+/// template, not one expression) compiles and reads only the variables
+/// it will be given: strict mode would otherwise fail it at every event.
+pub fn check_message(source: &str) -> Result<(), MessageError> {
+    let template = ENV
+        .template_from_str(source)
+        .map_err(|err| MessageError::Syntax(err.to_string()))?;
+    let mut unknown: Vec<String> = template
+        .undeclared_variables(false)
+        .into_iter()
+        .filter(|name| !MESSAGE_VARIABLES.contains(&name.as_str()))
+        .filter(|name| !ENV.globals().any(|(global, _)| global == name))
+        .collect();
+    unknown.sort();
+    match unknown.first() {
+        None => Ok(()),
+        Some(name) => Err(MessageError::Unknown(format!(
+            "the message reads {name}; messages can read {}",
+            MESSAGE_VARIABLES.join(", ")
+        ))),
+    }
 }
 
 /// Renders a definition's message template. Compiled on each call: a
@@ -488,6 +515,23 @@ mod tests {
         for bad in ["{{ input.", "{{ }}", "a }} b", "{{ input.x + }}"] {
             assert!(Template::compile_str(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn messages_read_only_their_variables() {
+        let ok = "{% set n = undone | length %}{% for s in undone %}{{ loop.index }} {{ s }}\
+                  {% endfor %}{{ saga.id }} {{ input.x }} {{ failed_step }} {{ last_step }} \
+                  {{ range(n) | list }}";
+        assert_eq!(check_message(ok), Ok(()));
+        let Err(MessageError::Unknown(message)) = check_message("{{ saga.id }} {{ trip.id }}")
+        else {
+            panic!("trip is not a message variable");
+        };
+        assert!(message.contains("reads trip"), "{message}");
+        assert!(matches!(
+            check_message("{% if %}"),
+            Err(MessageError::Syntax(_))
+        ));
     }
 
     #[test]

@@ -166,13 +166,16 @@ pub fn compile(doc: Document, checks: &Checks) -> Compiled {
         }
     }
     for (field, source) in doc.messages.iter().flat_map(MessagesDoc::templates) {
-        if let Err(message) = template::check_message(source) {
-            out.push(Diagnostic::error(
-                "template_syntax",
-                format!("messages.{field}"),
-                message,
-            ));
-        }
+        let (code, message) = match template::check_message(source) {
+            Ok(()) => continue,
+            Err(template::MessageError::Syntax(message)) => ("template_syntax", message),
+            Err(template::MessageError::Unknown(message)) => ("unknown_variable", message),
+        };
+        out.push(Diagnostic::error(
+            code,
+            format!("messages.{field}"),
+            message,
+        ));
     }
     warn_uncompensated(&doc, &mut out);
     let failed = out.iter().any(|d| d.severity == Severity::Error);
@@ -692,6 +695,7 @@ steps:
     call: {participant: a, path: /three}
 messages:
   failed: "{% if %}"
+  succeeded: "{% for s in undone %}{{ loop.index }} {{ s }}{% endfor %} {{ trip.id }}"
 "#;
         let found = diagnostics(yaml);
         let error = |code, path: &str| (Severity::Error, code, path.to_owned());
@@ -712,6 +716,7 @@ messages:
             error("invalid_retry", "steps[1].retry.max_attempts"),
             error("invalid_status", "steps[1].business_failure[0]"),
             error("template_syntax", "messages.failed"),
+            error("unknown_variable", "messages.succeeded"),
             (Severity::Warning, "no_compensation", "steps[0]".to_owned()),
         ] {
             assert!(found.contains(&expected), "{expected:?} not in {found:#?}");
