@@ -148,17 +148,18 @@ pub fn event(
     saga: &SagaView,
     definition: Option<&Definition>,
 ) -> Value {
-    let failed = saga.steps.iter().find(|s| s.status == "failed");
+    let failed = saga
+        .steps
+        .iter()
+        .find(|s| s.status == "failed")
+        .map(|s| s.step.as_str());
     let message = definition
-        .and_then(|d| custom_message(kind, saga, failed.map(|s| s.step.as_str()), d))
-        .unwrap_or_else(|| generic_message(kind, saga, failed.map(|s| s.step.as_str())));
+        .and_then(|d| custom_message(kind, saga, failed, d))
+        .unwrap_or_else(|| generic_message(kind, saga, failed));
     let mut data = serde_json::to_value(saga).unwrap_or_default();
     if let Value::Object(map) = &mut data {
         map.insert("message".into(), Value::String(message));
-        map.insert(
-            "failed_step".into(),
-            failed.map_or(Value::Null, |s| Value::String(s.step.clone())),
-        );
+        map.insert("failed_step".into(), json!(failed));
     }
     json!({ "type": kind, "timestamp": created_at, "data": data })
 }

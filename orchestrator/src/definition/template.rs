@@ -48,14 +48,13 @@ pub fn check_message(source: &str) -> Result<(), MessageError> {
     let template = ENV
         .template_from_str(source)
         .map_err(|err| MessageError::Syntax(err.to_string()))?;
-    let mut unknown: Vec<String> = template
+    let unknown = template
         .undeclared_variables(false)
         .into_iter()
         .filter(|name| !MESSAGE_VARIABLES.contains(&name.as_str()))
         .filter(|name| !ENV.globals().any(|(global, _)| global == name))
-        .collect();
-    unknown.sort();
-    match unknown.first() {
+        .min();
+    match unknown {
         None => Ok(()),
         Some(name) => Err(MessageError::Unknown(format!(
             "the message reads {name}; messages can read {}",
