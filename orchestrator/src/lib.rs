@@ -363,6 +363,7 @@ pub async fn run(
             lease: Duration::from_secs(config.lease_secs),
             retry: config.retry.clone(),
             limits: config.limits.clone(),
+            webhook_claim: config.webhooks.claim(),
         },
         token.clone(),
     );

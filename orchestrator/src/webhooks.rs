@@ -5,23 +5,32 @@
 //! the receivers' own libraries verify it.
 //!
 //! The end of a saga and its deliveries are one transaction (the outbox,
-//! [`crate::store::webhooks`]); a worker in every orchestrator claims the
-//! due ones (`SKIP LOCKED`, so replicas share them), sends each, and retries
-//! what is not answered 2xx with backoff for a day. A delivery is sent at
-//! least once: receivers drop a second copy by its `webhook-id`. Sending
-//! never touches a saga's driving: the worker has its own client and its
-//! own connections of the pool.
+//! [`crate::store::webhooks`]). The statement that ends a saga claims its
+//! deliveries for this process, and its driver hands them, with the saga as
+//! it saw it, straight to the worker here: the fast path neither claims nor
+//! reads anything. The worker in every orchestrator also polls for the due
+//! ones (`SKIP LOCKED`, so replicas share them): retries, events enqueued
+//! elsewhere (a stuck compensation, an operator's action), and the claims
+//! of a process that died. What is not answered 2xx is retried with backoff
+//! for a day. A delivery is sent at least once: receivers drop a second
+//! copy by its `webhook-id`. Sending never holds up a saga's driving: a
+//! hand-off that finds the worker's queue full is left to its claim running
+//! out, and the worker has its own client and its own connections of the
+//! pool.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use hmac::{KeyInit, Mac};
-use serde_json::{Value, json};
+use serde::Serialize;
+use sqlx::Postgres;
+use sqlx::pool::PoolConnection;
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::definition::{Definition, template};
@@ -75,6 +84,12 @@ impl Default for WebhookConfig {
 }
 
 impl WebhookConfig {
+    /// How long a delivery is claimed for one attempt: longer than the
+    /// attempt, so that a live worker's claim is never taken.
+    pub fn claim(&self) -> Duration {
+        Duration::from_millis(self.webhook_timeout_ms).saturating_mul(2) + Duration::from_secs(5)
+    }
+
     /// `WEBHOOK_URL` and the secret its file holds, checked.
     pub fn configured(&self) -> anyhow::Result<Option<(String, String)>> {
         let Some(url) = self.webhook_url.as_deref().filter(|u| !u.is_empty()) else {
@@ -142,26 +157,49 @@ pub fn sign(secret: &str, id: &str, timestamp: i64, body: &[u8]) -> anyhow::Resu
 
 /// The event of a saga's end: the saga as the API shows it, and a line a
 /// person reads, from the definition's `messages` when it has one.
-pub fn event(
-    kind: &str,
+pub fn event<'a>(
+    kind: &'a str,
     created_at: chrono::DateTime<chrono::Utc>,
-    saga: &SagaView,
+    saga: &'a SagaView,
     definition: Option<&Definition>,
-) -> Value {
-    let failed = saga
+) -> Event<'a> {
+    let failed_step = saga
         .steps
         .iter()
         .find(|s| s.status == "failed")
         .map(|s| s.step.as_str());
     let message = definition
-        .and_then(|d| custom_message(kind, saga, failed, d))
-        .unwrap_or_else(|| generic_message(kind, saga, failed));
-    let mut data = serde_json::to_value(saga).unwrap_or_default();
-    if let Value::Object(map) = &mut data {
-        map.insert("message".into(), Value::String(message));
-        map.insert("failed_step".into(), json!(failed));
+        .and_then(|d| custom_message(kind, saga, failed_step, d))
+        .unwrap_or_else(|| generic_message(kind, saga, failed_step));
+    Event {
+        kind,
+        timestamp: created_at,
+        data: EventData {
+            saga,
+            message,
+            failed_step,
+        },
     }
-    json!({ "type": kind, "timestamp": created_at, "data": data })
+}
+
+/// A webhook's body: `{"type", "timestamp", "data"}`, as Standard Webhooks
+/// shapes an event.
+#[derive(Debug, Serialize)]
+pub struct Event<'a> {
+    #[serde(rename = "type")]
+    pub kind: &'a str,
+    pub timestamp: chrono::DateTime<chrono::Utc>,
+    pub data: EventData<'a>,
+}
+
+/// The saga as the API shows it, with the event's message and the step
+/// that failed, if one did.
+#[derive(Debug, Serialize)]
+pub struct EventData<'a> {
+    #[serde(flatten)]
+    pub saga: &'a SagaView,
+    pub message: String,
+    pub failed_step: Option<&'a str>,
 }
 
 /// The message made of step names, for a definition without `messages`.
@@ -252,100 +290,307 @@ fn custom_message(
     }
 }
 
+/// The deliveries of a saga's end, claimed for this process's worker, and
+/// the saga as its driver saw it (none when it did not see all of it: a
+/// saga taken over is read back).
+#[derive(Debug)]
+pub struct HandOff {
+    pub deliveries: Vec<Due>,
+    pub saga: Option<Arc<SagaView>>,
+    pub definition: Arc<Definition>,
+}
+
+/// The hand-off queue from the drivers to the worker.
+#[derive(Debug)]
+pub struct HandOffs {
+    sender: mpsc::Sender<HandOff>,
+    receiver: Mutex<Option<mpsc::Receiver<HandOff>>>,
+}
+
+/// The most hand-offs queued for the worker. Past them a hand-off is
+/// dropped, not waited for: its deliveries stay claimed and are sent when
+/// the claim runs out, so a slow receiver never holds up a driver.
+const HAND_OFF_QUEUE: usize = 4096;
+
+impl HandOffs {
+    pub fn new() -> Self {
+        let (sender, receiver) = mpsc::channel(HAND_OFF_QUEUE);
+        Self {
+            sender,
+            receiver: Mutex::new(Some(receiver)),
+        }
+    }
+
+    /// Hands `deliveries` over, if there are any.
+    pub fn send(
+        &self,
+        deliveries: Vec<Due>,
+        saga: Option<Arc<SagaView>>,
+        definition: &Arc<Definition>,
+    ) {
+        if deliveries.is_empty() {
+            return;
+        }
+        let definition = Arc::clone(definition);
+        let hand_off = HandOff {
+            deliveries,
+            saga,
+            definition,
+        };
+        if let Err(err) = self.sender.try_send(hand_off) {
+            tracing::debug!(%err, "webhook hand-off dropped; its deliveries go when their claim runs out");
+        }
+    }
+
+    /// The worker's end; `None` once taken.
+    pub fn take(&self) -> Option<mpsc::Receiver<HandOff>> {
+        self.receiver
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+    }
+}
+
+impl Default for HandOffs {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 /// The most deliveries claimed and sent at once: the statements of a
 /// batch (claim, read the sagas, record the outcomes) are the same few
 /// whatever its size, so that under load delivery costs the database
 /// little per saga.
 const BATCH: usize = 256;
 
-/// The delivery worker: every `WEBHOOK_POLL_MS` until `shutdown`, and at
-/// once while there are more, claims the due deliveries, sends them
-/// together and records their outcomes.
+/// The delivery worker, until `shutdown`: sends what the drivers here hand
+/// over as it comes, and every `WEBHOOK_POLL_MS` (at once again while
+/// there are more) claims the due deliveries and sends them; each batch's
+/// outcomes are recorded together.
 pub async fn deliver(engine: Arc<Engine>, config: WebhookConfig, shutdown: CancellationToken) {
+    let Some(mut hand_offs) = engine.take_hand_offs() else {
+        tracing::error!("the webhook hand-offs were taken already; no webhook is sent");
+        return;
+    };
     let timeout = Duration::from_millis(config.webhook_timeout_ms);
-    let client = match reqwest::Client::builder().timeout(timeout).build() {
+    // A redirect is an answer that is not 2xx, as the convention has it:
+    // following one would send the event somewhere nobody subscribed.
+    let client = reqwest::Client::builder()
+        .timeout(timeout)
+        .connect_timeout(timeout.min(Duration::from_secs(5)))
+        .redirect(reqwest::redirect::Policy::none())
+        .retry(reqwest::retry::never())
+        .pool_max_idle_per_host(BATCH)
+        .tcp_nodelay(true)
+        .build();
+    let client = match client {
         Ok(client) => client,
         Err(err) => {
             tracing::error!(%err, "cannot build the webhook client; no webhook is sent");
             return;
         }
     };
-    // A claim outlasts its attempt, so that a live worker's is never taken.
-    let claim_secs = timeout.as_secs_f64() * 2.0 + 5.0;
-    let poll = Duration::from_millis(config.webhook_poll_ms.max(10));
-    loop {
-        let full = match batch(&engine, &client, &config, claim_secs).await {
-            Ok(sent) => sent == BATCH,
-            Err(err) => {
-                // What was claimed is due again when its claim runs out.
-                tracing::warn!(%err, "cannot deliver webhooks now; will retry");
-                false
-            }
-        };
-        if full {
-            continue;
-        }
+    let claim_secs = config.claim().as_secs_f64();
+    let mut poll = tokio::time::interval(Duration::from_millis(config.webhook_poll_ms.max(10)));
+    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut sender = Sender {
+        engine: &engine,
+        client: &client,
+        config: &config,
+        held: None,
+    };
+    // A stop abandons the batch under way: what it claimed is sent again
+    // when the claim runs out, by whichever worker polls first.
+    while let Some(()) = shutdown
+        .run_until_cancelled(sender.next(&mut poll, &mut hand_offs, claim_secs))
+        .await
+    {}
+}
+
+impl Sender<'_> {
+    /// Waits for the next work, the poll or a hand-off (the poll first:
+    /// under load hand-offs come without a pause, and retries must not wait
+    /// for one), and does it.
+    async fn next(
+        &mut self,
+        poll: &mut tokio::time::Interval,
+        hand_offs: &mut mpsc::Receiver<HandOff>,
+        claim_secs: f64,
+    ) {
         tokio::select! {
-            () = tokio::time::sleep(poll) => {}
-            () = shutdown.cancelled() => return,
+            biased;
+            _ = poll.tick() => loop {
+                match self.due(claim_secs).await {
+                    Ok(claimed) if claimed == BATCH => continue,
+                    Ok(_) => break,
+                    Err(err) => {
+                        // What was claimed is due again when its claim runs out.
+                        tracing::warn!(%err, "cannot deliver webhooks now; will retry");
+                        break;
+                    }
+                }
+            },
+            Some(first) = hand_offs.recv() => {
+                // What comes within GATHER goes in the same batch.
+                let mut batch = Vec::new();
+                first.add_to(&mut batch);
+                let until = tokio::time::Instant::now() + GATHER;
+                while batch.len() < BATCH {
+                    match tokio::time::timeout_at(until, hand_offs.recv()).await {
+                        Ok(Some(more)) => more.add_to(&mut batch),
+                        _ => break,
+                    }
+                }
+                if let Err(err) = self.send(batch).await {
+                    tracing::warn!(%err, "cannot deliver webhooks now; will retry");
+                }
+            }
         }
     }
 }
 
-/// One batch: claims, sends, records. Returns how many were claimed.
-async fn batch(
-    engine: &Engine,
-    client: &reqwest::Client,
-    config: &WebhookConfig,
-    claim_secs: f64,
-) -> anyhow::Result<usize> {
-    let limit = i64::try_from(BATCH).unwrap_or(i64::MAX);
-    let due = engine
-        .bounded(async |conn| store::webhooks::claim_due(conn, limit, claim_secs).await)
-        .await?;
-    if due.is_empty() {
-        return Ok(0);
+/// How long the worker gathers hand-offs into one batch after the first.
+/// Every batch is one statement and one commit of its outcomes: under load
+/// a batch per hand-off cost the database more than the deliveries did.
+const GATHER: Duration = Duration::from_millis(20);
+
+impl HandOff {
+    fn add_to(self, batch: &mut Vec<Item>) {
+        let Self {
+            deliveries,
+            saga,
+            definition,
+        } = self;
+        batch.extend(deliveries.into_iter().map(|due| Item {
+            due,
+            saga: saga.clone(),
+            definition: Some(Arc::clone(&definition)),
+        }));
     }
-    let mut ids: Vec<String> = due.iter().map(|d| d.saga_id.clone()).collect();
-    ids.sort();
-    ids.dedup();
-    let (sagas, logs) = engine
-        .bounded(async |conn| {
-            let sagas = store::find_all(&mut *conn, &ids).await?;
-            let logs = store::logs(&mut *conn, &ids).await?;
-            Ok((sagas, logs))
-        })
-        .await?;
-    let mut by_saga: HashMap<String, Vec<store::LogRecord>> = HashMap::new();
-    for log in logs {
-        by_saga.entry(log.saga_id.clone()).or_default().push(log);
+}
+
+/// One delivery to attempt, with the saga and its definition when they are
+/// known (handed over) rather than to read.
+struct Item {
+    due: Due,
+    saga: Option<Arc<SagaView>>,
+    definition: Option<Arc<Definition>>,
+}
+
+/// What sending a batch needs.
+struct Sender<'a> {
+    engine: &'a Engine,
+    client: &'a reqwest::Client,
+    config: &'a WebhookConfig,
+    /// The worker's connection, kept from one batch to the next (one taken
+    /// back from the pool is pinged first, a round trip more a batch).
+    held: Option<PoolConnection<Postgres>>,
+}
+
+impl Sender<'_> {
+    /// Runs `query` on the worker's connection, within the engine's time
+    /// limit for a query.
+    async fn db<T>(
+        &mut self,
+        query: impl AsyncFnOnce(&mut sqlx::PgConnection) -> sqlx::Result<T>,
+    ) -> sqlx::Result<T> {
+        let (pool, limit) = (self.engine.pool(), self.engine.db_timeout());
+        let result = common::db::bounded_on(pool, &mut self.held, limit, query).await;
+        // After an outage the next batch takes another connection.
+        if result.as_ref().is_err_and(common::db::is_outage) {
+            self.held = None;
+        }
+        result
     }
-    let mut views = HashMap::new();
-    for saga in sagas {
-        let definition = engine
-            .definition(&saga.definition, Some(saga.definition_version))
+
+    /// Claims the due deliveries and sends them. Returns how many were
+    /// claimed.
+    async fn due(&mut self, claim_secs: f64) -> anyhow::Result<usize> {
+        let limit = i64::try_from(BATCH).unwrap_or(i64::MAX);
+        let due = self
+            .db(async |conn| store::webhooks::claim_due(conn, limit, claim_secs).await)
             .await?;
-        let own = by_saga.remove(&saga.saga_id).unwrap_or_default();
-        let id = saga.saga_id.clone();
-        let view = SagaView::new(saga, &own, |step| {
-            definition.as_ref().is_none_or(|d| d.is_forward(step))
+        let claimed = due.len();
+        let items = due.into_iter().map(|due| Item {
+            due,
+            saga: None,
+            definition: None,
         });
-        views.insert(id, (view, definition));
+        self.send(items.collect()).await?;
+        Ok(claimed)
     }
-    let claimed = due.len();
-    let sends = due.iter().map(|due| async {
-        let outcome = match views.get(&due.saga_id) {
-            Some((view, definition)) => attempt(client, due, view, definition.as_deref()).await,
-            None => Err(anyhow::anyhow!("saga {} is gone", due.saga_id)),
-        };
-        outcome_of(config, due, outcome)
-    });
-    let outcomes = futures::future::join_all(sends).await;
-    let give_up = Duration::from_secs(24 * 3600).as_secs_f64();
-    engine
-        .bounded(async |conn| store::webhooks::record(conn, &outcomes, give_up).await)
-        .await?;
-    Ok(claimed)
+
+    /// Sends a batch together, reading back the sagas not handed over, and
+    /// records the outcomes in one statement.
+    async fn send(&mut self, mut items: Vec<Item>) -> anyhow::Result<()> {
+        if items.is_empty() {
+            return Ok(());
+        }
+        let mut unread: Vec<String> = items
+            .iter()
+            .filter(|item| item.saga.is_none())
+            .map(|item| item.due.saga_id.clone())
+            .collect();
+        if !unread.is_empty() {
+            unread.sort();
+            unread.dedup();
+            let read = self.read(&unread).await?;
+            for item in &mut items {
+                if item.saga.is_none()
+                    && let Some((saga, definition)) = read.get(&item.due.saga_id)
+                {
+                    item.saga = Some(Arc::clone(saga));
+                    item.definition = definition.clone();
+                }
+            }
+        }
+        let sends = items.iter().map(|item| async {
+            let outcome = match &item.saga {
+                Some(saga) => {
+                    attempt(self.client, &item.due, saga, item.definition.as_deref()).await
+                }
+                None => Err(anyhow::anyhow!("saga {} is gone", item.due.saga_id)),
+            };
+            outcome_of(self.config, &item.due, outcome)
+        });
+        let outcomes = futures::future::join_all(sends).await;
+        let give_up = Duration::from_secs(24 * 3600).as_secs_f64();
+        self.db(async |conn| store::webhooks::record(conn, &outcomes, give_up).await)
+            .await?;
+        Ok(())
+    }
+
+    /// The sagas `ids` as the API shows them, with their definitions.
+    async fn read(
+        &mut self,
+        ids: &[String],
+    ) -> anyhow::Result<HashMap<String, (Arc<SagaView>, Option<Arc<Definition>>)>> {
+        let (sagas, logs) = self
+            .db(async |conn| {
+                let sagas = store::find_all(&mut *conn, ids).await?;
+                let logs = store::logs(&mut *conn, ids).await?;
+                Ok((sagas, logs))
+            })
+            .await?;
+        let mut by_saga: HashMap<String, Vec<store::LogRecord>> = HashMap::new();
+        for log in logs {
+            by_saga.entry(log.saga_id.clone()).or_default().push(log);
+        }
+        let mut views = HashMap::new();
+        for saga in sagas {
+            let definition = self
+                .engine
+                .definition(&saga.definition, Some(saga.definition_version))
+                .await?;
+            let own = by_saga.remove(&saga.saga_id).unwrap_or_default();
+            let id = saga.saga_id.clone();
+            let view = SagaView::new(saga, &own, |step| {
+                definition.as_ref().is_none_or(|d| d.is_forward(step))
+            });
+            views.insert(id, (Arc::new(view), definition));
+        }
+        Ok(views)
+    }
 }
 
 /// What an attempt's answer means for its delivery.
@@ -378,6 +623,7 @@ fn outcome_of(
         .saturating_mul(2u32.saturating_pow(doublings))
         .min(Duration::from_secs(3600));
     store::webhooks::Outcome {
+        saga_id: due.saga_id.clone(),
         id: due.id.clone(),
         delivered,
         last_status: last_status.map(i32::from),

@@ -2,7 +2,7 @@
 //! signed as Standard Webhooks signs, retried until then, and not lost when
 //! the orchestrator crashes between the saga's end and the delivery.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -24,10 +24,15 @@ struct Inbox {
     got: Mutex<Vec<(HeaderMap, Bytes)>>,
     /// Requests still to answer 503.
     refuse: AtomicUsize,
+    /// While set, requests are received and never answered.
+    hold: AtomicBool,
 }
 
 async fn receive(State(inbox): State<Arc<Inbox>>, headers: HeaderMap, body: Bytes) -> StatusCode {
     inbox.got.lock().unwrap().push((headers, body));
+    if inbox.hold.load(Ordering::SeqCst) {
+        std::future::pending::<()>().await;
+    }
     let refuse = inbox
         .refuse
         .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
@@ -225,6 +230,101 @@ async fn a_delivery_left_by_a_crash_is_sent_after_the_restart() {
         .await;
     assert_eq!(delivered["webhook"], "config");
     let _ = std::fs::remove_dir_all(&dir);
+    env.finish_clean().await;
+}
+
+/// The end of a saga is handed to the worker by its driver: it is sent at
+/// once, though the worker would not poll for an hour.
+#[tokio::test]
+async fn a_saga_end_is_sent_at_once_without_polling() {
+    let env = Env::start_with(&[], |c| c.webhooks.webhook_poll_ms = 3_600_000).await;
+    let (url, inbox) = receiver(0).await;
+    // The worker's first poll runs at its start, before this subscription.
+    assert_eq!(
+        env.post("/webhooks", &json!({ "url": url })).await.status,
+        201
+    );
+    let trip = env
+        .get("/trip?tripID=fast&runType=failCarRentalReservation")
+        .await;
+    assert_eq!(trip.body["status"], "failed", "{}", trip.body);
+    let got = await_deliveries(&inbox, 1).await;
+    let event: Value = serde_json::from_slice(&got[0].1).unwrap();
+    assert_eq!(
+        (
+            &event["type"],
+            &event["data"]["id"],
+            &event["data"]["failed_step"]
+        ),
+        (
+            &json!("saga.failed"),
+            &json!("fast"),
+            &json!("ReserveCarRental")
+        )
+    );
+    assert_eq!(
+        event["data"]["steps"].as_array().unwrap().len(),
+        4,
+        "the saga as its driver saw it: {event}"
+    );
+    let delivered =
+        testkit::eventually("the delivery recorded", Duration::from_secs(5), || async {
+            let answer = env.get("/sagas/travel/fast/webhooks").await;
+            let delivery = answer.body["deliveries"][0].clone();
+            (delivery["status"] == "delivered").then_some(delivery)
+        })
+        .await;
+    assert_eq!(delivered["attempts"], 1);
+    assert_eq!(delivered["last_status"], 204);
+    env.finish_clean().await;
+}
+
+/// kill -9 while the first attempt is in flight: the delivery was claimed
+/// by the statement that ended the saga, and once that claim runs out the
+/// restarted process sends it again, with the same id.
+#[tokio::test]
+async fn a_delivery_in_flight_at_a_crash_is_sent_again_after_the_restart() {
+    let (url, inbox) = receiver(0).await;
+    inbox.hold.store(true, Ordering::SeqCst);
+    let configure = |c: &mut orchestrator::Config| {
+        c.orchestrator_id = Some("a".into());
+        c.webhooks.webhook_poll_ms = 20;
+        // The claim lasts two attempts and 5 s: 7 s.
+        c.webhooks.webhook_timeout_ms = 1_000;
+    };
+    let mut env = Env::start_with(&[], configure).await;
+    let subscribed = env.post("/webhooks", &json!({ "url": url })).await;
+    let secret = subscribed.body["secret"].as_str().unwrap().to_owned();
+    let trip = env.get("/trip?tripID=in-flight&runType=failPayment").await;
+    assert_eq!(trip.body["status"], "failed");
+    let first = await_deliveries(&inbox, 1).await;
+    env.cluster
+        .crash_orchestrator(&env.cluster.orchestrator_url);
+    inbox.hold.store(false, Ordering::SeqCst);
+
+    let b = env.spawn_orchestrator(configure).await;
+    let got = await_deliveries(&inbox, 2).await;
+    let (headers, body) = got.last().unwrap();
+    verify(&secret, headers, body);
+    assert_eq!(
+        headers["webhook-id"], first[0].0["webhook-id"],
+        "the same message"
+    );
+    let event: Value = serde_json::from_slice(body).unwrap();
+    assert_eq!(event["data"]["id"], "in-flight");
+    assert_eq!(
+        event["data"]["message"],
+        "Your trip in-flight could not be booked: payment failed; flight and car cancelled",
+        "the saga read back, with its definition's message"
+    );
+    let delivered =
+        testkit::eventually("the delivery recorded", Duration::from_secs(5), || async {
+            let answer = env.get_at(&b, "/sagas/travel/in-flight/webhooks").await;
+            let delivery = answer.body["deliveries"][0].clone();
+            (delivery["status"] == "delivered").then_some(delivery)
+        })
+        .await;
+    assert_eq!(delivered["attempts"], 2);
     env.finish_clean().await;
 }
 

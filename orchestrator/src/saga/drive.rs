@@ -19,6 +19,7 @@ use super::view::{SagaView, StepView};
 use crate::definition::template::Scope;
 use crate::definition::{Action, Definition, Outputs, Position};
 use crate::metrics::{AttemptLabels, StepLabels, Stuck};
+use crate::store::webhooks::Due;
 use crate::store::{self, LogEntry, Transition};
 
 /// The API's view of a saga this process started, kept up as it is written.
@@ -169,7 +170,7 @@ impl Engine {
                 });
             }
             let logged = i32::try_from(log.len()).unwrap_or(i32::MAX);
-            self.record(&mut run, next, log).await?;
+            let deliveries = self.record(&mut run, next, log).await?;
             if let Some(answer) = output {
                 run.outputs.insert(action.step.to_string(), answer);
             }
@@ -186,6 +187,8 @@ impl Engine {
             } else {
                 None
             };
+            self.hand_offs
+                .send(deliveries, ended.clone(), &run.definition);
             progress.send_replace(Progress { status, ended });
         }
         Ok(run.position.status())
@@ -404,13 +407,14 @@ impl Engine {
     }
 
     /// Writes one transition, retrying while the database is unreachable,
-    /// and adds it to the saga's view when one is kept.
+    /// and adds it to the saga's view when one is kept. Returns the webhook
+    /// deliveries it enqueued (a saga's end), claimed for this process.
     async fn record(
         &self,
         run: &mut Run,
         position: Position,
         log: Vec<LogEntry>,
-    ) -> Result<(), Stop> {
+    ) -> Result<Vec<Due>, Stop> {
         let transition = Arc::new(Transition {
             saga_id: run.id.clone(),
             version: run.version,
@@ -429,8 +433,8 @@ impl Engine {
             written = write => written.map_err(|err| Stop::Failed(err.message))?,
             () = self.shutdown.cancelled() => return Err(Stop::Shutdown),
         };
-        let at = match written {
-            Some(at) => at,
+        let (at, deliveries) = match written {
+            Some(made) => (made.at, made.deliveries),
             // A write that failed as an outage may have committed all the
             // same (its answer was lost): then its retry is fenced by the
             // write itself. Its first log row tells.
@@ -452,8 +456,9 @@ impl Engine {
                     checked = Box::pin(check) => checked,
                     () = self.shutdown.cancelled() => return Err(Stop::Shutdown),
                 };
+                // Its deliveries, if any, go when their claim runs out.
                 match checked {
-                    Ok(Some(at)) => at,
+                    Ok(Some(at)) => (at, Vec::new()),
                     Ok(None) => return Err(Stop::Fenced),
                     Err(err) => return Err(Stop::Failed(err.to_string())),
                 }
@@ -473,7 +478,7 @@ impl Engine {
             }
             shown.updated_at = at;
         }
-        Ok(())
+        Ok(deliveries)
     }
 }
 

@@ -13,7 +13,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 use sqlx::PgPool;
-use tokio::sync::{oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -32,6 +32,7 @@ use crate::participants::Participants;
 use crate::retry::{RetryConfig, RetryPolicy};
 use crate::store::definitions::Registered;
 use crate::store::{self, NewSaga};
+use crate::webhooks::{HandOff, HandOffs};
 pub use common::db::is_outage;
 
 /// What the engine needs, fixed at start-up.
@@ -43,6 +44,9 @@ pub struct EngineConfig {
     pub lease: Duration,
     pub retry: RetryConfig,
     pub limits: Limits,
+    /// How long the webhook deliveries of a saga's end are claimed for the
+    /// delivery worker here, which is handed them at once.
+    pub webhook_claim: Duration,
 }
 
 /// Starts and drives sagas; shared by the HTTP handlers.
@@ -70,6 +74,8 @@ pub struct Engine {
     /// The slots of the sagas driven here.
     pub(super) admission: Arc<Admission>,
     pub(super) metrics: SagaMetrics,
+    /// Where a driver hands the webhook deliveries of its saga's end.
+    pub(super) hand_offs: HandOffs,
     pub(super) tasks: TaskTracker,
     pub(super) shutdown: CancellationToken,
 }
@@ -157,6 +163,7 @@ impl Engine {
             pool.clone(),
             config.owner.clone(),
             config.lease.as_secs_f64(),
+            config.webhook_claim.as_secs_f64(),
             db_timeout,
             metrics.writer.clone(),
         );
@@ -170,6 +177,7 @@ impl Engine {
             writer,
             admission: Arc::new(Admission::new(config.limits.clone())),
             metrics,
+            hand_offs: HandOffs::new(),
             pool,
             participants,
             owner: config.owner.clone(),
@@ -195,6 +203,12 @@ impl Engine {
     pub fn register_metrics(&self, registry: &mut common::metrics::Registry) {
         self.metrics.register(registry);
         registry.register_collector(Box::new(Arc::clone(&self.admission)));
+    }
+
+    /// The deliveries handed over by the drivers here, for the one worker
+    /// that sends them; `None` once taken.
+    pub fn take_hand_offs(&self) -> Option<mpsc::Receiver<HandOff>> {
+        self.hand_offs.take()
     }
 
     pub fn participants(&self) -> &Participants {
@@ -382,7 +396,7 @@ impl Engine {
             let saga_id = new.saga_id.clone();
             let input = Arc::clone(&new.input);
             let at = match engine.writer.create(new).await {
-                Ok(Some(at)) => at,
+                Ok(Some(made)) => made.at,
                 other => {
                     let _ = reply.send(other.map(|_| false));
                     return;

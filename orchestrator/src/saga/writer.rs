@@ -15,7 +15,8 @@ use sqlx::{PgPool, Postgres};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-use crate::store::{self, Applied, Created, NewSaga, Transition};
+use crate::store::webhooks::Due;
+use crate::store::{self, NewSaga, Transition, Wrote};
 
 /// The most writes in one transaction.
 const MAX_BATCH: usize = 512;
@@ -37,9 +38,19 @@ pub struct WriteError {
     pub message: String,
 }
 
-/// When the write was made (the transaction's time, as written in the rows),
-/// or `None` when it was not (the saga exists, or the saga was fenced).
-pub type Written = Option<DateTime<Utc>>;
+/// A write that was made.
+#[derive(Debug, Clone)]
+pub struct Made {
+    /// The transaction's time, as written in the rows.
+    pub at: DateTime<Utc>,
+    /// The webhook deliveries of the saga's end, claimed for this process
+    /// (none for any other write).
+    pub deliveries: Vec<Due>,
+}
+
+/// The write made, or `None` when it was not (the saga exists, or the saga
+/// was fenced).
+pub type Written = Option<Made>;
 
 type Reply = oneshot::Sender<Result<Written, WriteError>>;
 
@@ -60,10 +71,13 @@ impl Writer {
     /// `lease_secs` from each write. A batch the database has not answered
     /// within `timeout` fails as an outage, and its connection is closed.
     /// Each batch's size and time go to `metrics`.
+    /// The webhook deliveries a saga's end enqueues are claimed for
+    /// `hand_off_secs`, for this process's worker to send.
     pub fn start(
         pool: PgPool,
         owner: String,
         lease_secs: f64,
+        hand_off_secs: f64,
         timeout: Duration,
         metrics: WriterMetrics,
     ) -> Self {
@@ -72,8 +86,11 @@ impl Writer {
             pool,
             held: None,
             timeout,
+            owner,
+            lease_secs,
+            hand_off_secs,
         };
-        let task = tokio::spawn(drain(db, owner, lease_secs, queue, metrics));
+        let task = tokio::spawn(drain(db, queue, metrics));
         Self {
             jobs,
             task: Mutex::new(Some(task)),
@@ -109,8 +126,6 @@ impl Writer {
 
 async fn drain(
     mut db: Connection,
-    owner: String,
-    lease_secs: f64,
     mut queue: mpsc::UnboundedReceiver<(Job, Reply)>,
     metrics: WriterMetrics,
 ) {
@@ -152,7 +167,7 @@ async fn drain(
             }
         }
         let began = std::time::Instant::now();
-        let written = db.write(&owner, lease_secs, &creates, &moves).await;
+        let mut written = db.write(&creates, &moves).await;
         metrics.commit.observe(began.elapsed().as_secs_f64());
         metrics
             .batch_size
@@ -175,11 +190,11 @@ async fn drain(
                             saga_id,
                             index: Some(i),
                         } => {
-                            let alone = match &outage {
+                            let mut alone = match &outage {
                                 Some(err) => Err(err.clone()),
-                                None => db.write(&owner, lease_secs, &creates[*i..=*i], &[]).await,
+                                None => db.write(&creates[*i..=*i], &[]).await,
                             };
-                            let result = answer(&alone, &entry, &moves);
+                            let result = answer(&mut alone, &entry, &moves);
                             first_creates.insert(saga_id.clone(), result.clone());
                             result
                         }
@@ -191,11 +206,11 @@ async fn drain(
                             _ => Ok(None),
                         },
                         Entry::Move(i) => {
-                            let alone = match &outage {
+                            let mut alone = match &outage {
                                 Some(err) => Err(err.clone()),
-                                None => db.write(&owner, lease_secs, &[], &moves[*i..=*i]).await,
+                                None => db.write(&[], &moves[*i..=*i]).await,
                             };
-                            answer(&alone, &entry, &moves)
+                            answer(&mut alone, &entry, &moves)
                         }
                     };
                     if let Err(err) = &result
@@ -206,9 +221,9 @@ async fn drain(
                     let _ = reply.send(result);
                 }
             }
-            written => {
+            _ => {
                 for (entry, reply) in replies {
-                    let _ = reply.send(answer(&written, &entry, &moves));
+                    let _ = reply.send(answer(&mut written, &entry, &moves));
                 }
             }
         }
@@ -225,18 +240,29 @@ enum Entry {
     Move(usize),
 }
 
-/// What one job of a written batch answers.
+/// What one job of a written batch answers. A move that applied takes its
+/// saga's deliveries out of the batch's.
 fn answer(
-    written: &Result<(Created, Applied), WriteError>,
+    written: &mut Result<Wrote, WriteError>,
     entry: &Entry,
     moves: &[Arc<Transition>],
 ) -> Result<Written, WriteError> {
-    let (made, applied) = written.as_ref().map_err(Clone::clone)?;
+    let wrote = written.as_mut().map_err(|err| err.clone())?;
+    let made =
+        |at: Option<&DateTime<Utc>>, deliveries: Vec<Due>| at.map(|&at| Made { at, deliveries });
     Ok(match entry {
-        Entry::Create { saga_id, index } => made.get(saga_id).copied().filter(|_| index.is_some()),
+        Entry::Create { saga_id, index } => made(
+            wrote.created.get(saga_id).filter(|_| index.is_some()),
+            Vec::new(),
+        ),
         Entry::Move(i) => {
             let t = &moves[*i];
-            applied.get(&(t.saga_id.clone(), t.version)).copied()
+            let at = wrote.applied.get(&(t.saga_id.clone(), t.version));
+            let deliveries = match at {
+                Some(_) => wrote.deliveries.remove(&t.saga_id).unwrap_or_default(),
+                None => Vec::new(),
+            };
+            made(at, deliveries)
         }
     })
 }
@@ -251,6 +277,11 @@ struct Connection {
     /// a query: a connection whose server stopped answering, with nothing
     /// to tell TCP so, would hold every saga's write for ever.
     timeout: Duration,
+    /// The owner of the sagas created, and how long their leases last.
+    owner: String,
+    lease_secs: f64,
+    /// How long the deliveries a saga's end enqueues are claimed for.
+    hand_off_secs: f64,
 }
 
 impl Connection {
@@ -262,17 +293,16 @@ impl Connection {
     /// any lost answer.
     async fn write(
         &mut self,
-        owner: &str,
-        lease_secs: f64,
         creates: &[NewSaga],
         moves: &[Arc<Transition>],
-    ) -> Result<(Created, Applied), WriteError> {
+    ) -> Result<Wrote, WriteError> {
         if creates.is_empty() && moves.is_empty() {
-            return Ok((Created::new(), Applied::new()));
+            return Ok(Wrote::default());
         }
+        let (owner, lease_secs, hand_off) = (&self.owner, self.lease_secs, self.hand_off_secs);
         let result =
             common::db::bounded_on(&self.pool, &mut self.held, self.timeout, async |conn| {
-                store::write(conn, creates, moves, owner, lease_secs).await
+                store::write(conn, creates, moves, owner, lease_secs, Some(hand_off)).await
             })
             .await;
         result.map_err(|err| {

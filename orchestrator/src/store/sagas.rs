@@ -13,6 +13,7 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sqlx::PgPool;
 
+use super::webhooks::Due;
 use crate::definition::Position;
 use crate::saga::{SagaStatus, StepEvent};
 
@@ -50,6 +51,15 @@ pub type Created = HashMap<String, DateTime<Utc>>;
 /// The transitions a batch applied, by saga id and the version they moved
 /// from, with the time written.
 pub type Applied = HashMap<(String, i64), DateTime<Utc>>;
+
+/// What a batch wrote.
+#[derive(Debug, Default)]
+pub struct Wrote {
+    pub created: Created,
+    pub applied: Applied,
+    /// The webhook deliveries of the sagas the batch ended, by saga id.
+    pub deliveries: HashMap<String, Vec<Due>>,
+}
 
 /// A step event to append.
 #[derive(Debug, Clone)]
@@ -91,15 +101,16 @@ pub async fn create(
     owner: &str,
     lease_secs: f64,
 ) -> sqlx::Result<bool> {
-    let (created, _) = write(
+    let wrote = write(
         pool,
         std::slice::from_ref(new),
         &[] as &[Transition],
         owner,
         lease_secs,
+        None,
     )
     .await?;
-    Ok(created.contains_key(&new.saga_id))
+    Ok(wrote.created.contains_key(&new.saga_id))
 }
 
 /// Applies `t` if the saga's version is still `t.version`. Returns `false`
@@ -117,8 +128,7 @@ pub async fn transitions<T: Borrow<Transition>>(
     batch: &[T],
     lease_secs: f64,
 ) -> sqlx::Result<Applied> {
-    let (_, applied) = write(db, &[], batch, "", lease_secs).await?;
-    Ok(applied)
+    Ok(write(db, &[], batch, "", lease_secs, None).await?.applied)
 }
 
 /// Writes a batch in one statement (one round trip, one commit): the new
@@ -130,6 +140,11 @@ pub async fn transitions<T: Borrow<Transition>>(
 /// (the transaction's); an id that had a saga already is not created, a
 /// fenced transition is not applied.
 ///
+/// A saga's end enqueues its webhook deliveries in the same statement (the
+/// outbox), and returns them. With `hand_off` they are claimed for this
+/// process's worker, which is handed them at once, for that many seconds;
+/// without, they are due now, for whichever worker polls first.
+///
 /// Every part of the statement sees the same snapshot, so a move of a saga
 /// created in the same batch would be fenced; none is ever sent, since a
 /// driver moves its saga only once the create has been answered.
@@ -140,7 +155,8 @@ pub async fn write<T: Borrow<Transition>>(
     moves: &[T],
     owner: &str,
     lease_secs: f64,
-) -> sqlx::Result<(Created, Applied)> {
+    hand_off: Option<f64>,
+) -> sqlx::Result<Wrote> {
     let new_ids: Vec<&str> = creates.iter().map(|n| n.saga_id.as_str()).collect();
     let definitions: Vec<&str> = creates.iter().map(|n| &*n.definition).collect();
     let definition_versions: Vec<i32> = creates.iter().map(|n| n.version).collect();
@@ -203,13 +219,16 @@ pub async fn write<T: Borrow<Transition>>(
            -- A saga's end notifies every subscription that wants it, in
            -- the same transaction (the webhook outbox).
            notified AS (
-               INSERT INTO orchestrator.webhook_deliveries (id, webhook, saga_id, type)
+               INSERT INTO orchestrator.webhook_deliveries
+                   (id, webhook, saga_id, type, attempts, next_attempt_at)
                SELECT 'msg_' || replace(gen_random_uuid()::text, '-', ''), w.id, d.saga_id,
-                      'saga.' || d.status
+                      'saga.' || d.status, CASE WHEN $20::float8 IS NULL THEN 0 ELSE 1 END,
+                      now() + make_interval(secs => coalesce($20, 0))
                FROM moved d CROSS JOIN orchestrator.webhooks w
                WHERE d.status IN ('succeeded', 'failed')
                  AND (w.event_types = '{}' OR 'saga.' || d.status = ANY (w.event_types))
-                 AND (w.definitions = '{}' OR d.definition = ANY (w.definitions))),
+                 AND (w.definitions = '{}' OR d.definition = ANY (w.definitions))
+               RETURNING id, webhook, saga_id, type, attempts, created_at),
            moved_log AS (
                INSERT INTO orchestrator.saga_log (saga_id, seq, step, status, attempt, detail)
                SELECT l.saga_id, l.seq, l.step, l.status::orchestrator.step_event, l.attempt, l.detail
@@ -219,10 +238,17 @@ pub async fn write<T: Borrow<Transition>>(
                -- Only the rows of the moves applied: a stale mover's rows
                -- for the same saga may be in the same batch.
                WHERE (l.saga_id, l.version) = ANY (ARRAY(SELECT (saga_id, from_version) FROM moved)))
-           -- A created saga comes back without a version.
-           SELECT saga_id AS "saga_id!", NULL::int8 AS from_version, now() AS "at!" FROM created
+           -- A created saga comes back without a version, a delivery with
+           -- its id.
+           SELECT saga_id AS "saga_id!", NULL::int8 AS from_version, now() AS "at!",
+                  NULL::text AS delivery, NULL::text AS url, NULL::text AS secret,
+                  NULL::text AS kind, NULL::int4 AS attempts
+           FROM created
            UNION ALL
-           SELECT saga_id, from_version, now() FROM moved"#,
+           SELECT saga_id, from_version, now(), NULL, NULL, NULL, NULL, NULL FROM moved
+           UNION ALL
+           SELECT n.saga_id, NULL, n.created_at, n.id, w.url, w.secret, n.type, n.attempts
+           FROM notified n JOIN orchestrator.webhooks w ON w.id = n.webhook"#,
         &new_ids as &[&str],
         &definitions as &[&str],
         &inputs as &[&Value],
@@ -242,17 +268,40 @@ pub async fn write<T: Borrow<Transition>>(
         &log.events as &[&str],
         &log.attempts,
         &log.details as &[&Value],
+        hand_off,
     )
     .fetch_all(db)
     .await?;
-    let (mut created, mut applied) = (Created::new(), Applied::new());
+    let mut wrote = Wrote::default();
     for row in rows {
-        match row.from_version {
-            None => created.insert(row.saga_id, row.at),
-            Some(version) => applied.insert((row.saga_id, version), row.at),
-        };
+        match (
+            row.from_version,
+            row.delivery,
+            row.url,
+            row.secret,
+            row.kind,
+        ) {
+            (Some(version), ..) => {
+                wrote.applied.insert((row.saga_id, version), row.at);
+            }
+            (None, Some(id), Some(url), Some(secret), Some(kind)) => {
+                let due = Due {
+                    id,
+                    url,
+                    secret,
+                    saga_id: row.saga_id.clone(),
+                    kind,
+                    attempts: row.attempts.unwrap_or(0),
+                    created_at: row.at,
+                };
+                wrote.deliveries.entry(row.saga_id).or_default().push(due);
+            }
+            (None, ..) => {
+                wrote.created.insert(row.saga_id, row.at);
+            }
+        }
     }
-    Ok((created, applied))
+    Ok(wrote)
 }
 
 /// The log rows of a batch of transitions, a column each, as the statement

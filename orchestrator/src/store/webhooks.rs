@@ -188,6 +188,7 @@ pub async fn claim_due(
 /// One attempt's outcome, for [`record`].
 #[derive(Debug, Clone)]
 pub struct Outcome {
+    pub saga_id: String,
     pub id: String,
     pub delivered: bool,
     pub last_status: Option<i32>,
@@ -204,6 +205,7 @@ pub async fn record(
     outcomes: &[Outcome],
     give_up_secs: f64,
 ) -> sqlx::Result<()> {
+    let sagas: Vec<&str> = outcomes.iter().map(|o| o.saga_id.as_str()).collect();
     let ids: Vec<&str> = outcomes.iter().map(|o| o.id.as_str()).collect();
     let delivered: Vec<bool> = outcomes.iter().map(|o| o.delivered).collect();
     let statuses: Vec<Option<i32>> = outcomes.iter().map(|o| o.last_status).collect();
@@ -217,15 +219,16 @@ pub async fn record(
                delivered_at = CASE WHEN o.delivered THEN now() END,
                next_attempt_at = now() + make_interval(secs => o.retry_secs),
                last_status = o.last_status, last_error = o.last_error
-           FROM unnest($1::text[], $2::bool[], $3::int4[], $4::text[], $5::float8[])
-                AS o(id, delivered, last_status, last_error, retry_secs)
-           WHERE d.id = o.id AND d.status = 'pending'"#,
+           FROM unnest($1::text[], $2::bool[], $3::int4[], $4::text[], $5::float8[], $7::text[])
+                AS o(id, delivered, last_status, last_error, retry_secs, saga_id)
+           WHERE d.saga_id = o.saga_id AND d.id = o.id AND d.status = 'pending'"#,
         &ids as &[&str],
         &delivered,
         &statuses as &[Option<i32>],
         &errors as &[Option<&str>],
         &retries,
         give_up_secs,
+        &sagas as &[&str],
     )
     .execute(db)
     .await?;

@@ -209,17 +209,21 @@ async fn one_statement_creates_sagas_and_moves_others() {
         position: Position::Forward(1),
         log: succeeded_flight(2),
     };
-    let (created, applied) = store::write(
+    let wrote = store::write(
         pool,
         &[new("fresh"), new("taken")],
         &[mv(0), mv(5)],
         "a",
         30.0,
+        None,
     )
     .await
     .unwrap();
-    assert_eq!(created.into_keys().collect::<Vec<_>>(), ["fresh"]);
-    assert_eq!(applied.into_keys().collect::<Vec<_>>(), [("old".into(), 0)]);
+    assert_eq!(wrote.created.into_keys().collect::<Vec<_>>(), ["fresh"]);
+    assert_eq!(
+        wrote.applied.into_keys().collect::<Vec<_>>(),
+        [("old".into(), 0)]
+    );
     assert_eq!(log_len(&db, "fresh").await, 1);
     assert_eq!(
         log_len(&db, "taken").await,
@@ -227,6 +231,97 @@ async fn one_statement_creates_sagas_and_moves_others() {
         "an existing trip is left as it was"
     );
     assert_eq!(log_len(&db, "old").await, 3);
+}
+
+/// A saga's end enqueues one delivery per subscription that wants it, in
+/// its own statement; handed off, they come back claimed for this process,
+/// otherwise they are due at once for any worker's poll.
+#[tokio::test]
+async fn a_saga_end_enqueues_its_deliveries_claimed_for_the_hand_off() {
+    let db = TestDb::new().await;
+    let pool = db.pool();
+    for (id, url, types) in [
+        ("all", "http://127.0.0.1:9/all", vec![]),
+        (
+            "ok-only",
+            "http://127.0.0.1:9/ok",
+            vec!["saga.succeeded".to_owned()],
+        ),
+    ] {
+        store::webhooks::create(pool, id, url, "whsec_AAAA", &types, &[])
+            .await
+            .unwrap();
+    }
+    for id in ["handed", "polled", "going-on"] {
+        assert!(store::create(pool, &saga(id), "a", 30.0).await.unwrap());
+    }
+    let end = |id: &str| Transition {
+        saga_id: id.into(),
+        version: 0,
+        position: Position::Ended(orchestrator::saga::SagaStatus::Failed),
+        log: vec![LogEntry {
+            seq: 2,
+            step: "ReserveFlight".into(),
+            event: StepEvent::Failed,
+            attempt: 1,
+            detail: json!({}),
+        }],
+    };
+    let going_on = Transition {
+        saga_id: "going-on".into(),
+        version: 0,
+        position: Position::Forward(1),
+        log: succeeded_flight(2),
+    };
+    let wrote = store::write(
+        pool,
+        &[],
+        &[end("handed"), going_on],
+        "a",
+        30.0,
+        Some(600.0),
+    )
+    .await
+    .unwrap();
+    assert_eq!(wrote.applied.len(), 2);
+    let handed = &wrote.deliveries["handed"];
+    assert_eq!(wrote.deliveries.len(), 1, "only an end is notified");
+    assert_eq!(handed.len(), 1, "the failure goes to the one that wants it");
+    let due = &handed[0];
+    assert_eq!(
+        (
+            due.url.as_str(),
+            due.secret.as_str(),
+            due.kind.as_str(),
+            due.attempts
+        ),
+        ("http://127.0.0.1:9/all", "whsec_AAAA", "saga.failed", 1)
+    );
+    assert!(due.id.starts_with("msg_"), "{}", due.id);
+    // Claimed: no poll takes it while the claim lasts.
+    assert!(
+        store::webhooks::claim_due(pool, 10, 30.0)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    let wrote = store::write(pool, &[], &[end("polled")], "a", 30.0, None)
+        .await
+        .unwrap();
+    assert_eq!(wrote.deliveries["polled"][0].attempts, 0);
+    let claimed = store::webhooks::claim_due(pool, 10, 30.0).await.unwrap();
+    assert_eq!(claimed.len(), 1, "due at once: {claimed:?}");
+    assert_eq!(
+        (claimed[0].id.as_str(), claimed[0].attempts),
+        (wrote.deliveries["polled"][0].id.as_str(), 1)
+    );
+    let listed = store::webhooks::deliveries(pool, "handed").await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(
+        (listed[0].status.as_str(), listed[0].attempts),
+        ("pending", 1)
+    );
 }
 
 #[tokio::test]
@@ -238,9 +333,10 @@ async fn a_batch_of_transitions_finds_its_sagas_by_key_before_any_statistics() {
         .unwrap();
     let ids: Vec<String> = (0..2000).map(|i| format!("trip-{i}")).collect();
     let new: Vec<_> = ids.iter().map(|id| saga(id)).collect();
-    let (created, _) = store::write(&pool, &new, &[] as &[Transition], "a", 30.0)
+    let created = store::write(&pool, &new, &[] as &[Transition], "a", 30.0, None)
         .await
-        .unwrap();
+        .unwrap()
+        .created;
     assert_eq!(created.len(), ids.len());
     let moves: Vec<_> = ids[..200]
         .iter()
@@ -285,6 +381,7 @@ async fn a_write_the_database_refuses_fails_alone_in_its_batch() {
         pool.clone(),
         "a".into(),
         30.0,
+        25.0,
         Duration::from_secs(10),
         Default::default(),
     );
@@ -353,6 +450,7 @@ async fn after_a_database_restart_the_writer_takes_a_new_connection() {
         pool.clone(),
         "a".into(),
         30.0,
+        25.0,
         Duration::from_secs(10),
         Default::default(),
     );
@@ -403,6 +501,7 @@ async fn a_write_the_database_never_answers_fails_as_an_outage_and_the_next_goes
         pool.clone(),
         "a".into(),
         30.0,
+        25.0,
         timeout,
         Default::default(),
     );
@@ -547,6 +646,7 @@ async fn a_read_the_database_never_answers_is_a_503_and_the_next_goes_through() 
         lease: Duration::from_secs(6),
         retry: orchestrator::retry::RetryConfig::default(),
         limits: Default::default(),
+        webhook_claim: Duration::from_secs(25),
     };
     let nobody = |name: &str| orchestrator::participants::BaseUrl {
         setting: name.into(),
