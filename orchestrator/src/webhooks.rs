@@ -33,7 +33,7 @@ use sqlx::pool::PoolConnection;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::definition::{Definition, template};
+use crate::definition::Definition;
 use crate::saga::engine::Engine;
 use crate::saga::view::SagaView;
 use crate::store::{self, webhooks::Due};
@@ -240,12 +240,12 @@ fn custom_message(
     failed: Option<&str>,
     definition: &Definition,
 ) -> Option<String> {
-    let messages = definition.document.messages.as_ref()?;
-    let template = match kind {
-        STUCK => messages.compensation_stuck.as_deref(),
-        "saga.succeeded" => messages.succeeded.as_deref(),
-        _ => messages.failed.as_deref(),
-    }?;
+    let name = match kind {
+        STUCK => "compensation_stuck",
+        "saga.succeeded" => "succeeded",
+        _ => "failed",
+    };
+    let template = definition.messages.get(name)?;
     let status = |step: &str| {
         saga.steps
             .iter()
@@ -276,8 +276,8 @@ fn custom_message(
         undone => undone,
         last_step => saga.steps.last().map(|s| s.step.clone()),
     };
-    match template::render_message(template, context) {
-        Ok(message) => Some(message),
+    match template.render(context) {
+        Ok(message) => Some(message.trim().to_owned()),
         Err(err) => {
             tracing::warn!(
                 saga_id = saga.id,

@@ -36,6 +36,8 @@ pub struct Definition {
     pub digest: String,
     pub document: Document,
     pub steps: Vec<StepDef>,
+    /// The webhook events' messages, compiled.
+    pub messages: template::Messages,
     input: InputSchema,
 }
 

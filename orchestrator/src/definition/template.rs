@@ -63,10 +63,28 @@ pub fn check_message(source: &str) -> Result<(), MessageError> {
     }
 }
 
-/// Renders a definition's message template. Compiled on each call: a
-/// message is rendered once per webhook event, off the saga's path.
-pub fn render_message(source: &str, context: minijinja::Value) -> Result<String, minijinja::Error> {
-    Ok(ENV.render_str(source, context)?.trim().to_owned())
+/// A definition's message templates, compiled once, by their field's name
+/// (`succeeded`, `failed`, `compensation_stuck`).
+#[derive(Debug)]
+pub struct Messages(minijinja::Environment<'static>);
+
+impl Messages {
+    /// Compiles `templates`, each checked by [`check_message`] before.
+    pub fn compile<'a>(
+        templates: impl Iterator<Item = (&'static str, &'a str)>,
+    ) -> Result<Self, minijinja::Error> {
+        let mut env = minijinja::Environment::new();
+        env.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
+        for (name, source) in templates {
+            env.add_template_owned(name, source.to_owned())?;
+        }
+        Ok(Self(env))
+    }
+
+    /// The message `name`, if the definition has one.
+    pub fn get(&self, name: &str) -> Option<minijinja::Template<'_, '_>> {
+        self.0.get_template(name).ok()
+    }
 }
 
 /// What a template can see while a saga runs.

@@ -178,15 +178,26 @@ pub fn compile(doc: Document, checks: &Checks) -> Compiled {
         ));
     }
     warn_uncompensated(&doc, &mut out);
+    let messages =
+        template::Messages::compile(doc.messages.iter().flat_map(MessagesDoc::templates));
+    if let Err(err) = &messages {
+        out.push(Diagnostic::error(
+            "template_syntax",
+            "messages",
+            err.to_string(),
+        ));
+    }
     let failed = out.iter().any(|d| d.severity == Severity::Error);
     let definition = (!failed && steps.len() == doc.steps.len())
         .then_some(())
         .and(input)
-        .map(|input| Definition {
+        .zip(messages.ok())
+        .map(|(input, messages)| Definition {
             name: Arc::from(doc.name.as_str()),
             version: doc.version,
             digest: doc.digest(),
             steps,
+            messages,
             input,
             document: doc,
         });

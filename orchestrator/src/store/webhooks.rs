@@ -112,10 +112,7 @@ pub async fn configure(
         .execute(db)
         .await
         .map(drop),
-        None => sqlx::query!("DELETE FROM orchestrator.webhooks WHERE id = 'config'")
-            .execute(db)
-            .await
-            .map(drop),
+        None => delete(db, "config").await.map(drop),
     }
 }
 
@@ -131,10 +128,17 @@ pub async fn list(db: impl sqlx::PgExecutor<'_>) -> sqlx::Result<Vec<Webhook>> {
 
 /// Removes a subscription and its deliveries; `false` if there was none.
 pub async fn delete(db: impl sqlx::PgExecutor<'_>, id: &str) -> sqlx::Result<bool> {
-    let deleted = sqlx::query!("DELETE FROM orchestrator.webhooks WHERE id = $1", id)
-        .execute(db)
-        .await?;
-    Ok(deleted.rows_affected() == 1)
+    let deleted = sqlx::query_scalar!(
+        r#"WITH gone AS (DELETE FROM orchestrator.webhooks WHERE id = $1 RETURNING id),
+                deliveries AS (
+                    DELETE FROM orchestrator.webhook_deliveries d USING gone
+                    WHERE d.webhook = gone.id)
+           SELECT count(*) AS "deleted!" FROM gone"#,
+        id
+    )
+    .fetch_one(db)
+    .await?;
+    Ok(deleted == 1)
 }
 
 /// The deliveries of the saga `saga_id`, oldest first.
@@ -157,7 +161,8 @@ pub async fn deliveries(
 
 /// Claims up to `limit` due deliveries for one attempt each: the attempt is
 /// counted, and the delivery is not due again for `claim_secs` (the claim
-/// of a worker that dies runs out, and another sends it).
+/// of a worker that dies runs out, and another sends it). A due delivery
+/// whose subscription is gone is failed instead.
 pub async fn claim_due(
     db: impl sqlx::PgExecutor<'_>,
     limit: i64,
@@ -166,16 +171,22 @@ pub async fn claim_due(
     sqlx::query_as!(
         Due,
         r#"WITH due AS (
-               SELECT id FROM orchestrator.webhook_deliveries
+               SELECT saga_id, id FROM orchestrator.webhook_deliveries
                WHERE status = 'pending' AND next_attempt_at <= now()
                ORDER BY next_attempt_at
                LIMIT $1
-               FOR UPDATE SKIP LOCKED)
+               FOR UPDATE SKIP LOCKED),
+           orphaned AS (
+               UPDATE orchestrator.webhook_deliveries d
+               SET status = 'failed', last_error = 'its subscription was deleted'
+               FROM due
+               WHERE d.saga_id = due.saga_id AND d.id = due.id
+                 AND NOT EXISTS (SELECT FROM orchestrator.webhooks w WHERE w.id = d.webhook))
            UPDATE orchestrator.webhook_deliveries d
            SET attempts = d.attempts + 1,
                next_attempt_at = now() + make_interval(secs => $2)
            FROM due, orchestrator.webhooks w
-           WHERE d.id = due.id AND w.id = d.webhook
+           WHERE d.saga_id = due.saga_id AND d.id = due.id AND w.id = d.webhook
            RETURNING d.id, w.url, w.secret, d.saga_id, d.type AS kind, d.attempts,
                      d.created_at"#,
         limit,

@@ -322,6 +322,53 @@ async fn a_saga_end_enqueues_its_deliveries_claimed_for_the_hand_off() {
         (listed[0].status.as_str(), listed[0].attempts),
         ("pending", 1)
     );
+    // Deleting a subscription deletes its deliveries.
+    assert!(store::webhooks::delete(pool, "all").await.unwrap());
+    assert!(!store::webhooks::delete(pool, "all").await.unwrap());
+    for saga_id in ["handed", "polled"] {
+        let left = store::webhooks::deliveries(pool, saga_id).await.unwrap();
+        assert!(left.is_empty(), "{saga_id}: {left:?}");
+    }
+}
+
+/// A delivery enqueued by a statement that began before its subscription
+/// was deleted is failed by the next claim, not sent, and not claimed again.
+#[tokio::test]
+async fn a_delivery_whose_subscription_is_gone_is_failed_not_sent() {
+    let db = TestDb::new().await;
+    let pool = db.pool();
+    store::webhooks::create(pool, "gone", "http://127.0.0.1:9/", "whsec_AAAA", &[], &[])
+        .await
+        .unwrap();
+    assert!(
+        store::create(pool, &saga("orphan"), "a", 30.0)
+            .await
+            .unwrap()
+    );
+    let end = Transition {
+        saga_id: "orphan".into(),
+        version: 0,
+        position: Position::Ended(orchestrator::saga::SagaStatus::Failed),
+        log: vec![],
+    };
+    store::write(pool, &[], &[end], "a", 30.0, None)
+        .await
+        .unwrap();
+    // The subscription alone, as a racing delete leaves it.
+    sqlx::query("DELETE FROM orchestrator.webhooks WHERE id = 'gone'")
+        .execute(pool)
+        .await
+        .unwrap();
+    for _ in 0..2 {
+        let claimed = store::webhooks::claim_due(pool, 10, 30.0).await.unwrap();
+        assert!(claimed.is_empty(), "{claimed:?}");
+    }
+    let left = store::webhooks::deliveries(pool, "orphan").await.unwrap();
+    assert_eq!(left.len(), 1);
+    assert_eq!(
+        (left[0].status.as_str(), left[0].last_error.as_deref()),
+        ("failed", Some("its subscription was deleted"))
+    );
 }
 
 #[tokio::test]
