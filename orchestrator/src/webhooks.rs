@@ -66,7 +66,8 @@ pub struct WebhookConfig {
     #[arg(long, env = "WEBHOOK_RETRY_INITIAL_MS", default_value_t = 5_000)]
     pub webhook_retry_initial_ms: u64,
 
-    /// How often the worker looks for due deliveries, in milliseconds.
+    /// How often the worker looks for due deliveries (retries, and what no
+    /// driver here handed over), in milliseconds.
     #[arg(long, env = "WEBHOOK_POLL_MS", default_value_t = 500)]
     pub webhook_poll_ms: u64,
 }
