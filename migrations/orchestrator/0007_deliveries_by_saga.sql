@@ -16,3 +16,8 @@ DROP INDEX orchestrator.webhook_deliveries_saga;
 -- (enqueued by a statement that began before the delete) is failed by the
 -- worker's claim, not sent.
 ALTER TABLE orchestrator.webhook_deliveries DROP CONSTRAINT webhook_deliveries_webhook_fkey;
+
+-- The process whose claim a pending delivery is under, if any: a process
+-- restarted with the same ORCHESTRATOR_ID, or one stopping cleanly, gives
+-- its claims back at once instead of leaving them to run out.
+ALTER TABLE orchestrator.webhook_deliveries ADD COLUMN owner text;

@@ -379,6 +379,9 @@ pub async fn run(
     )
     .await?;
     let started = engine.reclaim_own().await?;
+    // As with its sagas, a process restarted under the same identity takes
+    // up the deliveries it had claimed at once, not when the claims run out.
+    store::webhooks::release_claims(&pool, engine.owner()).await?;
     let delivering = tokio::spawn(webhooks::deliver(
         Arc::clone(&engine),
         config.webhooks.clone(),
@@ -412,6 +415,13 @@ pub async fn run(
     delivering.await?;
     let mode = mode_rx.await.unwrap_or(StopMode::Graceful);
     engine.stop(mode == StopMode::Graceful).await;
+    if mode == StopMode::Graceful {
+        // The deliveries claimed here and not sent go to the other replicas
+        // at once.
+        if let Err(err) = store::webhooks::release_claims(engine.pool(), engine.owner()).await {
+            tracing::warn!(%err, "cannot give back the webhook claims; they run out by themselves");
+        }
+    }
     Ok(())
 }
 

@@ -509,7 +509,9 @@ impl Sender<'_> {
     async fn due(&mut self, claim_secs: f64) -> anyhow::Result<usize> {
         let limit = i64::try_from(BATCH).unwrap_or(i64::MAX);
         let due = self
-            .db(async |conn| store::webhooks::claim_due(conn, limit, claim_secs).await)
+            .db(async |conn| {
+                store::webhooks::claim_due(conn, self.engine.owner(), limit, claim_secs).await
+            })
             .await?;
         let claimed = due.len();
         let items = due.into_iter().map(|due| Item {

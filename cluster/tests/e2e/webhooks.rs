@@ -280,17 +280,31 @@ async fn a_saga_end_is_sent_at_once_without_polling() {
 }
 
 /// kill -9 while the first attempt is in flight: the delivery was claimed
-/// by the statement that ended the saga, and once that claim runs out the
-/// restarted process sends it again, with the same id.
+/// by the statement that ended the saga. The same process restarted gives
+/// its claims back at once (the claim of a 10 s attempt lasts 25 s, longer
+/// than the wait for the delivery).
 #[tokio::test]
-async fn a_delivery_in_flight_at_a_crash_is_sent_again_after_the_restart() {
+async fn a_delivery_in_flight_at_a_crash_is_sent_again_by_the_restarted_process() {
+    sent_again_after_a_crash(10_000, |c| c.orchestrator_id = Some("a".into())).await;
+}
+
+/// The same crash, taken up by another replica once the claim runs out
+/// (a 1 s attempt: a 7 s claim).
+#[tokio::test]
+async fn a_delivery_in_flight_at_a_crash_is_sent_by_another_replica_when_its_claim_runs_out() {
+    sent_again_after_a_crash(1_000, |c| c.orchestrator_id = Some("b".into())).await;
+}
+
+/// Crashes orchestrator `a` (whose attempts last `timeout_ms`) while a
+/// failPayment trip's delivery is in flight, starts one set by `restart`,
+/// and checks that it sends the same message again, once.
+async fn sent_again_after_a_crash(timeout_ms: u64, restart: impl Fn(&mut orchestrator::Config)) {
     let (url, inbox) = receiver(0).await;
     inbox.hold.store(true, Ordering::SeqCst);
     let configure = |c: &mut orchestrator::Config| {
         c.orchestrator_id = Some("a".into());
         c.webhooks.webhook_poll_ms = 20;
-        // The claim lasts two attempts and 5 s: 7 s.
-        c.webhooks.webhook_timeout_ms = 1_000;
+        c.webhooks.webhook_timeout_ms = timeout_ms;
     };
     let mut env = Env::start_with(&[], configure).await;
     let subscribed = env.post("/webhooks", &json!({ "url": url })).await;
@@ -302,7 +316,12 @@ async fn a_delivery_in_flight_at_a_crash_is_sent_again_after_the_restart() {
         .crash_orchestrator(&env.cluster.orchestrator_url);
     inbox.hold.store(false, Ordering::SeqCst);
 
-    let b = env.spawn_orchestrator(configure).await;
+    let b = env
+        .spawn_orchestrator(|c| {
+            configure(c);
+            restart(c);
+        })
+        .await;
     let got = await_deliveries(&inbox, 2).await;
     let (headers, body) = got.last().unwrap();
     verify(&secret, headers, body);
@@ -325,6 +344,7 @@ async fn a_delivery_in_flight_at_a_crash_is_sent_again_after_the_restart() {
         })
         .await;
     assert_eq!(delivered["attempts"], 2);
+    assert_eq!(inbox.got.lock().unwrap().len(), 2, "sent again once");
     env.finish_clean().await;
 }
 

@@ -198,6 +198,11 @@ impl Engine {
         &self.pool
     }
 
+    /// This process's identity, the owner of its leases and claims.
+    pub fn owner(&self) -> &str {
+        &self.owner
+    }
+
     /// Adds the engine's metrics (its sagas, steps, writer, recovery and
     /// slots) to `registry`.
     pub fn register_metrics(&self, registry: &mut common::metrics::Registry) {

@@ -141,8 +141,8 @@ pub async fn transitions<T: Borrow<Transition>>(
 /// fenced transition is not applied.
 ///
 /// A saga's end enqueues its webhook deliveries in the same statement (the
-/// outbox), and returns them. With `hand_off` they are claimed for this
-/// process's worker, which is handed them at once, for that many seconds;
+/// outbox), and returns them. With `hand_off` they are claimed for
+/// `owner`'s worker, which is handed them at once, for that many seconds;
 /// without, they are due now, for whichever worker polls first.
 ///
 /// Every part of the statement sees the same snapshot, so a move of a saga
@@ -220,10 +220,11 @@ pub async fn write<T: Borrow<Transition>>(
            -- the same transaction (the webhook outbox).
            notified AS (
                INSERT INTO orchestrator.webhook_deliveries
-                   (id, webhook, saga_id, type, attempts, next_attempt_at)
+                   (id, webhook, saga_id, type, attempts, next_attempt_at, owner)
                SELECT 'msg_' || replace(gen_random_uuid()::text, '-', ''), w.id, d.saga_id,
                       'saga.' || d.status, CASE WHEN $20::float8 IS NULL THEN 0 ELSE 1 END,
-                      now() + make_interval(secs => coalesce($20, 0))
+                      now() + make_interval(secs => coalesce($20, 0)),
+                      CASE WHEN $20 IS NOT NULL THEN $7 END
                FROM moved d CROSS JOIN orchestrator.webhooks w
                WHERE d.status IN ('succeeded', 'failed')
                  AND (w.event_types = '{}' OR 'saga.' || d.status = ANY (w.event_types))

@@ -165,6 +165,7 @@ pub async fn deliveries(
 /// whose subscription is gone is failed instead.
 pub async fn claim_due(
     db: impl sqlx::PgExecutor<'_>,
+    owner: &str,
     limit: i64,
     claim_secs: f64,
 ) -> sqlx::Result<Vec<Due>> {
@@ -184,16 +185,33 @@ pub async fn claim_due(
                  AND NOT EXISTS (SELECT FROM orchestrator.webhooks w WHERE w.id = d.webhook))
            UPDATE orchestrator.webhook_deliveries d
            SET attempts = d.attempts + 1,
-               next_attempt_at = now() + make_interval(secs => $2)
+               next_attempt_at = now() + make_interval(secs => $2),
+               owner = $3
            FROM due, orchestrator.webhooks w
            WHERE d.saga_id = due.saga_id AND d.id = due.id AND w.id = d.webhook
            RETURNING d.id, w.url, w.secret, d.saga_id, d.type AS kind, d.attempts,
                      d.created_at"#,
         limit,
         claim_secs,
+        owner,
     )
     .fetch_all(db)
     .await
+}
+
+/// Gives back the claims of `owner` (a process restarted under the same
+/// identity, or stopping cleanly): its pending deliveries are due at once,
+/// for any worker. Returns how many.
+pub async fn release_claims(db: impl sqlx::PgExecutor<'_>, owner: &str) -> sqlx::Result<u64> {
+    let released = sqlx::query!(
+        r#"UPDATE orchestrator.webhook_deliveries
+           SET next_attempt_at = now(), owner = NULL
+           WHERE status = 'pending' AND owner = $1"#,
+        owner,
+    )
+    .execute(db)
+    .await?;
+    Ok(released.rows_affected())
 }
 
 /// One attempt's outcome, for [`record`].
@@ -229,7 +247,7 @@ pub async fn record(
                              ELSE 'pending' END,
                delivered_at = CASE WHEN o.delivered THEN now() END,
                next_attempt_at = now() + make_interval(secs => o.retry_secs),
-               last_status = o.last_status, last_error = o.last_error
+               last_status = o.last_status, last_error = o.last_error, owner = NULL
            FROM unnest($1::text[], $2::bool[], $3::int4[], $4::text[], $5::float8[], $7::text[])
                 AS o(id, delivered, last_status, last_error, retry_secs, saga_id)
            WHERE d.saga_id = o.saga_id AND d.id = o.id AND d.status = 'pending'"#,

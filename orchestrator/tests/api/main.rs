@@ -300,7 +300,7 @@ async fn a_saga_end_enqueues_its_deliveries_claimed_for_the_hand_off() {
     assert!(due.id.starts_with("msg_"), "{}", due.id);
     // Claimed: no poll takes it while the claim lasts.
     assert!(
-        store::webhooks::claim_due(pool, 10, 30.0)
+        store::webhooks::claim_due(pool, "b", 10, 30.0)
             .await
             .unwrap()
             .is_empty()
@@ -310,7 +310,9 @@ async fn a_saga_end_enqueues_its_deliveries_claimed_for_the_hand_off() {
         .await
         .unwrap();
     assert_eq!(wrote.deliveries["polled"][0].attempts, 0);
-    let claimed = store::webhooks::claim_due(pool, 10, 30.0).await.unwrap();
+    let claimed = store::webhooks::claim_due(pool, "b", 10, 30.0)
+        .await
+        .unwrap();
     assert_eq!(claimed.len(), 1, "due at once: {claimed:?}");
     assert_eq!(
         (claimed[0].id.as_str(), claimed[0].attempts),
@@ -322,6 +324,20 @@ async fn a_saga_end_enqueues_its_deliveries_claimed_for_the_hand_off() {
         (listed[0].status.as_str(), listed[0].attempts),
         ("pending", 1)
     );
+    // A claim is given back by its owner only: the hand-off's by a, the
+    // poll's by b.
+    assert_eq!(store::webhooks::release_claims(pool, "c").await.unwrap(), 0);
+    assert_eq!(store::webhooks::release_claims(pool, "a").await.unwrap(), 1);
+    let claimed = store::webhooks::claim_due(pool, "b", 10, 30.0)
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 1);
+    assert_eq!(
+        (claimed[0].saga_id.as_str(), claimed[0].attempts),
+        ("handed", 2)
+    );
+    assert_eq!(store::webhooks::release_claims(pool, "b").await.unwrap(), 2);
+
     // Deleting a subscription deletes its deliveries.
     assert!(store::webhooks::delete(pool, "all").await.unwrap());
     assert!(!store::webhooks::delete(pool, "all").await.unwrap());
@@ -360,7 +376,9 @@ async fn a_delivery_whose_subscription_is_gone_is_failed_not_sent() {
         .await
         .unwrap();
     for _ in 0..2 {
-        let claimed = store::webhooks::claim_due(pool, 10, 30.0).await.unwrap();
+        let claimed = store::webhooks::claim_due(pool, "b", 10, 30.0)
+            .await
+            .unwrap();
         assert!(claimed.is_empty(), "{claimed:?}");
     }
     let left = store::webhooks::deliveries(pool, "orphan").await.unwrap();
