@@ -12,6 +12,7 @@
 //! - [`webhooks`]: a saga's end sent, signed, to the subscribed URLs.
 //! - [`http`]: the API (`/sagas`, `/definitions`, and the travel sample's
 //!   `/trip` and `/trips`, with [`travel`] checking the trip's fields).
+//! - [`console`]: the pages under `/ui`, drawn from what the API reads.
 //! - [`cli`]: `orchestrator validate` and `orchestrator dry-run`.
 //!
 //! A request that starts a saga hands the create and the driving to a task
@@ -33,6 +34,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 pub mod cli;
+pub mod console;
 pub mod definition;
 pub mod http;
 pub mod metrics;
@@ -320,6 +322,7 @@ pub fn app(state: AppState) -> Router {
     router
         .merge(common::health::router())
         .merge(common::openapi::router(&api))
+        .merge(console::router())
         .with_state(state)
 }
 

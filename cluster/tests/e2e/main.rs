@@ -2,6 +2,7 @@
 
 mod actions;
 mod bad_input;
+mod console;
 mod crashes;
 mod definitions;
 mod faults;

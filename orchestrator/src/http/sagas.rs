@@ -450,19 +450,19 @@ async fn act(
 #[into_params(parameter_in = Query)]
 pub(crate) struct ListQuery {
     /// Only sagas of this definition.
-    definition: Option<String>,
+    pub(crate) definition: Option<String>,
     /// Only sagas in this status.
     #[param(value_type = Option<SagaStatus>)]
-    status: Option<String>,
+    pub(crate) status: Option<String>,
     /// Sagas per page, 1 to 500 (default 50).
     #[param(value_type = Option<i64>)]
-    limit: Option<String>,
+    pub(crate) limit: Option<String>,
     /// The `next` of the previous page.
-    before: Option<String>,
+    pub(crate) before: Option<String>,
     /// Only sagas whose compensation has failed for longer than
     /// STUCK_AFTER_SECS.
     #[param(value_type = Option<bool>)]
-    stuck: Option<String>,
+    pub(crate) stuck: Option<String>,
 }
 
 /// A page of sagas.
