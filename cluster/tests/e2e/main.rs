@@ -5,6 +5,7 @@ mod bad_input;
 mod console;
 mod crashes;
 mod definitions;
+mod events;
 mod faults;
 mod flows;
 mod hangups;

@@ -290,6 +290,12 @@ async fn every_operation_of_the_orchestrator_answers_as_its_document_says() {
         api.check(get("/sagas/travel/none")).await.0,
         StatusCode::NOT_FOUND
     );
+    // An ended saga's stream: one event, then it closes.
+    assert_eq!(api.check(get("/sagas/travel/oa-4/events")).await.0, ok);
+    assert_eq!(
+        api.check(get("/sagas/travel/none/events")).await.0,
+        StatusCode::NOT_FOUND
+    );
     for name in ["retry", "resolve", "abort"] {
         let path = format!("/sagas/travel/oa-4/{name}");
         // A finished saga allows no action.

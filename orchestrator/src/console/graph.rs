@@ -196,14 +196,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::definition::{Checks, Document, Format, TRAVEL_YAML, validate};
-
-    fn travel() -> Definition {
-        let doc = Document::parse(TRAVEL_YAML, Format::Yaml).unwrap();
-        validate::compile(doc, &Checks::default())
-            .definition
-            .expect("travel.yaml is valid")
-    }
+    use crate::definition::travel;
 
     fn row(step: &str, status: StepEvent, attempt: i32, detail: Value) -> LogRecord {
         LogRecord {

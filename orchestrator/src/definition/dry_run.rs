@@ -176,14 +176,7 @@ fn mocked_answers(definition: &Definition) -> BTreeMap<String, Value> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::definition::{Checks, Document, Format, TRAVEL_YAML, validate};
-
-    fn travel() -> Definition {
-        let doc = Document::parse(TRAVEL_YAML, Format::Yaml).unwrap();
-        validate::compile(doc, &Checks::default())
-            .definition
-            .unwrap()
-    }
+    use crate::definition::travel;
 
     #[test]
     fn a_mocked_failure_runs_the_compensations_in_reverse() {

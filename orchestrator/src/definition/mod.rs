@@ -236,16 +236,18 @@ fn compensation_from(steps: &[StepDef], from: Option<usize>) -> Position {
 /// The repository's travel saga, for tests and the dry-run examples.
 pub const TRAVEL_YAML: &str = include_str!("../../../sagas/travel.yaml");
 
+/// The repository's travel saga, compiled, for the unit tests.
+#[cfg(test)]
+pub(crate) fn travel() -> Definition {
+    let doc = Document::parse(TRAVEL_YAML, Format::Yaml).unwrap();
+    validate::compile(doc, &Checks::default())
+        .definition
+        .expect("travel.yaml is valid")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn travel() -> Definition {
-        let doc = Document::parse(TRAVEL_YAML, Format::Yaml).unwrap();
-        validate::compile(doc, &Checks::default())
-            .definition
-            .expect("travel.yaml is valid")
-    }
 
     /// The steps that run when the forward step at `fail_at` fails.
     fn flow(fail_at: Option<usize>) -> (Vec<String>, SagaStatus) {

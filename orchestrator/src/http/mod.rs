@@ -1,5 +1,5 @@
 //! The orchestrator's HTTP API: [`sagas`] (start, read and list sagas of any
-//! definition), [`definitions`] (register, read, validate and dry-run
+//! definition), [`events`] (a saga's changes as they happen), [`definitions`] (register, read, validate and dry-run
 //! definitions), [`trips`] (the travel sample's API, onto the `travel`
 //! definition), [`webhooks`] (subscriptions, and a saga's deliveries) and
 //! the health probes.
@@ -10,6 +10,7 @@ use crate::AppState;
 
 pub mod definitions;
 mod error;
+pub mod events;
 pub mod sagas;
 pub mod trips;
 pub mod webhooks;
@@ -25,6 +26,7 @@ pub(crate) fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .merge(trips::router())
         .merge(sagas::router())
+        .merge(events::router())
         .merge(definitions::router())
         .merge(webhooks::router())
 }

@@ -198,6 +198,12 @@ impl Engine {
         &self.pool
     }
 
+    /// Cancelled when this process starts stopping: what streams to a
+    /// client ends then, so that it does not hold the stop up.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
     /// This process's identity, the owner of its leases and claims.
     pub fn owner(&self) -> &str {
         &self.owner
