@@ -1,10 +1,14 @@
 //! The console's pages over real HTTP: the list, a saga's page with its
 //! graph, and their answers to bad addresses.
 
-use reqwest::StatusCode;
-use serde_json::json;
+use std::time::Duration;
 
-use crate::support::Env;
+use faultproxy::{Hold, HoldAt};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::browser::Browser;
+use crate::support::{Env, holding};
 
 /// A page: its status, content type and text.
 async fn page(env: &Env, path: &str) -> (StatusCode, String, String) {
@@ -112,5 +116,109 @@ async fn the_list_filters_and_pages_as_the_api_does() {
         let (status, _, html) = page(&env, path).await;
         assert_eq!(status, StatusCode::NOT_FOUND, "{path}: {html}");
     }
+    env.finish_clean().await;
+}
+
+/// The state of each step of the graph on the browser's page.
+async fn states_in(browser: &Browser) -> Vec<(String, String)> {
+    let script = "return Array.from(document.querySelectorAll('g.node'))
+        .map(g => [g.dataset.step, g.dataset.state]);";
+    let states: Value = browser.client.execute(script, vec![]).await.unwrap();
+    serde_json::from_value(states).unwrap()
+}
+
+fn state_of<'a>(states: &'a [(String, String)], step: &str) -> &'a str {
+    &states.iter().find(|(s, _)| s == step).unwrap().1
+}
+
+/// In a real Chromium: the page of a saga held on its payment follows the
+/// saga to its end by itself (its events), without being reloaded.
+#[tokio::test]
+async fn a_saga_page_follows_its_saga_live_in_a_browser() {
+    // The held call is not timed out and retried meanwhile.
+    let (env, proxies) = Env::start_proxied(|c| c.retry.attempt_timeout_ms = 10_000).await;
+    proxies.payments.hold(Hold {
+        path: "/payments".into(),
+        at: HoldAt::Request,
+        count: 1,
+    });
+    env.get("/trip?tripID=live-1&runType=failPayment&wait=0")
+        .await;
+    holding(&proxies.payments, 1).await;
+
+    let browser = Browser::start(1280).await;
+    let page = format!("{}/ui/sagas/travel/live-1", env.cluster.orchestrator_url);
+    browser.client.goto(&page).await.unwrap();
+    // A reload would lose this.
+    browser
+        .client
+        .execute("window.sameDocument = true; return null;", vec![])
+        .await
+        .unwrap();
+    let before = states_in(&browser).await;
+    assert_eq!(state_of(&before, "ProcessPayment"), "running", "{before:?}");
+    assert_eq!(state_of(&before, "RefundPayment"), "not-reached");
+
+    proxies.payments.release();
+    let after = testkit::eventually(
+        "the page to show the saga undone",
+        Duration::from_secs(15),
+        || async {
+            let states = states_in(&browser).await;
+            (state_of(&states, "CancelFlightReservation") == "compensated").then_some(states)
+        },
+    )
+    .await;
+    for (step, state) in [
+        ("ProcessPayment", "failed"),
+        ("RefundPayment", "compensated"),
+        ("CancelRentalReservation", "compensated"),
+        ("ConfirmFlight", "not-reached"),
+    ] {
+        assert_eq!(state_of(&after, step), state, "{step}: {after:?}");
+    }
+    // The log rows came in the order they ran.
+    let script = "return Array.from(document.querySelectorAll('#log tbody tr'))
+        .map(tr => tr.children[1].textContent + ' ' + tr.children[2].textContent);";
+    let rows: Vec<String> =
+        serde_json::from_value(browser.client.execute(script, vec![]).await.unwrap()).unwrap();
+    let ended: Vec<&str> = rows
+        .iter()
+        .filter_map(|row| row.strip_suffix(" succeeded"))
+        .filter(|step| !step.starts_with("Reserve"))
+        .collect();
+    assert_eq!(
+        ended,
+        [
+            "RefundPayment",
+            "CancelRentalReservation",
+            "CancelFlightReservation"
+        ],
+        "{rows:?}"
+    );
+    let same: Value = browser
+        .client
+        .execute("return window.sameDocument === true;", vec![])
+        .await
+        .unwrap();
+    assert_eq!(same, json!(true), "updated in place, not reloaded");
+    let status: Value = browser
+        .client
+        .execute(
+            "return document.querySelector('h1 .status').textContent;",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, json!("failed"));
+    browser.screenshot("console-saga").await;
+
+    browser
+        .client
+        .goto(&format!("{}/ui", env.cluster.orchestrator_url))
+        .await
+        .unwrap();
+    browser.screenshot("console-sagas").await;
+    browser.close().await;
     env.finish_clean().await;
 }

@@ -38,7 +38,8 @@ fn step<'a>(saga: &'a Value, name: &str) -> Option<&'a Value> {
 
 #[tokio::test]
 async fn a_saga_is_streamed_from_where_it_stands_to_its_end() {
-    let (env, proxies) = Env::start_proxied(|_| {}).await;
+    // The held call is not timed out and retried meanwhile.
+    let (env, proxies) = Env::start_proxied(|c| c.retry.attempt_timeout_ms = 10_000).await;
     proxies.payments.hold(Hold {
         path: "/payments".into(),
         at: HoldAt::Request,

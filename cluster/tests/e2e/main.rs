@@ -2,6 +2,7 @@
 
 mod actions;
 mod bad_input;
+mod browser;
 mod console;
 mod crashes;
 mod definitions;

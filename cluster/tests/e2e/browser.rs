@@ -1,0 +1,77 @@
+//! A real headless Chromium, driven through its WebDriver (Debian's
+//! `chromium` and `chromium-driver`; `.ci/run` installs them).
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use fantoccini::{Client, ClientBuilder};
+use hyper_util::client::legacy::connect::HttpConnector;
+use serde_json::json;
+use tokio::process::{Child, Command};
+
+/// A browser session; its chromedriver is killed when it is dropped.
+pub struct Browser {
+    pub client: Client,
+    _driver: Child,
+}
+
+impl Browser {
+    /// Starts chromedriver on a free loopback port and opens a headless
+    /// session, `width` pixels wide.
+    pub async fn start(width: u32) -> Self {
+        // A free port: chromedriver takes no port 0.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let driver = Command::new("chromedriver")
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("chromedriver: install Debian's chromium and chromium-driver (.ci/run does)");
+        let url = format!("http://127.0.0.1:{port}");
+        let mut capabilities = serde_json::Map::new();
+        capabilities.insert(
+            "goog:chromeOptions".into(),
+            json!({ "args": [
+                "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                format!("--window-size={width},1000"),
+            ] }),
+        );
+        let client = testkit::eventually("chromedriver to answer", Duration::from_secs(20), || {
+            let (url, capabilities) = (url.clone(), capabilities.clone());
+            async move {
+                ClientBuilder::new(HttpConnector::new())
+                    .capabilities(capabilities)
+                    .connect(&url)
+                    .await
+                    .ok()
+            }
+        })
+        .await;
+        Self {
+            client,
+            _driver: driver,
+        }
+    }
+
+    /// Saves a screenshot of the page as it is, as `{name}.png` in
+    /// `target/screenshots`, or in `SCREENSHOTS_DIR` when set (the README's
+    /// are made with `SCREENSHOTS_DIR=$PWD/docs/img`).
+    pub async fn screenshot(&self, name: &str) {
+        let png = self.client.screenshot().await.expect("a screenshot");
+        let dir = match std::env::var_os("SCREENSHOTS_DIR") {
+            Some(dir) => std::path::PathBuf::from(dir),
+            None => std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/screenshots"),
+        };
+        std::fs::create_dir_all(&dir).expect("the screenshots' folder");
+        let path = dir.join(format!("{name}.png"));
+        std::fs::write(&path, png).unwrap_or_else(|err| panic!("{}: {err}", path.display()));
+    }
+
+    pub async fn close(self) {
+        let _ = self.client.close().await;
+    }
+}
