@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use fantoccini::Locator;
 use faultproxy::{Hold, HoldAt};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -127,6 +128,29 @@ async fn states_in(browser: &Browser) -> Vec<(String, String)> {
     serde_json::from_value(states).unwrap()
 }
 
+/// The compensations' `succeeded` rows of the page's log came in the
+/// order they ran: the payment's, the car's, the flight's.
+async fn assert_undone_in_order(browser: &Browser) {
+    let script = "return Array.from(document.querySelectorAll('#log tbody tr'))
+        .map(tr => tr.children[1].textContent + ' ' + tr.children[2].textContent);";
+    let rows: Vec<String> =
+        serde_json::from_value(browser.client.execute(script, vec![]).await.unwrap()).unwrap();
+    let undone: Vec<&str> = rows
+        .iter()
+        .filter_map(|row| row.strip_suffix(" succeeded"))
+        .filter(|step| !step.starts_with("Reserve"))
+        .collect();
+    assert_eq!(
+        undone,
+        [
+            "RefundPayment",
+            "CancelRentalReservation",
+            "CancelFlightReservation"
+        ],
+        "{rows:?}"
+    );
+}
+
 fn state_of<'a>(states: &'a [(String, String)], step: &str) -> &'a str {
     &states.iter().find(|(s, _)| s == step).unwrap().1
 }
@@ -177,25 +201,7 @@ async fn a_saga_page_follows_its_saga_live_in_a_browser() {
     ] {
         assert_eq!(state_of(&after, step), state, "{step}: {after:?}");
     }
-    // The log rows came in the order they ran.
-    let script = "return Array.from(document.querySelectorAll('#log tbody tr'))
-        .map(tr => tr.children[1].textContent + ' ' + tr.children[2].textContent);";
-    let rows: Vec<String> =
-        serde_json::from_value(browser.client.execute(script, vec![]).await.unwrap()).unwrap();
-    let ended: Vec<&str> = rows
-        .iter()
-        .filter_map(|row| row.strip_suffix(" succeeded"))
-        .filter(|step| !step.starts_with("Reserve"))
-        .collect();
-    assert_eq!(
-        ended,
-        [
-            "RefundPayment",
-            "CancelRentalReservation",
-            "CancelFlightReservation"
-        ],
-        "{rows:?}"
-    );
+    assert_undone_in_order(&browser).await;
     let same: Value = browser
         .client
         .execute("return window.sameDocument === true;", vec![])
@@ -219,6 +225,96 @@ async fn a_saga_page_follows_its_saga_live_in_a_browser() {
         .await
         .unwrap();
     browser.screenshot("console-sagas").await;
+    browser.close().await;
+    env.finish_clean().await;
+}
+
+/// In a real Chromium: a failPayment trip started from the form (its
+/// fields prefilled from the definition's defaults) opens its page, which
+/// shows it undone in order; a second start of that id with other input
+/// shows the API's refusal on the form.
+#[tokio::test]
+async fn a_trip_started_from_the_form_opens_its_page() {
+    let env = Env::start().await;
+    let browser = Browser::start(1280).await;
+    let base = &env.cluster.orchestrator_url;
+    let fill = async |id: &str, run_type: &str| {
+        browser
+            .client
+            .goto(&format!("{base}/ui/start?definition=travel"))
+            .await
+            .unwrap();
+        let city = browser
+            .client
+            .find(Locator::Css("input[name=depart_city]"))
+            .await
+            .unwrap();
+        assert_eq!(
+            city.prop("value").await.unwrap().as_deref(),
+            Some("Detroit")
+        );
+        let run = browser
+            .client
+            .find(Locator::Css("select[name=run_type]"))
+            .await
+            .unwrap();
+        run.select_by_value(run_type).await.unwrap();
+        let saga_id = browser.client.find(Locator::Id("saga-id")).await.unwrap();
+        saga_id.send_keys(id).await.unwrap();
+    };
+    fill("form-1", "failPayment").await;
+    browser.screenshot("console-start").await;
+    let submit = Locator::Css("#start button[type=submit]");
+    browser
+        .client
+        .find(submit)
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let page = format!("{base}/ui/sagas/travel/form-1");
+    testkit::eventually("the saga's page", Duration::from_secs(10), || async {
+        let url = browser.client.current_url().await.unwrap();
+        (url.as_str() == page).then_some(())
+    })
+    .await;
+    testkit::eventually("the saga undone", Duration::from_secs(10), || async {
+        let states = states_in(&browser).await;
+        (state_of(&states, "CancelFlightReservation") == "compensated").then_some(())
+    })
+    .await;
+    assert_undone_in_order(&browser).await;
+    let saga = env.get("/sagas/travel/form-1").await;
+    assert_eq!(saga.body["input"]["run_type"], "failPayment");
+    assert_eq!(
+        saga.body["input"]["rental"], "BMW",
+        "the defaults filled in"
+    );
+
+    // The same id with other input: the API's 409, shown on the form.
+    fill("form-1", "success").await;
+    browser
+        .client
+        .find(submit)
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let refusal = testkit::eventually("the refusal", Duration::from_secs(10), || async {
+        let text = browser
+            .client
+            .find(Locator::Id("start-error"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        (!text.is_empty()).then_some(text)
+    })
+    .await;
+    assert!(refusal.contains("form-1"), "{refusal}");
     browser.close().await;
     env.finish_clean().await;
 }

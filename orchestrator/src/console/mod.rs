@@ -6,9 +6,11 @@
 //!
 //! - `/ui`: the sagas, newest first, filtered as `GET /sagas` filters them.
 //! - `/ui/sagas/{definition}/{id}`: one saga: its graph ([`graph`]), its
-//!   steps, its log rows and its webhook deliveries.
+//!   steps, its log rows and its webhook deliveries, followed live.
+//! - `/ui/start`: a form that starts a saga ([`start`]).
 
 pub mod graph;
+pub mod start;
 
 use askama::Template;
 use axum::Router;
@@ -28,10 +30,11 @@ pub fn router() -> Router<AppState> {
     Router::new()
         .route("/ui", get(sagas))
         .route("/ui/sagas/{definition}/{id}", get(saga))
+        .route("/ui/start", get(start::start))
 }
 
 /// A page, or the error page with its status.
-type PageResult = Result<Html<String>, ErrorPage>;
+pub(super) type PageResult = Result<Html<String>, ErrorPage>;
 
 /// The list of sagas.
 #[derive(Template)]
@@ -158,13 +161,13 @@ async fn saga(
 /// The error page: the status the API would answer, and its message.
 #[derive(Debug, Template)]
 #[template(path = "error.html")]
-struct ErrorPage {
+pub(super) struct ErrorPage {
     status: u16,
     message: String,
 }
 
 impl ErrorPage {
-    fn new(status: StatusCode, message: String) -> Self {
+    pub(super) fn new(status: StatusCode, message: String) -> Self {
         Self {
             status: status.as_u16(),
             message,
@@ -183,12 +186,12 @@ impl IntoResponse for ErrorPage {
 }
 
 /// The page of an API error, with the status the API answers.
-fn failed(err: crate::http::Error) -> ErrorPage {
+pub(super) fn failed(err: crate::http::Error) -> ErrorPage {
     let message = err.to_string();
     ErrorPage::new(err.into_response().status(), message)
 }
 
-fn render(page: &impl Template) -> PageResult {
+pub(super) fn render(page: &impl Template) -> PageResult {
     page.render().map(Html).map_err(|err| {
         tracing::error!(%err, "a console page did not render");
         ErrorPage::new(
