@@ -318,3 +318,76 @@ async fn a_trip_started_from_the_form_opens_its_page() {
     browser.close().await;
     env.finish_clean().await;
 }
+
+/// In a real Chromium: an operator aborts, from its page, a saga whose car
+/// reservation is held; the page shows it compensate, and the log the
+/// action's reason.
+#[tokio::test]
+async fn an_operator_aborts_a_held_saga_from_its_page() {
+    let (env, proxies) = Env::start_proxied(|c| c.retry.attempt_timeout_ms = 10_000).await;
+    proxies.cars.hold(Hold {
+        path: "/rentals".into(),
+        at: HoldAt::Request,
+        count: 1,
+    });
+    env.get("/trip?tripID=abort-ui&wait=0").await;
+    holding(&proxies.cars, 1).await;
+
+    let browser = Browser::start(1280).await;
+    let page = format!("{}/ui/sagas/travel/abort-ui", env.cluster.orchestrator_url);
+    browser.client.goto(&page).await.unwrap();
+    let field = async |name: &str, text: &str| {
+        let css = format!("#act-form input[name={name}]");
+        let input = browser.client.find(Locator::Css(&css)).await.unwrap();
+        input.send_keys(text).await.unwrap();
+    };
+    field("reason", "the customer called to cancel").await;
+    field("actor", "ops@example.com").await;
+    let abort = Locator::Css("#act-form button[value=abort]");
+    browser
+        .client
+        .find(abort)
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let asked = browser.client.get_alert_text().await.unwrap();
+    assert!(asked.contains("abort saga abort-ui"), "{asked}");
+    browser.client.accept_alert().await.unwrap();
+
+    let states = testkit::eventually("the saga undone", Duration::from_secs(15), || async {
+        let states = states_in(&browser).await;
+        (state_of(&states, "CancelFlightReservation") == "compensated").then_some(states)
+    })
+    .await;
+    assert_eq!(
+        state_of(&states, "ReserveCarRental"),
+        "failed",
+        "{states:?}"
+    );
+    assert_eq!(state_of(&states, "CancelRentalReservation"), "compensated");
+    let log = browser
+        .client
+        .find(Locator::Id("log"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(log.contains("the customer called to cancel"), "{log}");
+    assert!(log.contains("ops@example.com"), "{log}");
+    // Ended: nothing left to act on.
+    testkit::eventually("the actions gone", Duration::from_secs(5), || async {
+        browser
+            .client
+            .find(Locator::Id("act"))
+            .await
+            .is_err()
+            .then_some(())
+    })
+    .await;
+    proxies.cars.release();
+    browser.close().await;
+    env.finish_clean().await;
+}
