@@ -8,7 +8,11 @@
 //! - `/ui/sagas/{definition}/{id}`: one saga: its graph ([`graph`]), its
 //!   steps, its log rows and its webhook deliveries, followed live.
 //! - `/ui/start`: a form that starts a saga ([`start`]).
+//! - `/ui/definitions`, `/ui/definitions/{name}/{version}`: the definitions,
+//!   each version's document and graph, and a form to validate or register
+//!   one ([`definitions`]).
 
+pub mod definitions;
 pub mod graph;
 pub mod start;
 
@@ -31,6 +35,8 @@ pub fn router() -> Router<AppState> {
         .route("/ui", get(sagas))
         .route("/ui/sagas/{definition}/{id}", get(saga))
         .route("/ui/start", get(start::start))
+        .route("/ui/definitions", get(definitions::list))
+        .route("/ui/definitions/{name}/{version}", get(definitions::show))
 }
 
 /// A page, or the error page with its status.
