@@ -4,7 +4,8 @@
 use std::process::Stdio;
 use std::time::Duration;
 
-use fantoccini::{Client, ClientBuilder};
+use fantoccini::elements::Element;
+use fantoccini::{Client, ClientBuilder, Locator};
 use hyper_util::client::legacy::connect::HttpConnector;
 use serde_json::json;
 use tokio::process::{Child, Command};
@@ -69,6 +70,43 @@ impl Browser {
         std::fs::create_dir_all(&dir).expect("the screenshots' folder");
         let path = dir.join(format!("{name}.png"));
         std::fs::write(&path, png).unwrap_or_else(|err| panic!("{}: {err}", path.display()));
+    }
+
+    pub async fn goto(&self, url: &str) {
+        self.client
+            .goto(url)
+            .await
+            .unwrap_or_else(|err| panic!("{url}: {err}"));
+    }
+
+    /// The element `css` selects.
+    pub async fn element(&self, css: &str) -> Element {
+        self.client
+            .find(Locator::Css(css))
+            .await
+            .unwrap_or_else(|err| panic!("{css}: {err}"))
+    }
+
+    /// The text of the element `css` selects, if there is one.
+    pub async fn text(&self, css: &str) -> Option<String> {
+        let element = self.client.find(Locator::Css(css)).await.ok()?;
+        element.text().await.ok()
+    }
+
+    /// The text of the element `css` selects, once it has some.
+    pub async fn text_when_any(&self, css: &str) -> String {
+        testkit::eventually(css, Duration::from_secs(10), || async {
+            self.text(css).await.filter(|text| !text.is_empty())
+        })
+        .await
+    }
+
+    pub async fn type_into(&self, css: &str, text: &str) {
+        self.element(css).await.send_keys(text).await.unwrap();
+    }
+
+    pub async fn click(&self, css: &str) {
+        self.element(css).await.click().await.unwrap();
     }
 
     pub async fn close(self) {

@@ -3,13 +3,11 @@
 
 use std::time::Duration;
 
-use fantoccini::Locator;
-use faultproxy::{Hold, HoldAt};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 use crate::browser::Browser;
-use crate::support::{Env, holding};
+use crate::support::{Env, held_trip};
 
 /// A page: its status, content type and text.
 async fn page(env: &Env, path: &str) -> (StatusCode, String, String) {
@@ -159,20 +157,16 @@ fn state_of<'a>(states: &'a [(String, String)], step: &str) -> &'a str {
 /// saga to its end by itself (its events), without being reloaded.
 #[tokio::test]
 async fn a_saga_page_follows_its_saga_live_in_a_browser() {
-    // The held call is not timed out and retried meanwhile.
-    let (env, proxies) = Env::start_proxied(|c| c.retry.attempt_timeout_ms = 10_000).await;
-    proxies.payments.hold(Hold {
-        path: "/payments".into(),
-        at: HoldAt::Request,
-        count: 1,
-    });
-    env.get("/trip?tripID=live-1&runType=failPayment&wait=0")
-        .await;
-    holding(&proxies.payments, 1).await;
+    let (env, proxies) = held_trip(
+        "tripID=live-1&runType=failPayment",
+        |p| &p.payments,
+        "/payments",
+    )
+    .await;
 
     let browser = Browser::start(1280).await;
     let page = format!("{}/ui/sagas/travel/live-1", env.cluster.orchestrator_url);
-    browser.client.goto(&page).await.unwrap();
+    browser.goto(&page).await;
     // A reload would lose this.
     browser
         .client
@@ -220,10 +214,8 @@ async fn a_saga_page_follows_its_saga_live_in_a_browser() {
     browser.screenshot("console-saga").await;
 
     browser
-        .client
         .goto(&format!("{}/ui", env.cluster.orchestrator_url))
-        .await
-        .unwrap();
+        .await;
     browser.screenshot("console-sagas").await;
     browser.close().await;
     env.finish_clean().await;
@@ -240,39 +232,21 @@ async fn a_trip_started_from_the_form_opens_its_page() {
     let base = &env.cluster.orchestrator_url;
     let fill = async |id: &str, run_type: &str| {
         browser
-            .client
             .goto(&format!("{base}/ui/start?definition=travel"))
-            .await
-            .unwrap();
-        let city = browser
-            .client
-            .find(Locator::Css("input[name=depart_city]"))
-            .await
-            .unwrap();
+            .await;
+        let city = browser.element("input[name=depart_city]").await;
         assert_eq!(
             city.prop("value").await.unwrap().as_deref(),
             Some("Detroit")
         );
-        let run = browser
-            .client
-            .find(Locator::Css("select[name=run_type]"))
-            .await
-            .unwrap();
+        let run = browser.element("select[name=run_type]").await;
         run.select_by_value(run_type).await.unwrap();
-        let saga_id = browser.client.find(Locator::Id("saga-id")).await.unwrap();
-        saga_id.send_keys(id).await.unwrap();
+        browser.type_into("#saga-id", id).await;
     };
     fill("form-1", "failPayment").await;
     browser.screenshot("console-start").await;
-    let submit = Locator::Css("#start button[type=submit]");
-    browser
-        .client
-        .find(submit)
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    let submit = "#start button[type=submit]";
+    browser.click(submit).await;
     let page = format!("{base}/ui/sagas/travel/form-1");
     testkit::eventually("the saga's page", Duration::from_secs(10), || async {
         let url = browser.client.current_url().await.unwrap();
@@ -294,26 +268,8 @@ async fn a_trip_started_from_the_form_opens_its_page() {
 
     // The same id with other input: the API's 409, shown on the form.
     fill("form-1", "success").await;
-    browser
-        .client
-        .find(submit)
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
-    let refusal = testkit::eventually("the refusal", Duration::from_secs(10), || async {
-        let text = browser
-            .client
-            .find(Locator::Id("start-error"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        (!text.is_empty()).then_some(text)
-    })
-    .await;
+    browser.click(submit).await;
+    let refusal = browser.text_when_any("#start-error").await;
     assert!(refusal.contains("form-1"), "{refusal}");
     browser.close().await;
     env.finish_clean().await;
@@ -324,34 +280,18 @@ async fn a_trip_started_from_the_form_opens_its_page() {
 /// action's reason.
 #[tokio::test]
 async fn an_operator_aborts_a_held_saga_from_its_page() {
-    let (env, proxies) = Env::start_proxied(|c| c.retry.attempt_timeout_ms = 10_000).await;
-    proxies.cars.hold(Hold {
-        path: "/rentals".into(),
-        at: HoldAt::Request,
-        count: 1,
-    });
-    env.get("/trip?tripID=abort-ui&wait=0").await;
-    holding(&proxies.cars, 1).await;
+    let (env, proxies) = held_trip("tripID=abort-ui", |p| &p.cars, "/rentals").await;
 
     let browser = Browser::start(1280).await;
     let page = format!("{}/ui/sagas/travel/abort-ui", env.cluster.orchestrator_url);
-    browser.client.goto(&page).await.unwrap();
+    browser.goto(&page).await;
     let field = async |name: &str, text: &str| {
         let css = format!("#act-form input[name={name}]");
-        let input = browser.client.find(Locator::Css(&css)).await.unwrap();
-        input.send_keys(text).await.unwrap();
+        browser.type_into(&css, text).await;
     };
     field("reason", "the customer called to cancel").await;
     field("actor", "ops@example.com").await;
-    let abort = Locator::Css("#act-form button[value=abort]");
-    browser
-        .client
-        .find(abort)
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    browser.click("#act-form button[value=abort]").await;
     let asked = browser.client.get_alert_text().await.unwrap();
     assert!(asked.contains("abort saga abort-ui"), "{asked}");
     browser.client.accept_alert().await.unwrap();
@@ -367,24 +307,12 @@ async fn an_operator_aborts_a_held_saga_from_its_page() {
         "{states:?}"
     );
     assert_eq!(state_of(&states, "CancelRentalReservation"), "compensated");
-    let log = browser
-        .client
-        .find(Locator::Id("log"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let log = browser.text("#log").await.unwrap();
     assert!(log.contains("the customer called to cancel"), "{log}");
     assert!(log.contains("ops@example.com"), "{log}");
     // Ended: nothing left to act on.
     testkit::eventually("the actions gone", Duration::from_secs(5), || async {
-        browser
-            .client
-            .find(Locator::Id("act"))
-            .await
-            .is_err()
-            .then_some(())
+        browser.text("#act").await.is_none().then_some(())
     })
     .await;
     proxies.cars.release();
@@ -402,22 +330,6 @@ async fn paste(browser: &Browser, text: &str) {
         .unwrap();
 }
 
-/// The lines the try form shows once it has an answer.
-async fn try_result(browser: &Browser) -> String {
-    testkit::eventually("the answer", Duration::from_secs(10), || async {
-        let text = browser
-            .client
-            .find(Locator::Id("try-result"))
-            .await
-            .ok()?
-            .text()
-            .await
-            .ok()?;
-        (!text.is_empty()).then_some(text)
-    })
-    .await
-}
-
 /// In a real Chromium: a broken document pasted in the definitions page
 /// shows its finding at its path; a new version registered from there is
 /// listed, and its page draws its graph.
@@ -429,38 +341,17 @@ async fn a_definition_is_tried_and_registered_from_its_page() {
             .unwrap();
     let browser = Browser::start(1280).await;
     let base = &env.cluster.orchestrator_url;
-    browser
-        .client
-        .goto(&format!("{base}/ui/definitions"))
-        .await
-        .unwrap();
-    let listed = browser
-        .client
-        .find(Locator::Id("definitions"))
-        .await
-        .unwrap();
-    assert!(listed.text().await.unwrap().contains("version 2"));
+    browser.goto(&format!("{base}/ui/definitions")).await;
+    let listed = browser.text("#definitions").await.unwrap();
+    assert!(listed.contains("version 2"), "{listed}");
 
-    let button = |action: &'static str| {
-        Locator::Css(match action {
-            "validate" => "#try button[value=validate]",
-            _ => "#try button[value=register]",
-        })
-    };
     paste(
         &browser,
         &travel.replace("participant: cars", "participant: nobody"),
     )
     .await;
-    browser
-        .client
-        .find(button("validate"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
-    let answer = try_result(&browser).await;
+    browser.click("#try button[value=validate]").await;
+    let answer = browser.text_when_any("#try-result").await;
     assert!(answer.contains("Not valid."), "{answer}");
     assert!(
         answer.contains("error unknown_participant at steps[1].call.participant"),
@@ -468,24 +359,12 @@ async fn a_definition_is_tried_and_registered_from_its_page() {
     );
     browser.screenshot("console-definitions").await;
 
-    let name = browser
-        .client
-        .find(Locator::Css("#try input[name=name]"))
-        .await
-        .unwrap();
-    name.send_keys("travel").await.unwrap();
+    browser.type_into("#try input[name=name]", "travel").await;
     paste(&browser, &travel.replace("version: 2", "version: 3")).await;
-    browser
-        .client
-        .find(button("register"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    browser.click("#try button[value=register]").await;
     testkit::eventually("version 3 listed", Duration::from_secs(10), || async {
-        let table = browser.client.find(Locator::Id("definitions")).await.ok()?;
-        table.text().await.ok()?.contains("version 3").then_some(())
+        let table = browser.text("#definitions").await?;
+        table.contains("version 3").then_some(())
     })
     .await;
     let versions = env.get("/definitions/travel").await;
@@ -497,10 +376,8 @@ async fn a_definition_is_tried_and_registered_from_its_page() {
     );
 
     browser
-        .client
         .goto(&format!("{base}/ui/definitions/travel/3"))
-        .await
-        .unwrap();
+        .await;
     let states = states_in(&browser).await;
     assert_eq!(states.len(), 8, "{states:?}");
     assert!(

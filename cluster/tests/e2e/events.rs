@@ -3,11 +3,10 @@
 
 use std::time::Duration;
 
-use faultproxy::{Hold, HoldAt};
 use reqwest::StatusCode;
 use serde_json::Value;
 
-use crate::support::{Env, holding};
+use crate::support::held_trip;
 
 /// Reads `response` until it closes: the data of each `saga` event.
 async fn read_events(mut response: reqwest::Response, until_closed: Duration) -> Vec<Value> {
@@ -38,18 +37,12 @@ fn step<'a>(saga: &'a Value, name: &str) -> Option<&'a Value> {
 
 #[tokio::test]
 async fn a_saga_is_streamed_from_where_it_stands_to_its_end() {
-    // The held call is not timed out and retried meanwhile.
-    let (env, proxies) = Env::start_proxied(|c| c.retry.attempt_timeout_ms = 10_000).await;
-    proxies.payments.hold(Hold {
-        path: "/payments".into(),
-        at: HoldAt::Request,
-        count: 1,
-    });
-    let started = env
-        .get("/trip?tripID=ev-1&runType=failPayment&wait=0")
-        .await;
-    assert_eq!(started.status, StatusCode::ACCEPTED, "{}", started.body);
-    holding(&proxies.payments, 1).await;
+    let (env, proxies) = held_trip(
+        "tripID=ev-1&runType=failPayment",
+        |p| &p.payments,
+        "/payments",
+    )
+    .await;
 
     let url = format!("{}/sagas/travel/ev-1/events", env.cluster.orchestrator_url);
     let mut response = reqwest::get(&url).await.unwrap();

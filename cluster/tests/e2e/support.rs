@@ -301,6 +301,26 @@ pub fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
 }
 
 /// Awaits the proxy holding `n` requests.
+/// A proxied cluster whose held calls are not timed out and retried, and
+/// the trip `query` (`tripID=..&runType=..`) started and held on its first
+/// call to `path` through the proxy `held` picks.
+pub async fn held_trip(
+    query: &str,
+    held: impl Fn(&Proxies) -> &FaultProxy,
+    path: &str,
+) -> (Env, Proxies) {
+    let (env, proxies) = Env::start_proxied(|c| c.retry.attempt_timeout_ms = 10_000).await;
+    held(&proxies).hold(faultproxy::Hold {
+        path: path.into(),
+        at: faultproxy::HoldAt::Request,
+        count: 1,
+    });
+    let started = env.get(&format!("/trip?{query}&wait=0")).await;
+    assert_eq!(started.status, StatusCode::ACCEPTED, "{}", started.body);
+    holding(held(&proxies), 1).await;
+    (env, proxies)
+}
+
 pub async fn holding(proxy: &FaultProxy, n: usize) {
     testkit::eventually(
         "the proxy to hold the call",

@@ -16,10 +16,11 @@ use tokio::time::Instant;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::sagas::load;
-use super::{Error, ErrorBody, Result};
+use super::sagas::{load, load_of};
+use super::{ErrorBody, Result};
 use crate::AppState;
 use crate::saga::SagaStatus;
+use crate::store;
 
 /// How often a stream looks for a change: one read by key each time.
 const CHECK_EVERY: Duration = Duration::from_millis(250);
@@ -48,14 +49,7 @@ async fn events(
     State(state): State<AppState>,
     Path((definition, id)): Path<(String, String)>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>> {
-    common::wire::validate_trip_id(&id)
-        .map_err(|err| Error::InvalidInput(err.replace("trip id", "saga id")))?;
-    let first = load(&state, &id).await?;
-    if first.definition != definition {
-        return Err(Error::Missing(format!(
-            "no saga {id} of definition {definition}"
-        )));
-    }
+    let first = load_of(&state, &definition, &id).await?;
     let stopping = state.engine.shutdown_token();
     let until = Instant::now() + LONGEST;
     // The saga to send next (the first at once), and the last one sent.
@@ -75,12 +69,17 @@ async fn events(
                 if Instant::now() >= until {
                     return None;
                 }
-                // A read that fails (the database away) is tried again at
-                // the next check; the client sees no change meanwhile.
-                next = load(&state, &id)
-                    .await
-                    .ok()
-                    .filter(|saga| Some((saga.status, saga.updated_at)) != sent);
+                // The row alone tells whether the saga moved; the saga and
+                // its log are read only then. A read that fails (the
+                // database away) is tried again at the next check.
+                let row = state
+                    .engine
+                    .bounded(async |conn| store::find(conn, &id).await)
+                    .await;
+                let moved = matches!(&row, Ok(Some(r)) if Some((r.status, r.updated_at)) != sent);
+                if moved {
+                    next = load(&state, &id).await.ok();
+                }
             }
             let saga = next?;
             let seen = (saga.status, saga.updated_at);

@@ -128,8 +128,7 @@ pub(crate) fn checked(
     id: String,
     input: Option<Value>,
 ) -> Result<(String, Value)> {
-    common::wire::validate_trip_id(&id)
-        .map_err(|err| Error::InvalidInput(err.replace("trip id", "saga id")))?;
+    saga_id(&id)?;
     let input = definition
         .prepare_input(input.unwrap_or_else(|| Value::Object(Default::default())))
         .map_err(Error::InvalidInput)?;
@@ -272,6 +271,28 @@ impl AppState {
     }
 }
 
+/// Checks a saga id given in a path or a body.
+pub(crate) fn saga_id(id: &str) -> Result<()> {
+    common::wire::validate_trip_id(id)
+        .map_err(|err| Error::InvalidInput(err.replace("trip id", "saga id")))
+}
+
+/// The saga `id` of `definition` (404 when it is of another), with its
+/// steps.
+pub(crate) async fn load_of(state: &AppState, definition: &str, id: &str) -> Result<SagaView> {
+    saga_id(id)?;
+    let saga = load(state, id).await?;
+    if saga.definition != definition {
+        return Err(missing(definition, id));
+    }
+    Ok(saga)
+}
+
+/// The answer for no saga `id` of `definition`.
+pub(crate) fn missing(definition: &str, id: &str) -> Error {
+    Error::Missing(format!("no saga {id} of definition {definition}"))
+}
+
 /// The saga `id`, with its steps.
 pub(crate) async fn load(state: &AppState, id: &str) -> Result<SagaView> {
     let read = state.engine.bounded(async |conn| {
@@ -319,15 +340,7 @@ async fn show(
     State(state): State<AppState>,
     Path((definition, id)): Path<(String, String)>,
 ) -> Result<Json<SagaView>> {
-    common::wire::validate_trip_id(&id)
-        .map_err(|err| Error::InvalidInput(err.replace("trip id", "saga id")))?;
-    let saga = load(&state, &id).await?;
-    if saga.definition != definition {
-        return Err(Error::Missing(format!(
-            "no saga {id} of definition {definition}"
-        )));
-    }
-    Ok(Json(saga))
+    load_of(&state, &definition, &id).await.map(Json)
 }
 
 /// An operator action's body: both fields are required, and recorded.
@@ -425,8 +438,7 @@ async fn act(
     Json(body): Json<ActionBody>,
     action: Action,
 ) -> Result<Json<SagaView>> {
-    common::wire::validate_trip_id(&id)
-        .map_err(|err| Error::InvalidInput(err.replace("trip id", "saga id")))?;
+    saga_id(&id)?;
     let text = |field: &str, value: Option<String>| {
         let value = value.map(|v| v.trim().to_owned()).unwrap_or_default();
         if value.is_empty() || value.chars().count() > MAX_ACTION_TEXT {

@@ -159,8 +159,7 @@ async fn deliveries(
     State(state): State<AppState>,
     Path((definition, id)): Path<(String, String)>,
 ) -> Result<Json<Deliveries>> {
-    common::wire::validate_trip_id(&id)
-        .map_err(|err| Error::InvalidInput(err.replace("trip id", "saga id")))?;
+    super::sagas::saga_id(&id)?;
     let (saga, deliveries) = state
         .engine
         .bounded(async |conn| {
@@ -170,9 +169,7 @@ async fn deliveries(
         })
         .await?;
     if saga.is_none_or(|saga| saga.definition != definition) {
-        return Err(Error::Missing(format!(
-            "no saga {id} of definition {definition}"
-        )));
+        return Err(super::sagas::missing(&definition, &id));
     }
     Ok(Json(Deliveries { deliveries }))
 }
