@@ -232,6 +232,12 @@ async fn resolve_marks_a_stuck_compensation_done_and_the_saga_goes_on() {
         .map(|s| &s["id"])
         .collect();
     assert_eq!(ids, [&json!("resolve-1")]);
+    let counts = env.get("/sagas/counts").await;
+    assert_eq!(
+        counts.body,
+        json!({ "running": 1, "compensating": 1, "stuck": 1, "succeeded": 0, "failed": 0,
+                "counted_up_to": 10_000, "newest": "healthy-1" })
+    );
     let refused = env
         .post("/sagas/travel/healthy-1/resolve", &by("nothing to resolve"))
         .await;
@@ -284,6 +290,12 @@ async fn resolve_marks_a_stuck_compensation_done_and_the_saga_goes_on() {
         s["status"] == "succeeded"
     })
     .await;
+    let counts = env.get("/sagas/counts?definition=travel").await;
+    assert_eq!(
+        counts.body,
+        json!({ "running": 0, "compensating": 0, "stuck": 0, "succeeded": 1, "failed": 1,
+                "counted_up_to": 10_000, "newest": "healthy-1" })
+    );
     env.finish_clean().await;
 }
 

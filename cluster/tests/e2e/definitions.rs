@@ -680,6 +680,29 @@ async fn definitions_are_registered_once_per_version_and_read_back() {
         (&fine.body["valid"], &fine.body["diagnostics"]),
         (&json!(true), &json!([]))
     );
+    // With the steps a dry run's outcomes name.
+    assert_eq!(
+        fine.body["steps"][2],
+        json!({ "name": "ProcessPayment", "compensation": "RefundPayment" })
+    );
+    assert_eq!(fine.body["steps"].as_array().unwrap().len(), 5);
+    assert_eq!(check.body["steps"], json!([]));
+    // Names the API's routes take are refused.
+    for name in ["counts", "dry-run"] {
+        let taken = env
+            .send(
+                Method::POST,
+                "/definitions/validate",
+                "application/yaml",
+                SHOP_V1.replace("name: shop", &format!("name: {name}")),
+            )
+            .await;
+        assert_eq!(
+            taken.body["diagnostics"][0]["code"], "invalid_name",
+            "{}",
+            taken.body
+        );
+    }
 
     // The document's JSON Schema, as published in the repository.
     let schema = env.get("/definitions/schema").await;
@@ -793,6 +816,86 @@ async fn the_six_travel_flows_dry_run_with_no_call_and_no_write() {
         );
         assert_eq!(first["idempotency_key"], "dry-1:ReserveFlight");
         assert_eq!(first["body"]["run_type"], run_type);
+
+        // The same document, not registered: the same calls.
+        let mut unregistered = body.clone();
+        unregistered["document"] = json!(orchestrator::definition::TRAVEL_YAML);
+        let same = env.post("/definitions/dry-run", &unregistered).await;
+        assert_eq!(
+            (same.status, &same.body),
+            (StatusCode::OK, &answer.body),
+            "{run_type}"
+        );
+    }
+
+    // A document given as a JSON object, and one with a step of its own.
+    let travel = orchestrator::definition::Document::parse(
+        orchestrator::definition::TRAVEL_YAML,
+        orchestrator::definition::Format::Yaml,
+    )
+    .unwrap();
+    let mut document = travel.to_json();
+    document["steps"][4]["name"] = json!("ConfirmRental");
+    let own = env
+        .post(
+            "/definitions/dry-run",
+            &json!({ "document": document, "outcomes": { "ConfirmRental": { "status": 422 } } }),
+        )
+        .await;
+    assert_eq!(own.status, StatusCode::OK, "{}", own.body);
+    let steps: Vec<&Value> = own.body["calls"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| &c["step"])
+        .collect();
+    assert_eq!(
+        steps[4..],
+        [
+            "ConfirmRental",
+            "RefundPayment",
+            "CancelRentalReservation",
+            "CancelFlightReservation"
+        ]
+    );
+    assert_eq!(own.body["status"], "failed");
+    // Not a document, a document with errors, a field too many.
+    let broken =
+        orchestrator::definition::TRAVEL_YAML.replace("participant: cars", "participant: nobody");
+    for (body, status, says) in [
+        (
+            json!({ "document": "steps: [" }),
+            StatusCode::BAD_REQUEST,
+            "not a saga definition",
+        ),
+        (
+            json!({ "document": 7 }),
+            StatusCode::BAD_REQUEST,
+            "not a saga definition",
+        ),
+        (
+            json!({ "document": broken }),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "unknown_participant",
+        ),
+        (
+            json!({ "document": orchestrator::definition::TRAVEL_YAML, "outcome": {} }),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "outcome",
+        ),
+        (
+            json!({ "document": orchestrator::definition::TRAVEL_YAML, "input": { "run_type": "fly" } }),
+            StatusCode::BAD_REQUEST,
+            "run_type",
+        ),
+    ] {
+        let answer = env.post("/definitions/dry-run", &body).await;
+        assert_eq!(answer.status, status, "{body}: {}", answer.body);
+        assert!(
+            answer.body.to_string().contains(says),
+            "{body}: {}",
+            answer.body
+        );
     }
     let unknown = env
         .post(

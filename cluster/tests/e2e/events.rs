@@ -1,5 +1,6 @@
 //! `GET /sagas/{definition}/{id}/events`: a saga's changes as server-sent
-//! events, from the saga as it stands to its end, then the stream closes.
+//! events, from the saga as it stands to its end, then the stream closes;
+//! `GET /sagas/counts/events`: the counts as they change.
 
 use std::time::Duration;
 
@@ -94,5 +95,92 @@ async fn a_saga_is_streamed_from_where_it_stands_to_its_end() {
         assert_eq!(answer.status, status, "{path}: {}", answer.body);
         assert!(answer.body["error"].is_string(), "{path}: {}", answer.body);
     }
+    env.finish_clean().await;
+}
+
+/// Reads `response`'s events named `name` as they come, until one of them
+/// satisfies `done`: that one.
+async fn event_when(
+    response: &mut reqwest::Response,
+    name: &str,
+    what: &str,
+    done: impl Fn(&Value) -> bool,
+) -> Value {
+    let mut text = String::new();
+    let read = async {
+        loop {
+            let chunk = response.chunk().await.expect("read the stream");
+            text.push_str(std::str::from_utf8(&chunk.expect("the stream stays open")).unwrap());
+            while let Some(end) = text.find("\n\n") {
+                let event: String = text.drain(..end + 2).collect();
+                if !event.lines().any(|line| line == format!("event: {name}")) {
+                    continue;
+                }
+                let data = event
+                    .lines()
+                    .find_map(|l| l.strip_prefix("data: "))
+                    .unwrap();
+                let value: Value = serde_json::from_str(data).unwrap();
+                if done(&value) {
+                    return value;
+                }
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), read)
+        .await
+        .unwrap_or_else(|_| panic!("no event: {what}"))
+}
+
+#[tokio::test]
+async fn the_counts_are_streamed_as_sagas_start_and_end() {
+    let (env, proxies) = held_trip(
+        "tripID=count-1&runType=failPayment",
+        |p| &p.payments,
+        "/payments",
+    )
+    .await;
+    let counts = env.get("/sagas/counts").await;
+    assert_eq!(counts.status, StatusCode::OK);
+    assert_eq!(
+        counts.body,
+        serde_json::json!({ "running": 1, "compensating": 0, "stuck": 0, "succeeded": 0,
+                            "failed": 0, "counted_up_to": 10_000, "newest": "count-1" })
+    );
+    let url = format!("{}/sagas/counts/events", env.cluster.orchestrator_url);
+    let mut response = reqwest::get(&url).await.unwrap();
+    assert_eq!(response.headers()["content-type"], "text/event-stream");
+    let first = event_when(&mut response, "counts", "the counts at once", |_| true).await;
+    assert_eq!(first, counts.body);
+
+    proxies.payments.release();
+    let ended = event_when(&mut response, "counts", "the trip counted failed", |c| {
+        c["failed"] == 1
+    })
+    .await;
+    assert_eq!(
+        (&ended["running"], &ended["compensating"]),
+        (&0.into(), &0.into())
+    );
+    let second = env.get("/trip?tripID=count-2").await;
+    assert_eq!(second.body["status"], "succeeded", "{}", second.body);
+    let newest = event_when(&mut response, "counts", "the second trip counted", |c| {
+        c["succeeded"] == 1
+    })
+    .await;
+    assert_eq!(newest["newest"], "count-2");
+    assert_eq!(newest, env.get("/sagas/counts").await.body);
+    drop(response);
+
+    // Another definition's counts: none of these.
+    let other = env.get("/sagas/counts?definition=shop").await;
+    assert_eq!(
+        (
+            &other.body["failed"],
+            &other.body["succeeded"],
+            &other.body["newest"]
+        ),
+        (&0.into(), &0.into(), &Value::Null)
+    );
     env.finish_clean().await;
 }

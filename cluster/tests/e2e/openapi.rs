@@ -95,14 +95,19 @@ impl Described {
         if let Some((content_type, body)) = call.body {
             request = request.header("content-type", content_type).body(body);
         }
-        let answer = request.send().await.unwrap();
+        let mut answer = request.send().await.unwrap();
         let status = answer.status();
         let content_type = answer
             .headers()
             .get("content-type")
             .and_then(|v| v.to_str().ok())
             .map(|v| v.split(';').next().unwrap_or_default().trim().to_owned());
-        let bytes = answer.bytes().await.unwrap();
+        // A stream may stay open: its first event is enough.
+        let bytes = if content_type.as_deref() == Some("text/event-stream") {
+            answer.chunk().await.unwrap().unwrap_or_default()
+        } else {
+            answer.bytes().await.unwrap()
+        };
         let what = format!("{} {} {} -> {status}", self.service, call.method, call.path);
 
         let path = call.path.split('?').next().unwrap_or_default().to_owned();
@@ -285,6 +290,11 @@ async fn every_operation_of_the_orchestrator_answers_as_its_document_says() {
         api.check(get("/sagas?stuck=maybe")).await.0,
         StatusCode::BAD_REQUEST
     );
+    let (status, counts) = api.check(get("/sagas/counts")).await;
+    assert_eq!((status, &counts["counted_up_to"]), (ok, &json!(10_000)));
+    let (status, counts) = api.check(get("/sagas/counts?definition=none")).await;
+    assert_eq!((status, &counts["failed"]), (ok, &json!(0)));
+    assert_eq!(api.check(get("/sagas/counts/events")).await.0, ok);
     assert_eq!(api.check(get("/sagas/travel/oa-4")).await.0, ok);
     assert_eq!(
         api.check(get("/sagas/travel/none")).await.0,
@@ -359,6 +369,18 @@ async fn every_operation_of_the_orchestrator_answers_as_its_document_says() {
         .check(post("/definitions/travel/dry-run", &outcomes))
         .await;
     assert_eq!((status, &run["status"]), (ok, &json!("failed")));
+    let document = json!({"document": orchestrator::definition::TRAVEL_YAML, "outcomes": {"ProcessPayment": {"status": 422}}});
+    let (status, unregistered) = api.check(post("/definitions/dry-run", &document)).await;
+    assert_eq!((status, &unregistered), (ok, &run));
+    let partial = json!({"document": "name: x\nversion: 1\n"});
+    let (status, refused) = api.check(post("/definitions/dry-run", &partial)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{refused}");
+    let broken =
+        orchestrator::definition::TRAVEL_YAML.replace("participant: cars", "participant: nobody");
+    let (status, refused) = api
+        .check(post("/definitions/dry-run", &json!({"document": broken})))
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{refused}");
     let unknown = json!({"outcomes": {"Nothing": {"status": 422}}});
     assert_eq!(
         api.check(post("/definitions/travel/dry-run", &unknown))

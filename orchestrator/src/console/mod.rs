@@ -24,7 +24,7 @@ use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 
 use crate::AppState;
-use crate::http::sagas::{ListQuery, page};
+use crate::http::sagas::{Counts, ListQuery, counts_of, page};
 use crate::saga::view::SagaView;
 use crate::store::{self, LogRecord, webhooks::Delivery};
 use graph::{Graph, NODE_HEIGHT, NODE_WIDTH};
@@ -47,11 +47,80 @@ pub(super) type PageResult = Result<Html<String>, ErrorPage>;
 #[template(path = "sagas.html")]
 struct SagasPage {
     sagas: Vec<SagaView>,
+    counts: Vec<Count>,
+    /// Where the counts come from as they change.
+    counts_events: String,
     definition: String,
     status: String,
     stuck: bool,
     /// The link to the next (older) page.
     older: Option<String>,
+}
+
+/// One of the counts above the list, a link to the sagas it counts.
+struct Count {
+    status: &'static str,
+    label: &'static str,
+    shown: String,
+    link: String,
+}
+
+impl Count {
+    fn all(counts: &Counts, definition: Option<&str>) -> Vec<Self> {
+        let ended = |n: i64| {
+            if n >= counts.counted_up_to {
+                format!("{n}+")
+            } else {
+                n.to_string()
+            }
+        };
+        let link = |pair: (&str, &str)| {
+            let mut link = url::form_urlencoded::Serializer::new(String::from("/ui?"));
+            if let Some(d) = definition {
+                link.append_pair("definition", d);
+            }
+            link.append_pair(pair.0, pair.1);
+            link.finish()
+        };
+        let count = |status, label, shown, filter| Self {
+            status,
+            label,
+            shown,
+            link: link(filter),
+        };
+        vec![
+            count(
+                "running",
+                "Running",
+                counts.running.to_string(),
+                ("status", "running"),
+            ),
+            count(
+                "compensating",
+                "Compensating",
+                counts.compensating.to_string(),
+                ("status", "compensating"),
+            ),
+            count(
+                "stuck",
+                "Stuck",
+                counts.stuck.to_string(),
+                ("stuck", "true"),
+            ),
+            count(
+                "succeeded",
+                "Succeeded",
+                ended(counts.succeeded),
+                ("status", "succeeded"),
+            ),
+            count(
+                "failed",
+                "Failed",
+                ended(counts.failed),
+                ("status", "failed"),
+            ),
+        ]
+    }
 }
 
 async fn sagas(State(state): State<AppState>, Query(query): Query<ListQuery>) -> PageResult {
@@ -67,6 +136,14 @@ async fn sagas(State(state): State<AppState>, Query(query): Query<ListQuery>) ->
     let (definition, status) = (query.definition.clone(), query.status.clone());
     let stuck = query.stuck.as_deref() == Some("true");
     let found = page(&state, query, None).await.map_err(failed)?;
+    let counts = counts_of(&state, definition.as_deref())
+        .await
+        .map_err(failed)?;
+    let mut counts_events =
+        url::form_urlencoded::Serializer::new(String::from("/sagas/counts/events?"));
+    if let Some(d) = &definition {
+        counts_events.append_pair("definition", d);
+    }
     let older = found.next.map(|next| {
         let mut link = url::form_urlencoded::Serializer::new(String::from("/ui?"));
         if let Some(d) = &definition {
@@ -83,6 +160,8 @@ async fn sagas(State(state): State<AppState>, Query(query): Query<ListQuery>) ->
     });
     render(&SagasPage {
         sagas: found.sagas,
+        counts: Count::all(&counts, definition.as_deref()),
+        counts_events: counts_events.finish().trim_end_matches('?').to_owned(),
         definition: definition.unwrap_or_default(),
         status: status.unwrap_or_default(),
         stuck,
@@ -96,7 +175,7 @@ async fn sagas(State(state): State<AppState>, Query(query): Query<ListQuery>) ->
 struct SagaPage {
     saga: SagaView,
     graph: Graph,
-    logs: Vec<LogRecord>,
+    log: Vec<LogEntry>,
     deliveries: Vec<Delivery>,
     input: String,
     outputs: String,
@@ -157,11 +236,61 @@ async fn saga(
         input: pretty(&saga.input),
         outputs: pretty(&saga.outputs),
         saga,
-        logs,
+        log: LogEntry::fold(logs),
         deliveries,
         node_width: NODE_WIDTH,
         node_height: NODE_HEIGHT,
     })
+}
+
+/// A row of the log as the saga's page shows it, or rows folded away.
+enum LogEntry {
+    Row(LogRecord),
+    /// The middle of a long run of one step's rows (a step retried many
+    /// times), hidden until asked for.
+    Folded {
+        id: String,
+        step: String,
+        rows: Vec<LogRecord>,
+    },
+}
+
+/// A run of one step's rows longer than this is folded.
+const FOLD_OVER: usize = 8;
+/// The rows of a folded run shown before the fold, and after it.
+const FOLD_KEEP: usize = 3;
+
+impl LogEntry {
+    /// The log with each run of more than [`FOLD_OVER`] consecutive rows of
+    /// one step folded, but for its first and last [`FOLD_KEEP`] rows: a
+    /// step retried hundreds of times takes a few lines until opened.
+    fn fold(logs: Vec<LogRecord>) -> Vec<Self> {
+        let mut entries = Vec::with_capacity(logs.len().min(64));
+        let mut run: Vec<LogRecord> = Vec::new();
+        let flush = |run: &mut Vec<LogRecord>, entries: &mut Vec<Self>| {
+            if run.len() <= FOLD_OVER {
+                entries.extend(run.drain(..).map(Self::Row));
+                return;
+            }
+            let tail = run.split_off(run.len() - FOLD_KEEP);
+            let middle = run.split_off(FOLD_KEEP);
+            entries.extend(run.drain(..).map(Self::Row));
+            entries.push(Self::Folded {
+                id: format!("fold-{}", middle[0].seq),
+                step: middle[0].step.clone(),
+                rows: middle,
+            });
+            entries.extend(tail.into_iter().map(Self::Row));
+        };
+        for row in logs {
+            if run.last().is_some_and(|last| last.step != row.step) {
+                flush(&mut run, &mut entries);
+            }
+            run.push(row);
+        }
+        flush(&mut run, &mut entries);
+        entries
+    }
 }
 
 /// The error page: the status the API would answer, and its message.
@@ -205,4 +334,69 @@ pub(super) fn render(page: &impl Template) -> PageResult {
             "the page did not render; the orchestrator's log says why".into(),
         )
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::Utc;
+    use serde_json::json;
+
+    use super::*;
+    use crate::saga::StepEvent;
+
+    fn row(seq: i32, step: &str, status: StepEvent) -> LogRecord {
+        LogRecord {
+            saga_id: "s".into(),
+            seq,
+            step: step.into(),
+            status,
+            attempt: seq,
+            detail: json!({}),
+            at: Utc::now(),
+        }
+    }
+
+    fn shape(entries: &[LogEntry]) -> Vec<String> {
+        entries
+            .iter()
+            .map(|e| match e {
+                LogEntry::Row(r) => r.seq.to_string(),
+                LogEntry::Folded { id, step, rows } => format!("{id}:{step}:{}", rows.len()),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_long_run_of_one_step_is_folded_but_for_its_ends() {
+        let mut logs = vec![row(1, "ReserveFlight", StepEvent::Started)];
+        logs.extend((2..=301).map(|seq| row(seq, "ReserveCarRental", StepEvent::Retrying)));
+        logs.push(row(302, "ReserveCarRental", StepEvent::Succeeded));
+        let entries = LogEntry::fold(logs);
+        assert_eq!(
+            shape(&entries),
+            [
+                "1",
+                "2",
+                "3",
+                "4",
+                "fold-5:ReserveCarRental:295",
+                "300",
+                "301",
+                "302"
+            ]
+        );
+    }
+
+    #[test]
+    fn short_runs_are_shown_whole() {
+        let logs: Vec<_> = (1..=8)
+            .map(|seq| row(seq, "ReserveFlight", StepEvent::Retrying))
+            .chain((9..=12).map(|seq| row(seq, "CancelFlightReservation", StepEvent::Retrying)))
+            .collect();
+        let entries = LogEntry::fold(logs);
+        assert_eq!(
+            shape(&entries),
+            (1..=12).map(|n| n.to_string()).collect::<Vec<_>>()
+        );
+    }
 }

@@ -73,7 +73,10 @@ pub(super) async fn start(
     })
 }
 
-/// The fields of an input schema's top-level properties, in its order.
+/// The fields of an input schema's top-level properties: the required ones
+/// first (in the order `required` lists them), then the choices, then the
+/// rest by name. (The document's own order is not kept: it is stored as
+/// `jsonb`, which sorts its keys.)
 pub fn fields(schema: Option<&Value>) -> Vec<Field> {
     let Some(schema) = schema else {
         return Vec::new();
@@ -85,7 +88,7 @@ pub fn fields(schema: Option<&Value>) -> Vec<Field> {
     let Some(properties) = schema["properties"].as_object() else {
         return Vec::new();
     };
-    properties
+    let mut fields: Vec<Field> = properties
         .iter()
         .map(|(name, property)| {
             let options: Vec<String> = property["enum"]
@@ -105,7 +108,13 @@ pub fn fields(schema: Option<&Value>) -> Vec<Field> {
                 required: required.contains(&name.as_str()),
             }
         })
-        .collect()
+        .collect();
+    // Sorting is stable: within each rank the fields stay sorted by name.
+    fields.sort_by_key(|f| {
+        let position = required.iter().position(|r| *r == f.name);
+        (position.unwrap_or(usize::MAX), f.kind != "select")
+    });
+    fields
 }
 
 /// A JSON value as a form shows it.
@@ -135,5 +144,18 @@ mod tests {
         assert_eq!((city.kind, city.default.as_str()), ("text", "Detroit"));
         let deadline = fields.iter().find(|f| f.name == "deadline_secs").unwrap();
         assert_eq!((deadline.kind, deadline.default.as_str()), ("number", ""));
+        // The choice first, then the rest by name.
+        let names: Vec<&str> = fields.iter().take(3).map(|f| f.name.as_str()).collect();
+        assert_eq!(names, ["run_type", "amount", "arrive_city"]);
+    }
+
+    #[test]
+    fn required_fields_come_first_in_their_order() {
+        let schema = serde_json::json!({
+            "properties": {"a": {}, "b": {"enum": [1, 2]}, "c": {}, "d": {}},
+            "required": ["d", "c"],
+        });
+        let names: Vec<String> = fields(Some(&schema)).into_iter().map(|f| f.name).collect();
+        assert_eq!(names, ["d", "c", "b", "a"]);
     }
 }

@@ -249,8 +249,8 @@ pub fn url_setting(participant: &str) -> String {
     format!("PARTICIPANT_{}_URL", participant.to_ascii_uppercase())
 }
 
-/// Names the API's own routes take under `/definitions/`.
-pub const RESERVED_NAMES: [&str; 2] = ["schema", "validate"];
+/// Names the API's own routes take under `/definitions/` and `/sagas/`.
+pub const RESERVED_NAMES: [&str; 4] = ["schema", "validate", "dry-run", "counts"];
 
 fn check_names(doc: &Document, out: &mut Vec<Diagnostic>) {
     if RESERVED_NAMES.contains(&doc.name.as_str()) {
@@ -258,8 +258,8 @@ fn check_names(doc: &Document, out: &mut Vec<Diagnostic>) {
             "invalid_name",
             "name",
             format!(
-                "{:?} is taken by the API (/definitions/{}): choose another name",
-                doc.name, doc.name
+                "{:?} is taken by the API (/definitions/{} or /sagas/{}): choose another name",
+                doc.name, doc.name, doc.name
             ),
         ));
     } else if !is_name(&doc.name) {

@@ -1,8 +1,9 @@
 //! Saga definitions: list and read them (`GET /definitions[/{name}[/{version}]]`),
 //! register one (`PUT /definitions/{name}`, YAML or JSON), check one without
 //! registering it (`POST /definitions/validate`), read the document's JSON
-//! Schema (`GET /definitions/schema`), and try one without
-//! calling anything (`POST /definitions/{name}/dry-run`).
+//! Schema (`GET /definitions/schema`), and try one without calling
+//! anything (`POST /definitions/{name}/dry-run` for a registered one,
+//! `POST /definitions/dry-run` for a document not registered).
 
 use std::collections::BTreeMap;
 
@@ -34,6 +35,7 @@ pub(crate) fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(schema))
         .routes(routes!(versions, register))
         .routes(routes!(dry_run))
+        .routes(routes!(dry_run_document))
         .routes(routes!(document))
 }
 
@@ -244,6 +246,16 @@ async fn register(
 struct Validation {
     valid: bool,
     diagnostics: Vec<Diagnostic>,
+    /// A valid document's steps, in order (empty when it is not valid):
+    /// the names a dry run's `outcomes` take.
+    steps: Vec<StepNames>,
+}
+
+/// A forward step's name, and its compensation's.
+#[derive(Debug, Serialize, ToSchema)]
+struct StepNames {
+    name: String,
+    compensation: Option<String>,
 }
 
 /// Checks a document without registering it.
@@ -253,14 +265,25 @@ struct Validation {
     responses((status = 200, description = "Whether it is valid, and every finding", body = Validation)))]
 #[tracing::instrument(skip_all)]
 async fn check(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Json<Validation> {
-    let diagnostics = match parse(&headers, &body) {
-        Ok(doc) => validate::compile(doc, &state.engine.checks()).diagnostics,
-        Err(message) => vec![Diagnostic::error("parse", "", message)],
+    let compiled = match parse(&headers, &body) {
+        Ok(doc) => validate::compile(doc, &state.engine.checks()),
+        Err(message) => validate::Compiled {
+            definition: None,
+            diagnostics: vec![Diagnostic::error("parse", "", message)],
+        },
     };
-    let valid = !diagnostics
-        .iter()
-        .any(|d| d.severity == validate::Severity::Error);
-    Json(Validation { valid, diagnostics })
+    let steps = compiled.definition.iter().flat_map(|d| &d.steps);
+    let steps = steps
+        .map(|s| StepNames {
+            name: s.forward.step.to_string(),
+            compensation: s.compensation.as_ref().map(|c| c.step.to_string()),
+        })
+        .collect();
+    Json(Validation {
+        valid: compiled.is_valid(),
+        diagnostics: compiled.diagnostics,
+        steps,
+    })
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -315,6 +338,56 @@ async fn dry_run(
         })
         .transpose()?;
     let definition = state.definition(&name, version).await?;
+    dry_run_of(&state, &definition, body).map(Json)
+}
+
+/// `POST /definitions/dry-run`'s body.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+struct DryRunDocumentBody {
+    /// The document: its text (YAML or JSON) or a JSON object.
+    #[schema(value_type = Object)]
+    document: Value,
+    #[serde(flatten)]
+    run: DryRunBody,
+}
+
+/// The calls a saga of a document not registered would make, with mocked
+/// answers: a definition tried before it is registered.
+#[utoipa::path(post, path = "/definitions/dry-run", tag = "definitions",
+    request_body = DryRunDocumentBody,
+    responses(
+        (status = 200, description = "The calls in order, and how the saga would end", body = DryRun),
+        (status = 400, description = "The document is not a definition, the input or the outcomes are not acceptable, or the body is not JSON", body = ErrorBody),
+        (status = 415, description = "The body is not sent as application/json", body = ErrorBody),
+        (status = 422, description = "The document has errors, or the body does not fit the schema", body = DiagnosticsBody),
+    ))]
+#[tracing::instrument(skip_all)]
+async fn dry_run_document(
+    State(state): State<AppState>,
+    Json(body): Json<DryRunDocumentBody>,
+) -> Result<Json<DryRun>> {
+    let doc = match body.document {
+        Value::String(text) => Document::parse(&text, Format::Yaml).map_err(|err| err.message),
+        object => {
+            serde_json::from_value(object).map_err(|err| format!("not a saga definition: {err}"))
+        }
+    }
+    .map_err(Error::MalformedDefinition)?;
+    let compiled = validate::compile(doc, &state.engine.checks());
+    let definition = compiled
+        .definition
+        .ok_or(Error::InvalidDefinition(compiled.diagnostics))?;
+    dry_run_of(&state, &definition, body.run).map(Json)
+}
+
+/// Runs `definition` as `body` asks, calling nothing.
+fn dry_run_of(
+    state: &AppState,
+    definition: &crate::definition::Definition,
+    body: DryRunBody,
+) -> Result<DryRun> {
+    let name = &definition.name;
     for step in body.outcomes.keys() {
         let known = definition.steps.iter().any(|s| {
             &*s.forward.step == step || s.compensation.as_ref().is_some_and(|c| &*c.step == step)
@@ -326,10 +399,10 @@ async fn dry_run(
         }
     }
     let id = body.id.unwrap_or_else(|| "dry-run".to_owned());
-    let (id, input) = checked(&definition, id, body.input)?;
+    let (id, input) = checked(definition, id, body.input)?;
     let participants = state.engine.participants();
-    let run = dry_run::run(
-        &definition,
+    Ok(dry_run::run(
+        definition,
         &id,
         &input,
         &body.outcomes,
@@ -339,6 +412,5 @@ async fn dry_run(
                 .unwrap_or_else(|| format!("http://{p}"))
         },
         state.engine.retry().step_max_attempts,
-    );
-    Ok(Json(run))
+    ))
 }

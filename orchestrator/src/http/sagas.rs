@@ -1,7 +1,8 @@
 //! Sagas of any definition: start one (`POST /sagas/{definition}`), read
 //! one (`GET /sagas/{definition}/{id}`), list them (`GET /sagas`, the stuck
 //! ones with `?stuck=true`), and an operator's actions on one
-//! (`POST /sagas/{definition}/{id}/retry|resolve|abort`).
+//! (`POST /sagas/{definition}/{id}/retry|resolve|abort`), and how many are
+//! in each status (`GET /sagas/counts`).
 //!
 //! Starting is idempotent by saga id: the same id with the same input joins
 //! the saga and starts nothing; with other input, or an id another
@@ -34,12 +35,15 @@ use crate::store;
 pub const MAX_WAIT_SECS: u64 = 60;
 const DEFAULT_LIMIT: i64 = 50;
 const MAX_LIMIT: i64 = 500;
+/// Ended sagas are counted up to this many (`GET /sagas/counts`).
+pub const COUNTED_UP_TO: i64 = 10_000;
 /// The longest deadline accepted: a week.
 pub const MAX_DEADLINE_SECS: u64 = 7 * 24 * 3600;
 
 pub(crate) fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(list))
+        .routes(routes!(counts))
         .routes(routes!(start))
         .routes(routes!(show))
         .routes(routes!(retry))
@@ -568,6 +572,77 @@ pub(crate) async fn page(
         views.push(view(state, saga, &own).await?);
     }
     Ok(Page { sagas: views, next })
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct CountsQuery {
+    /// Only sagas of this definition.
+    pub(crate) definition: Option<String>,
+}
+
+/// How many sagas are in each status.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub(crate) struct Counts {
+    pub running: i64,
+    pub compensating: i64,
+    /// Compensating sagas whose current compensation has failed for longer
+    /// than STUCK_AFTER_SECS (as `GET /sagas?stuck=true` lists them).
+    pub stuck: i64,
+    /// Counted up to `counted_up_to`: that many means at least that many.
+    pub succeeded: i64,
+    /// Counted up to `counted_up_to`: that many means at least that many.
+    pub failed: i64,
+    /// The ended sagas are counted up to this many, so that counting costs
+    /// the same whatever the table holds.
+    pub counted_up_to: i64,
+    /// The newest saga's id, if any: it changes each time a saga starts.
+    pub newest: Option<String>,
+}
+
+/// How many sagas are in each status: the unfinished ones exactly, the
+/// ended ones up to `counted_up_to`.
+#[utoipa::path(get, path = "/sagas/counts", tag = "sagas",
+    params(CountsQuery),
+    responses(
+        (status = 200, description = "The counts", body = Counts),
+        (status = 503, description = "The database is unreachable", body = ErrorBody),
+    ))]
+#[tracing::instrument(skip_all)]
+async fn counts(
+    State(state): State<AppState>,
+    Query(query): Query<CountsQuery>,
+) -> Result<Json<Counts>> {
+    counts_of(&state, query.definition.as_deref())
+        .await
+        .map(Json)
+}
+
+/// The counts of the sagas of `definition`, or of all.
+pub(crate) async fn counts_of(state: &AppState, definition: Option<&str>) -> Result<Counts> {
+    let stuck_after_secs = state.engine.retry().stuck_after_secs as f64;
+    let store::Counts {
+        running,
+        compensating,
+        stuck,
+        succeeded,
+        failed,
+        newest,
+    } = state
+        .engine
+        .bounded(async |conn| {
+            store::counts(conn, definition, stuck_after_secs, COUNTED_UP_TO).await
+        })
+        .await?;
+    Ok(Counts {
+        running,
+        compensating,
+        stuck,
+        succeeded,
+        failed,
+        counted_up_to: COUNTED_UP_TO,
+        newest,
+    })
 }
 
 /// A page cursor: `<created_at in microseconds>.<saga id>`.
