@@ -79,10 +79,12 @@ impl Browser {
             .unwrap_or_else(|err| panic!("{url}: {err}"));
     }
 
-    /// The element `css` selects.
+    /// The element `css` selects, once there is one (a script may add it).
     pub async fn element(&self, css: &str) -> Element {
         self.client
-            .find(Locator::Css(css))
+            .wait()
+            .at_most(Duration::from_secs(10))
+            .for_element(Locator::Css(css))
             .await
             .unwrap_or_else(|err| panic!("{css}: {err}"))
     }

@@ -1,5 +1,6 @@
-//! The console's pages over real HTTP: the list, a saga's page with its
-//! graph, and their answers to bad addresses.
+//! The console's pages over real HTTP and in a real Chromium: the list and
+//! its counts, a saga's page with its graph, the start form, the actions,
+//! the definitions, and their answers to bad addresses.
 
 use std::time::Duration;
 
@@ -213,11 +214,128 @@ async fn a_saga_page_follows_its_saga_live_in_a_browser() {
         .unwrap();
     assert_eq!(status, json!("failed"));
     browser.screenshot("console-saga").await;
+    browser.close().await;
+    env.finish_clean().await;
+}
 
+/// The text of the count of `status` above the list.
+async fn count(browser: &Browser, status: &str) -> String {
+    browser
+        .text(&format!("[data-count={status}]"))
+        .await
+        .unwrap_or_default()
+}
+
+/// In a real Chromium: the list's counts and rows follow the sagas as they
+/// start and end, without a reload.
+#[tokio::test]
+async fn the_list_and_its_counts_follow_the_sagas_live() {
+    let (env, proxies) = held_trip("tripID=list-1", |p| &p.payments, "/payments").await;
+    let browser = Browser::start(1280).await;
     browser
         .goto(&format!("{}/ui", env.cluster.orchestrator_url))
         .await;
+    browser
+        .client
+        .execute("window.sameDocument = true; return null;", vec![])
+        .await
+        .unwrap();
+    // The page brings itself again at once (the stream's first event): the
+    // counts are read once it has settled.
+    testkit::eventually(
+        "the held trip counted running",
+        Duration::from_secs(10),
+        || async {
+            (count(&browser, "running").await == "1" && count(&browser, "succeeded").await == "0")
+                .then_some(())
+        },
+    )
+    .await;
+
+    proxies.payments.release();
+    testkit::eventually(
+        "the trip counted succeeded",
+        Duration::from_secs(15),
+        || async {
+            (count(&browser, "succeeded").await == "1" && count(&browser, "running").await == "0")
+                .then_some(())
+        },
+    )
+    .await;
+    let failed = env.get("/trip?tripID=list-2&runType=failPayment").await;
+    assert_eq!(failed.body["status"], "failed", "{}", failed.body);
+    let list = testkit::eventually("the new trip listed", Duration::from_secs(15), || async {
+        let list = browser.text("#list").await?;
+        (list.contains("list-2") && count(&browser, "failed").await == "1").then_some(list)
+    })
+    .await;
+    assert!(
+        list.find("list-2") < list.find("list-1"),
+        "newest first: {list}"
+    );
+    let same: Value = browser
+        .client
+        .execute("return window.sameDocument === true;", vec![])
+        .await
+        .unwrap();
+    assert_eq!(same, json!(true), "updated in place, not reloaded");
     browser.screenshot("console-sagas").await;
+    browser.close().await;
+    env.finish_clean().await;
+}
+
+/// In a real Chromium: a compensation retried hundreds of times takes a
+/// few lines of the log until its fold is opened, and every row is there.
+#[tokio::test]
+async fn a_long_history_is_folded_until_opened() {
+    let (env, proxies) = crate::support::Env::start_proxied(|c| {
+        c.retry.retry_initial_delay_ms = 1;
+        c.retry.retry_multiplier = 1.0;
+        c.retry.compensation_max_delay_ms = 1;
+        c.retry.retry_jitter = false;
+        c.retry.retry_budget_min_per_sec = 10_000;
+    })
+    .await;
+    // The car's reservation fails; its cancel answers 503 until let be.
+    let unavailable = faultproxy::Faults {
+        unavailable_rate: 1.0,
+        ..faultproxy::Faults::default()
+    };
+    proxies.cars.set_faults(unavailable);
+    let started = env.get("/trip?tripID=long-1&wait=0").await;
+    assert_eq!(started.status, StatusCode::ACCEPTED, "{}", started.body);
+    env.saga_when("long-1", "hundreds of cancel attempts", |s| {
+        s["steps"].as_array().unwrap().iter().any(|step| {
+            step["step"] == "CancelRentalReservation" && step["attempts"].as_i64() >= Some(300)
+        })
+    })
+    .await;
+    proxies.cars.set_faults(faultproxy::Faults::default());
+    env.saga_when("long-1", "the saga to end", |s| s["status"] == "failed")
+        .await;
+    let rows = env.log("long-1").await.len();
+
+    let browser = Browser::start(1280).await;
+    browser
+        .goto(&format!(
+            "{}/ui/sagas/travel/long-1",
+            env.cluster.orchestrator_url
+        ))
+        .await;
+    let shown = "return Array.from(document.querySelectorAll('#log tr'))
+        .filter(tr => tr.offsetParent !== null && !tr.closest('thead')).length;";
+    let visible: usize =
+        serde_json::from_value(browser.client.execute(shown, vec![]).await.unwrap()).unwrap();
+    assert!(visible < 30, "{visible} rows shown of {rows}");
+    let fold = browser.text("[data-fold]").await.unwrap();
+    assert!(
+        fold.starts_with("Show ") && fold.ends_with("more rows of CancelRentalReservation"),
+        "{fold}"
+    );
+    browser.click("[data-fold]").await;
+    let visible: usize =
+        serde_json::from_value(browser.client.execute(shown, vec![]).await.unwrap()).unwrap();
+    assert_eq!(visible, rows + 1, "every row, and the fold's own");
     browser.close().await;
     env.finish_clean().await;
 }
@@ -359,6 +477,38 @@ async fn a_definition_is_tried_and_registered_from_its_page() {
         "{answer}"
     );
     browser.screenshot("console-definitions").await;
+
+    // The valid document, dry-run with the payment refused.
+    paste(&browser, &travel).await;
+    browser.click("#try button[value=validate]").await;
+    let outcome = browser.element("input[name=outcome-ProcessPayment]").await;
+    outcome.clear().await.unwrap();
+    outcome.send_keys("422").await.unwrap();
+    let input = "document.querySelector('#try textarea[name=input]').value = '{\"run_type\": \"failPayment\"}'; return null;";
+    browser.client.execute(input, vec![]).await.unwrap();
+    browser.click("#try button[value=dry-run]").await;
+    browser.text_when_any("#dry-run-calls").await;
+    let steps = "return Array.from(document.querySelectorAll('#dry-run-calls tbody tr'))
+        .map(tr => tr.children[1].textContent);";
+    let steps: Vec<String> =
+        serde_json::from_value(browser.client.execute(steps, vec![]).await.unwrap()).unwrap();
+    assert_eq!(
+        steps,
+        [
+            "ReserveFlight",
+            "ReserveCarRental",
+            "ProcessPayment",
+            "RefundPayment",
+            "CancelRentalReservation",
+            "CancelFlightReservation"
+        ]
+    );
+    let verdict = browser.text("#try-result").await.unwrap();
+    assert!(
+        verdict.contains("would end failed after 6 calls"),
+        "{verdict}"
+    );
+    browser.screenshot("console-dry-run").await;
 
     browser.type_into("#try input[name=name]", "travel").await;
     paste(&browser, &travel.replace("version: 2", "version: 3")).await;
