@@ -18,7 +18,8 @@ pub struct Browser {
 
 impl Browser {
     /// Starts chromedriver on a free loopback port and opens a headless
-    /// session, `width` pixels wide.
+    /// session, `width` pixels wide (below 500, Chromium's narrowest
+    /// window, as a phone's screen, through its device emulation).
     pub async fn start(width: u32) -> Self {
         // A free port: chromedriver takes no port 0.
         let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -33,14 +34,16 @@ impl Browser {
             .spawn()
             .expect("chromedriver: install Debian's chromium and chromium-driver (.ci/run does)");
         let url = format!("http://127.0.0.1:{port}");
+        let mut options = json!({ "args": [
+            "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+            format!("--window-size={},1000", width.max(500)),
+        ] });
+        if width < 500 {
+            options["mobileEmulation"] =
+                json!({ "deviceMetrics": { "width": width, "height": 844, "pixelRatio": 1.0 } });
+        }
         let mut capabilities = serde_json::Map::new();
-        capabilities.insert(
-            "goog:chromeOptions".into(),
-            json!({ "args": [
-                "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                format!("--window-size={width},1000"),
-            ] }),
-        );
+        capabilities.insert("goog:chromeOptions".into(), options);
         let client = testkit::eventually("chromedriver to answer", Duration::from_secs(20), || {
             let (url, capabilities) = (url.clone(), capabilities.clone());
             async move {

@@ -508,6 +508,8 @@ async fn a_definition_is_tried_and_registered_from_its_page() {
         verdict.contains("would end failed after 6 calls"),
         "{verdict}"
     );
+    let show = "document.getElementById('dry').scrollIntoView(); return null;";
+    browser.client.execute(show, vec![]).await.unwrap();
     browser.screenshot("console-dry-run").await;
 
     browser.type_into("#try input[name=name]", "travel").await;
@@ -537,6 +539,136 @@ async fn a_definition_is_tried_and_registered_from_its_page() {
     );
     let (status, _, _) = page(&env, "/ui/definitions/travel/9").await;
     assert_eq!(status, StatusCode::NOT_FOUND);
+    browser.close().await;
+    env.finish_clean().await;
+}
+
+/// Every text on the page whose contrast with what it is drawn on is below
+/// WCAG's AA for normal text (4.5:1): the HTML's text against the first
+/// opaque background behind it, and each graph node's text against its
+/// box. Each as `tag "text" ratio`.
+const LOW_CONTRAST: &str = r#"
+const parse = (c) => {
+  const m = /rgba?\(([^)]+)\)/.exec(c || "");
+  if (!m) return null;
+  const [r, g, b, a = 1] = m[1].split(",").map(Number);
+  return { r, g, b, a };
+};
+const luminance = ({ r, g, b }) => {
+  const f = (v) => { v /= 255; return v <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4; };
+  return 0.2126 * f(r) + 0.7152 * f(g) + 0.0722 * f(b);
+};
+const ratio = (fg, bg) => {
+  const [hi, lo] = [luminance(fg), luminance(bg)].sort((x, y) => y - x);
+  return (hi + 0.05) / (lo + 0.05);
+};
+const behind = (el) => {
+  for (let e = el; e; e = e.parentElement) {
+    const c = parse(getComputedStyle(e).backgroundColor);
+    if (c && c.a > 0) return c;
+  }
+  return { r: 255, g: 255, b: 255, a: 1 };
+};
+const low = [];
+const check = (el, fg, bg) => {
+  const r = ratio(fg, bg);
+  if (r < 4.5) low.push(`${el.tagName} "${el.textContent.trim().slice(0, 40)}" ${r.toFixed(2)}`);
+};
+for (const el of document.querySelectorAll("body *")) {
+  if (el.closest("svg") || el.closest("[hidden]") || el.getClientRects().length === 0) continue;
+  const text = [...el.childNodes].some((n) => n.nodeType === 3 && n.textContent.trim());
+  if (text) check(el, parse(getComputedStyle(el).color), behind(el));
+}
+for (const node of document.querySelectorAll("svg g.node")) {
+  const box = parse(getComputedStyle(node.querySelector("rect")).fill);
+  for (const t of node.querySelectorAll("text")) check(t, parse(getComputedStyle(t).fill), box);
+}
+return low;
+"#;
+
+/// In a real Chromium, as wide as a phone: no page is wider than the
+/// screen (wide tables and the graph scroll in their own boxes), no text
+/// is below AA contrast, on every page and in every state a graph node
+/// takes in the tests; and a saga is started with the keyboard alone, each
+/// focused control outlined.
+#[tokio::test]
+async fn the_pages_fit_a_phone_read_clearly_and_work_from_the_keyboard() {
+    let (env, proxies) = held_trip(
+        "tripID=a11y-held&runType=failPayment",
+        |p| &p.payments,
+        "/payments",
+    )
+    .await;
+    let failed = env.get("/trip?tripID=a11y-1&runType=failPayment").await;
+    assert_eq!(failed.body["status"], "failed", "{}", failed.body);
+    let browser = Browser::start(390).await;
+    let base = &env.cluster.orchestrator_url;
+    for path in [
+        "/ui",
+        "/ui/sagas/travel/a11y-1",
+        "/ui/sagas/travel/a11y-held",
+        "/ui/start",
+        "/ui/definitions",
+        "/ui/definitions/travel/2",
+    ] {
+        browser.goto(&format!("{base}{path}")).await;
+        let wide: Value = browser
+            .client
+            .execute(
+                "return [document.documentElement.scrollWidth, window.innerWidth];",
+                vec![],
+            )
+            .await
+            .unwrap();
+        assert!(wide[0].as_u64() <= wide[1].as_u64(), "{path}: {wide}");
+        let low: Vec<String> =
+            serde_json::from_value(browser.client.execute(LOW_CONTRAST, vec![]).await.unwrap())
+                .unwrap();
+        assert!(low.is_empty(), "{path}: {low:#?}");
+    }
+    proxies.payments.release();
+
+    // The start form, from the keyboard: Tab to the id, type it, Tab to
+    // Start, Enter.
+    browser.goto(&format!("{base}/ui/start")).await;
+    const TAB: &str = "\u{e004}";
+    const ENTER: &str = "\u{e007}";
+    let mut typed = false;
+    for _ in 0..40 {
+        let active = browser.client.active_element().await.unwrap();
+        let outlined: Value = browser
+            .client
+            .execute(
+                "const s = getComputedStyle(document.activeElement);
+                 return document.activeElement === document.body || s.outlineStyle !== 'none';",
+                vec![],
+            )
+            .await
+            .unwrap();
+        assert_eq!(outlined, json!(true), "the focused control is outlined");
+        let id = active.attr("id").await.unwrap();
+        let text = active.text().await.unwrap_or_default();
+        if id.as_deref() == Some("saga-id") && !typed {
+            active.send_keys("keyboard-1").await.unwrap();
+            typed = true;
+        }
+        if typed && text == "Start" {
+            active.send_keys(ENTER).await.unwrap();
+            break;
+        }
+        active.send_keys(TAB).await.unwrap();
+    }
+    assert!(typed, "the id field is reached with Tab");
+    let page = format!("{base}/ui/sagas/travel/keyboard-1");
+    testkit::eventually("the saga's page", Duration::from_secs(10), || async {
+        let url = browser.client.current_url().await.unwrap();
+        (url.as_str() == page).then_some(())
+    })
+    .await;
+    env.saga_when("keyboard-1", "the saga to end", |s| {
+        s["status"] == "succeeded"
+    })
+    .await;
     browser.close().await;
     env.finish_clean().await;
 }
