@@ -57,6 +57,28 @@ async fn a_failed_trip_is_drawn_with_each_step_in_its_state() {
     let log = &log[..log.find("</table>").unwrap()];
     assert_eq!(log.matches("<tr><td>").count(), rows);
     assert!(html.contains("ui-1:ProcessPayment"));
+    // Each step's row has its start and how long it took; one not reached,
+    // neither.
+    let row = |step: &str| {
+        let at = html.find(&format!("<tr data-step=\"{step}\">")).unwrap();
+        html[at..at + html[at..].find("</tr>").unwrap()].to_owned()
+    };
+    let took = |row: &str| {
+        let cells: Vec<&str> = row.split("<td").collect();
+        cells[5]
+            .trim_start_matches('>')
+            .trim_end()
+            .trim_end_matches("</td>")
+            .to_owned()
+    };
+    let payment = took(&row("ProcessPayment"));
+    assert!(
+        ["µs", "ms", " s"]
+            .iter()
+            .any(|unit| payment.ends_with(unit)),
+        "{payment:?}"
+    );
+    assert_eq!(took(&row("ConfirmFlight")), "");
     // The input is shown as text, never as markup.
     assert!(
         html.contains("script&#62;alert(1)&#60;/script&#62;"),

@@ -2,6 +2,7 @@
 //! left to right, and under each the compensation that undoes it, each
 //! step in the state its log shows.
 
+use chrono::{DateTime, Utc};
 use serde_json::Value;
 
 use crate::definition::Definition;
@@ -59,6 +60,11 @@ pub struct Node {
     pub attempts: i32,
     /// The last failed attempt's error, as logged.
     pub last_error: Option<String>,
+    /// When its first row was written (its first attempt began).
+    pub started: Option<DateTime<Utc>>,
+    /// From its first row to its final one (succeeded or failed), every
+    /// attempt and wait between them included; `None` until it has ended.
+    pub took: Option<chrono::TimeDelta>,
     pub x: u32,
     pub y: u32,
 }
@@ -172,13 +178,41 @@ fn node(step: &str, undoes: bool, logs: &[LogRecord], x: u32, y: u32) -> Node {
         Some((StepEvent::Started, _)) if last_error.is_none() => NodeState::Running,
         Some(_) => NodeState::Retrying,
     };
+    let started = rows.first().map(|r| r.at);
+    let ended = rows
+        .last()
+        .filter(|r| matches!(r.status, StepEvent::Succeeded | StepEvent::Failed))
+        .map(|r| r.at);
     Node {
         step: step.to_owned(),
         state,
         attempts: rows.iter().map(|r| r.attempt).max().unwrap_or(0),
         last_error,
+        started,
+        took: started.zip(ended).map(|(from, to)| to - from),
         x,
         y,
+    }
+}
+
+impl Node {
+    /// How long it took, as a person reads it ("" until it has ended).
+    pub fn took_text(&self) -> String {
+        self.took.map(duration_text).unwrap_or_default()
+    }
+}
+
+/// A duration in its largest fitting unit: `850 µs`, `12 ms`, `3.4 s`,
+/// `2 min 5 s`, `3 h 20 min`.
+pub fn duration_text(d: chrono::TimeDelta) -> String {
+    let micros = d.num_microseconds().unwrap_or(i64::MAX).max(0);
+    let secs = micros / 1_000_000;
+    match micros {
+        0..1_000 => format!("{micros} µs"),
+        1_000..1_000_000 => format!("{} ms", micros / 1_000),
+        1_000_000..60_000_000 => format!("{:.1} s", micros as f64 / 1e6),
+        60_000_000..3_600_000_000 => format!("{} min {} s", secs / 60, secs % 60),
+        _ => format!("{} h {} min", secs / 3600, secs % 3600 / 60),
     }
 }
 
@@ -217,6 +251,17 @@ mod tests {
             .chain(&graph.compensations)
             .map(|n| (n.step.as_str(), n.state))
             .collect()
+    }
+
+    #[test]
+    fn durations_read_in_their_largest_unit() {
+        let text = |micros| duration_text(chrono::TimeDelta::microseconds(micros));
+        assert_eq!(text(850), "850 µs");
+        assert_eq!(text(12_400), "12 ms");
+        assert_eq!(text(3_420_000), "3.4 s");
+        assert_eq!(text(125_000_000), "2 min 5 s");
+        assert_eq!(text(12_000_000_000), "3 h 20 min");
+        assert_eq!(text(-5), "0 µs");
     }
 
     #[test]
