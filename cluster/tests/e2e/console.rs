@@ -65,11 +65,8 @@ async fn a_failed_trip_is_drawn_with_each_step_in_its_state() {
     };
     let took = |row: &str| {
         let cells: Vec<&str> = row.split("<td").collect();
-        cells[5]
-            .trim_start_matches('>')
-            .trim_end()
-            .trim_end_matches("</td>")
-            .to_owned()
+        let cell = cells[5].trim_end().trim_end_matches("</td>");
+        cell[cell.find('>').unwrap() + 1..].to_owned()
     };
     let payment = took(&row("ProcessPayment"));
     assert!(
