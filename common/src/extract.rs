@@ -1,19 +1,81 @@
 //! Extractors that answer a bad request with the same JSON error body as the
 //! handlers do, instead of axum's plain-text rejections.
 
-use axum::extract::FromRequest;
-use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
-use axum::http::StatusCode;
+use axum::body::Bytes;
+use axum::extract::rejection::{
+    JsonRejection, MissingJsonContentType, PathRejection, QueryRejection,
+};
+use axum::extract::{FromRequest, Request};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
+use serde::de::DeserializeOwned;
 
 use crate::error::ErrorBody;
 
 /// `axum::Json`, with JSON error bodies: malformed JSON is a 400, a body of
-/// the wrong shape (missing field, wrong type) a 422, a wrong content type a 415.
-#[derive(Debug, Clone, Copy, Default, FromRequest)]
-#[from_request(via(axum::Json), rejection(Rejection))]
+/// the wrong shape (missing field, wrong type) a 422, a wrong content type a
+/// 415, a body too large a 413; and a control character in any string or
+/// key ([`crate::text`]) a 400 naming the field.
+#[derive(Debug, Clone, Copy, Default)]
 pub struct Json<T>(pub T);
+
+impl<T, S> FromRequest<S> for Json<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = Rejection;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Rejection> {
+        if !json_content_type(req.headers()) {
+            return Err(JsonRejection::from(MissingJsonContentType::default()).into());
+        }
+        let bytes = Bytes::from_request(req, state)
+            .await
+            .map_err(|err| Rejection::from(JsonRejection::from(err)))?;
+        if crate::text::may_hold_refused(&bytes)
+            && let Ok(value) = serde_json::from_slice::<serde_json::Value>(&bytes)
+            && let Some((path, c)) = crate::text::refused_in(&value)
+        {
+            let field = if path.is_empty() {
+                "the body".to_owned()
+            } else {
+                format!("field {path}")
+            };
+            return Err(Rejection {
+                status: StatusCode::BAD_REQUEST,
+                body: ErrorBody::new(
+                    "control_character",
+                    format!(
+                        "{field} holds the control character {}; send text without control characters (tab and line breaks aside)",
+                        crate::text::describe(c)
+                    ),
+                ),
+            });
+        }
+        axum::Json::from_bytes(&bytes)
+            .map(|axum::Json(value)| Json(value))
+            .map_err(Rejection::from)
+    }
+}
+
+/// Whether the request says its body is JSON (`application/json`, or a
+/// `+json` type), as `axum::Json` asks.
+fn json_content_type(headers: &HeaderMap) -> bool {
+    let Some(mime) = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+    else {
+        return false;
+    };
+    let mime = mime.trim().to_ascii_lowercase();
+    let Some((kind, subtype)) = mime.split_once('/') else {
+        return false;
+    };
+    kind == "application" && (subtype == "json" || subtype.ends_with("+json"))
+}
 
 impl<T: Serialize> IntoResponse for Json<T> {
     fn into_response(self) -> Response {

@@ -8,6 +8,7 @@
 //!   plumbing, so that every `main.rs` stays thin.
 //! - [`metrics`]: a Prometheus registry per service, its request metrics,
 //!   `GET /metrics`.
+//! - [`text`]: the control characters no request may carry.
 
 pub mod booking;
 pub mod config;
@@ -21,4 +22,5 @@ pub mod openapi;
 pub mod server;
 pub mod shutdown;
 pub mod telemetry;
+pub mod text;
 pub mod wire;

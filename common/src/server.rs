@@ -6,7 +6,9 @@ use std::future::Future;
 use std::time::Duration;
 
 use axum::Router;
+use axum::body::Body;
 use axum::http::{Request, StatusCode};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
@@ -63,13 +65,64 @@ pub fn with_middleware(router: Router, metrics: &Metrics, request_timeout: Durat
                 }),
             )
             .layer(PropagateRequestIdLayer::x_request_id())
+            .layer(axum::middleware::map_response(json_errors))
+            .layer(axum::middleware::from_fn(refuse_control_in_url))
             .layer(CatchPanicLayer::custom(panicked))
             .layer(TimeoutLayer::with_status_code(
-                StatusCode::SERVICE_UNAVAILABLE,
+                StatusCode::REQUEST_TIMEOUT,
                 request_timeout,
             ))
             .layer(RequestBodyLimitLayer::new(BODY_LIMIT)),
     )
+}
+
+/// A URL whose path or query holds a control character (percent-encoded:
+/// `%00`) is refused before any route sees it: nothing downstream can
+/// store it, and a log line must not carry it.
+async fn refuse_control_in_url(req: Request<Body>, next: Next) -> Response {
+    let uri = req.uri();
+    if let Some((place, c)) = crate::text::refused_in_url(uri.path(), uri.query()) {
+        return ErrorBody::new(
+            "control_character",
+            format!(
+                "the URL's {place} holds the control character {}; send it without control characters",
+                crate::text::describe(c)
+            ),
+        )
+        .into_response_with(StatusCode::BAD_REQUEST);
+    }
+    next.run(req).await
+}
+
+/// The answers the layers make themselves (a body too large, a request
+/// that took too long) carry the JSON error body every handler's do.
+async fn json_errors<B>(response: Response<B>) -> Response
+where
+    B: axum::body::HttpBody<Data = axum::body::Bytes> + Send + 'static,
+    B::Error: Into<axum::BoxError>,
+{
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if is_json {
+        return response.map(Body::new);
+    }
+    let body = match status {
+        StatusCode::PAYLOAD_TOO_LARGE => ErrorBody::new(
+            "body_too_large",
+            format!(
+                "the body is larger than the {BODY_LIMIT} bytes a request may carry; send less"
+            ),
+        ),
+        StatusCode::REQUEST_TIMEOUT => ErrorBody::new(
+            "request_timeout",
+            "the request took longer than this service allows; try again, or wait less (`wait`)",
+        ),
+        _ => return response.map(Body::new),
+    };
+    body.into_response_with(status)
 }
 
 /// Serves `router` (already wrapped) on `listener` until `shutdown` completes,
@@ -134,4 +187,58 @@ pub async fn run_participant(
     let router = with_middleware(app(db, counted), &metrics, Duration::from_secs(30));
     serve(listener, router, shutdown).await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::routing::get;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    /// Serves `router` with the standard middleware and a `timeout` on
+    /// port 0, sends `request` as it is, and answers the raw answer.
+    async fn exchange(router: Router, timeout: Duration, request: &str) -> String {
+        let router = with_middleware(router, &Metrics::new(Registry::default()), timeout);
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        tokio::spawn(serve(listener, router, std::future::pending()));
+        let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut answer = Vec::new();
+        stream.read_to_end(&mut answer).await.unwrap();
+        String::from_utf8_lossy(&answer).into_owned()
+    }
+
+    #[tokio::test]
+    async fn a_request_that_takes_too_long_gets_a_408_json_error() {
+        let slow = Router::new().route(
+            "/slow",
+            get(|| async { tokio::time::sleep(Duration::from_secs(5)).await }),
+        );
+        let answer = exchange(
+            slow,
+            Duration::from_millis(50),
+            "GET /slow HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+        assert!(
+            answer.contains("content-type: application/json"),
+            "{answer}"
+        );
+        assert!(answer.contains("\"error\":\"request_timeout\""), "{answer}");
+    }
+
+    #[tokio::test]
+    async fn a_body_said_too_large_gets_a_413_json_error_unread() {
+        let echo = Router::new().route("/in", axum::routing::post(|body: String| async { body }));
+        let request = format!(
+            "POST /in HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            BODY_LIMIT + 1
+        );
+        let answer = exchange(echo, Duration::from_secs(5), &request).await;
+        assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+        assert!(answer.contains("\"error\":\"body_too_large\""), "{answer}");
+    }
 }

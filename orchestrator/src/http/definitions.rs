@@ -46,7 +46,22 @@ fn parse(headers: &HeaderMap, body: &Bytes) -> std::result::Result<Document, Str
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok());
-    Document::parse(text, Format::from_content_type(content_type)).map_err(|err| err.message)
+    let doc = Document::parse(text, Format::from_content_type(content_type))
+        .map_err(|err| err.message)?;
+    refuse_controls(&doc)?;
+    Ok(doc)
+}
+
+/// A document whose text holds a control character (PostgreSQL stores no
+/// NUL) is refused, its field named.
+fn refuse_controls(doc: &Document) -> std::result::Result<(), String> {
+    match common::text::refused_in(&doc.to_json()) {
+        Some((path, c)) => Err(format!(
+            "the document's {path} holds the control character {}; remove it",
+            common::text::describe(c)
+        )),
+        None => Ok(()),
+    }
 }
 
 /// The JSON Schema of a definition document, for editors and linters.
@@ -373,6 +388,7 @@ async fn dry_run_document(
             serde_json::from_value(object).map_err(|err| format!("not a saga definition: {err}"))
         }
     }
+    .and_then(|doc| refuse_controls(&doc).map(|()| doc))
     .map_err(Error::MalformedDefinition)?;
     let compiled = validate::compile(doc, &state.engine.checks());
     let definition = compiled
