@@ -151,6 +151,11 @@ pub struct Config {
     #[arg(long, env = "PARTICIPANT_MAX_IN_FLIGHT", default_value_t = 64)]
     pub participant_max_in_flight: usize,
 
+    /// The longest participant answer read, in bytes; a longer one fails
+    /// its attempt.
+    #[arg(long, env = "PARTICIPANT_MAX_ANSWER_BYTES", default_value_t = 1024 * 1024)]
+    pub participant_max_answer_bytes: usize,
+
     /// How often to look for sagas whose lease ran out, in milliseconds.
     #[arg(long, env = "RECOVERY_INTERVAL_MS", default_value_t = 1_000)]
     pub recovery_interval_ms: u64,
@@ -185,6 +190,7 @@ impl Config {
             lease_secs: 30,
             recovery_interval_ms: 1_000,
             participant_max_in_flight: 64,
+            participant_max_answer_bytes: 1024 * 1024,
             retry: retry::RetryConfig::default(),
             limits: saga::admission::Limits::default(),
             webhooks: webhooks::WebhookConfig::default(),
@@ -353,6 +359,7 @@ pub async fn run(
         &config.participant_urls()?,
         &config.retry,
         config.participant_max_in_flight,
+        config.participant_max_answer_bytes,
     )?;
     let webhook = config.webhooks.configured()?;
     let documents = read_definitions(&config.sagas_dir)?;

@@ -51,6 +51,8 @@ pub struct Participants {
     /// How long a wait for a turn goes before it is logged, as long as one
     /// attempt.
     queue_timeout: Duration,
+    /// The longest answer read (`PARTICIPANT_MAX_ANSWER_BYTES`).
+    max_answer_bytes: usize,
 }
 
 /// A participant's base URL as configured: the setting that gave it (named
@@ -69,6 +71,7 @@ impl Participants {
         urls: &BTreeMap<String, BaseUrl>,
         retry: &RetryConfig,
         max_in_flight: usize,
+        max_answer_bytes: usize,
     ) -> anyhow::Result<Self> {
         let attempt_timeout = retry.attempt_timeout();
         let max_in_flight = max_in_flight.max(1);
@@ -79,6 +82,7 @@ impl Participants {
             .pool_max_idle_per_host(max_in_flight)
             .tcp_nodelay(true)
             .no_proxy()
+            .redirect(reqwest::redirect::Policy::none())
             .build()?;
         let mut by_name = HashMap::new();
         for (name, base) in urls {
@@ -95,6 +99,7 @@ impl Participants {
             client,
             by_name: Arc::new(by_name),
             queue_timeout: attempt_timeout,
+            max_answer_bytes,
         })
     }
 
@@ -195,26 +200,138 @@ impl Participants {
             .await
             .map_err(|err| transport_failure(&err))?;
         let status = response.status();
-        let bytes = response
-            .bytes()
-            .await
-            .map_err(|err| transport_failure(&err))?;
-        let answer: Value = serde_json::from_slice(&bytes)
-            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+        if status.is_redirection() {
+            return Err(redirect_refused(&action.participant, &response));
+        }
+        let bytes = read_answer(response, self.max_answer_bytes).await?;
+        let (answer, nul_at) = stored_form(&bytes);
+        let failed = |error: &str, message: String| CallFailure {
+            // A 2xx we cannot use leaves the outcome unknown: ask again (a
+            // participant's replay of a bad answer fails each attempt, and
+            // the step fails when its attempts run out).
+            transient: true,
+            detail: json!({ "status": status.as_u16(), "error": error, "message": message, "body": answer }),
+        };
         if status.is_success() {
+            if let Some(path) = nul_at {
+                let at = if path.is_empty() {
+                    String::new()
+                } else {
+                    format!(" at {path}")
+                };
+                return Err(failed(
+                    "unstorable answer",
+                    format!(
+                        "the answer holds the character U+0000 (NUL){at}, which PostgreSQL cannot store; it is recorded escaped"
+                    ),
+                ));
+            }
             if answer.is_object() {
                 return Ok(answer);
             }
-            // A 2xx we cannot read leaves the outcome unknown: ask again.
-            return Err(CallFailure {
-                transient: true,
-                detail: json!({ "status": status.as_u16(), "error": "unreadable answer", "body": answer }),
-            });
+            return Err(failed(
+                "unreadable answer",
+                "a 2xx answer must be a JSON object".to_owned(),
+            ));
         }
         Err(CallFailure {
             transient: !action.is_business_failure(status.as_u16()),
             detail: json!({ "status": status.as_u16(), "body": answer }),
         })
+    }
+}
+
+/// How much of an answer that is not JSON is recorded.
+const RECORDED_TEXT_CHARS: usize = 2048;
+
+/// An answer as `saga_log` records it: the JSON it holds, or its text (its
+/// first [`RECORDED_TEXT_CHARS`] characters); with every NUL escaped, and
+/// where the first one was.
+fn stored_form(bytes: &[u8]) -> (Value, Option<String>) {
+    let mut answer = match serde_json::from_slice(bytes) {
+        Ok(value) => value,
+        Err(_) => {
+            let text = String::from_utf8_lossy(bytes);
+            let mut kept: String = text.chars().take(RECORDED_TEXT_CHARS).collect();
+            if kept.len() < text.len() {
+                kept.push_str(&format!(" … ({} bytes in all)", bytes.len()));
+            }
+            Value::String(kept)
+        }
+    };
+    // JSON carries a NUL only escaped; raw text may hold one anywhere.
+    let nul_at = (bytes.contains(&0) || common::text::may_hold_refused(bytes))
+        .then(|| common::text::escape_nul(&mut answer))
+        .flatten();
+    (answer, nul_at)
+}
+
+/// The body of `response`, or a failed attempt if it is longer than
+/// `limit` bytes (its start recorded) or cannot be read.
+async fn read_answer(
+    mut response: reqwest::Response,
+    limit: usize,
+) -> Result<axum::body::Bytes, CallFailure> {
+    let status = response.status().as_u16();
+    let too_large = |start: &[u8]| {
+        let (mut start, _) = stored_form(&start[..start.len().min(256)]);
+        if !start.is_string() {
+            start = Value::String(start.to_string());
+        }
+        CallFailure {
+            transient: true,
+            detail: json!({
+                "status": status,
+                "error": "answer too large",
+                "message": format!("the answer is longer than PARTICIPANT_MAX_ANSWER_BYTES ({limit} bytes); it was not read further"),
+                "body": start,
+            }),
+        }
+    };
+    // The usual answer says its length: read it at once.
+    if let Some(length) = response.content_length() {
+        if usize::try_from(length).is_ok_and(|n| n <= limit) {
+            return response
+                .bytes()
+                .await
+                .map_err(|err| transport_failure(&err));
+        }
+        return Err(too_large(&[]));
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response
+        .chunk()
+        .await
+        .map_err(|err| transport_failure(&err))?
+    {
+        body.extend_from_slice(&chunk);
+        if body.len() > limit {
+            return Err(too_large(&body));
+        }
+    }
+    Ok(body.into())
+}
+
+/// A 3xx: the orchestrator follows no redirect (a participant's URL is
+/// configured, and a redirect could send a call, its key and its body
+/// elsewhere).
+fn redirect_refused(participant: &str, response: &reqwest::Response) -> CallFailure {
+    let to = response
+        .headers()
+        .get(reqwest::header::LOCATION)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("nowhere said");
+    CallFailure {
+        transient: true,
+        detail: json!({
+            "status": response.status().as_u16(),
+            "error": "redirect refused",
+            "message": format!(
+                "the participant answered a redirect (to {}); the orchestrator follows none: set {} to the participant's own address",
+                to.escape_debug(),
+                crate::definition::validate::url_setting(participant)
+            ),
+        }),
     }
 }
 
@@ -309,7 +426,7 @@ mod tests {
                 },
             )])
         };
-        let err = Participants::new(&urls("127.0.0.1:8082"), &RetryConfig::default(), 1)
+        let err = Participants::new(&urls("127.0.0.1:8082"), &RetryConfig::default(), 1, 1024)
             .unwrap_err()
             .to_string();
         assert!(
@@ -317,7 +434,7 @@ mod tests {
             "{err}"
         );
         // A host and port without a scheme parses as a URL of scheme `cars`.
-        let err = Participants::new(&urls("cars:8082"), &RetryConfig::default(), 1)
+        let err = Participants::new(&urls("cars:8082"), &RetryConfig::default(), 1, 1024)
             .unwrap_err()
             .to_string();
         assert!(err.contains("(scheme cars)"), "{err}");

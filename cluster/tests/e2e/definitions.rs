@@ -234,7 +234,7 @@ fn participant(shop: Shop, participant: &'static str) -> Router {
 }
 
 /// A folder of definitions: travel's, and the documents given.
-fn sagas_dir(documents: &[(&str, &str)]) -> PathBuf {
+pub(crate) fn sagas_dir(documents: &[(&str, &str)]) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("sagas-{}", uuid::Uuid::new_v4()));
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(

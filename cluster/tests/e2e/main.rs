@@ -13,6 +13,7 @@ mod hangups;
 mod metrics;
 mod openapi;
 mod overload;
+mod poison;
 mod support;
 mod traces;
 mod webhooks;
