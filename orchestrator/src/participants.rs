@@ -226,19 +226,37 @@ impl Participants {
                     ),
                 ));
             }
-            if answer.is_object() {
-                return Ok(answer);
+            if !answer.is_object() {
+                return Err(failed(
+                    "unreadable answer",
+                    "a 2xx answer must be a JSON object".to_owned(),
+                ));
             }
-            return Err(failed(
-                "unreadable answer",
-                "a 2xx answer must be a JSON object".to_owned(),
-            ));
+            if let Some(missing) = action.needs.iter().find(|path| !holds(&answer, path)) {
+                return Err(failed(
+                    "incomplete answer",
+                    format!(
+                        "the answer has no {}, which a later step reads (steps.{}.{})",
+                        missing.join("."),
+                        action.step,
+                        missing.join(".")
+                    ),
+                ));
+            }
+            return Ok(answer);
         }
         Err(CallFailure {
             transient: !action.is_business_failure(status.as_u16()),
             detail: json!({ "status": status.as_u16(), "body": answer }),
         })
     }
+}
+
+/// Whether `answer` has a value (`null` included) at `path`.
+fn holds(answer: &Value, path: &[String]) -> bool {
+    path.iter()
+        .try_fold(answer, |at, field| at.get(field))
+        .is_some()
 }
 
 /// How much of an answer that is not JSON is recorded.

@@ -1,5 +1,6 @@
 //! A participant's answer the orchestrator cannot use (one PostgreSQL
-//! cannot store, one too large, one that is no JSON object, a redirect)
+//! cannot store, one too large, one that is no JSON object or lacks a
+//! field a later step reads, a redirect)
 //! fails that attempt, is recorded in a form that can be stored, with why,
 //! and the saga goes on by its retry policy to its end: no write that fails
 //! for ever, no saga claimed again and again.
@@ -34,7 +35,8 @@ type Calls = Arc<Mutex<Vec<String>>>;
 /// Answers each order as its saga's id says: `nul-*` a 2xx holding a NUL,
 /// `big-*` a 2xx of 2 MiB with no length said, `long-*` one that says its
 /// length, `text-*` a 2xx that is no JSON, `list-*` a JSON array,
-/// `redirect-*` a 307, `raw-*` a 500 whose text holds raw NUL bytes.
+/// `redirect-*` a 307, `raw-*` a 500 whose text holds raw NUL bytes,
+/// `partial-*` a 2xx without the `order_id` that Ship reads.
 async fn order(State(calls): State<Calls>, Path(id): Path<String>) -> Response {
     calls.lock().unwrap().push(format!("/orders/{id}"));
     let kind = id.split('-').next().unwrap_or_default();
@@ -58,6 +60,7 @@ async fn order(State(calls): State<Calls>, Path(id): Path<String>) -> Response {
         )
             .into_response(),
         "raw" => (StatusCode::INTERNAL_SERVER_ERROR, "broken\0answer\0").into_response(),
+        "partial" => axum::Json(json!({ "note": "taken" })).into_response(),
         _ => axum::Json(json!({ "order_id": format!("o-{id}") })).into_response(),
     }
 }
@@ -102,6 +105,7 @@ async fn each_poison_answer_fails_its_attempts_and_the_saga_compensates_to_its_e
         ("list-1", "unreadable answer"),
         ("redirect-1", "redirect refused"),
         ("raw-1", ""),
+        ("partial-1", "incomplete answer"),
     ] {
         let answer = env
             .post("/sagas/poison?wait=20", &json!({ "id": id }))
@@ -153,6 +157,9 @@ async fn each_poison_answer_fails_its_attempts_and_the_saga_compensates_to_its_e
         }
         if id.starts_with("redirect") {
             assert!(stored.contains("PARTICIPANT_SHOP_URL"), "{stored}");
+        }
+        if id.starts_with("partial") {
+            assert!(stored.contains("steps.Order.order_id"), "{stored}");
         }
         assert_eq!(
             calls

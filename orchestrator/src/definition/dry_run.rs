@@ -135,38 +135,22 @@ pub fn run(
 /// reads from it (`steps.<step>.a.b`), each a string naming itself.
 fn mocked_answers(definition: &Definition) -> BTreeMap<String, Value> {
     let mut mocks: BTreeMap<String, Value> = BTreeMap::new();
-    let actions = definition
-        .steps
-        .iter()
-        .flat_map(|s| std::iter::once(&s.forward).chain(s.compensation.as_ref()));
-    for action in actions {
-        let exprs = action
-            .path
-            .exprs()
-            .into_iter()
-            .chain(action.body.iter().flat_map(|b| b.exprs()));
-        for expr in exprs {
-            for path in expr.references() {
-                let [root, step, fields @ ..] = path.as_slice() else {
-                    continue;
-                };
-                if root != "steps" || fields.is_empty() {
-                    continue;
-                }
-                let mut at = mocks
-                    .entry(step.clone())
-                    .or_insert_with(|| Value::Object(Map::new()));
-                for (i, field) in fields.iter().enumerate() {
-                    let Value::Object(map) = at else { break };
-                    let leaf = i + 1 == fields.len();
-                    at = map.entry(field.clone()).or_insert_with(|| {
-                        if leaf {
-                            Value::String(format!("mock:{step}.{}", fields.join(".")))
-                        } else {
-                            Value::Object(Map::new())
-                        }
-                    });
-                }
+    for (step, paths) in super::fields_read(&definition.steps) {
+        let mock = mocks
+            .entry(step.clone())
+            .or_insert_with(|| Value::Object(Map::new()));
+        for fields in paths {
+            let mut at = &mut *mock;
+            for (i, field) in fields.iter().enumerate() {
+                let Value::Object(map) = at else { break };
+                let leaf = i + 1 == fields.len();
+                at = map.entry(field.clone()).or_insert_with(|| {
+                    if leaf {
+                        Value::String(format!("mock:{step}.{}", fields.join(".")))
+                    } else {
+                        Value::Object(Map::new())
+                    }
+                });
             }
         }
     }

@@ -8,6 +8,7 @@
 //! executor walks its steps forward, and on a failure backward through the
 //! compensations ([`Position`]); it knows nothing else about any saga.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -64,6 +65,40 @@ pub struct Action {
     /// Statuses that fail a forward call at once; None: every 4xx but 408
     /// and 429.
     pub business_failure: Option<Vec<u16>>,
+    /// The fields of this step's answer that later templates read
+    /// (`steps.<step>.a.b` as `["a", "b"]`): an answer without one of them
+    /// fails its attempt.
+    pub needs: Vec<Vec<String>>,
+}
+
+/// Each step's answer fields that the templates of `steps` read, by step
+/// name: `{{ steps.ReserveFlight.booking_id }}` reads `booking_id` of
+/// ReserveFlight's answer.
+pub fn fields_read(steps: &[StepDef]) -> BTreeMap<String, Vec<Vec<String>>> {
+    let mut read: BTreeMap<String, Vec<Vec<String>>> = BTreeMap::new();
+    let actions = steps
+        .iter()
+        .flat_map(|s| std::iter::once(&s.forward).chain(s.compensation.as_ref()));
+    for action in actions {
+        let exprs = action
+            .path
+            .exprs()
+            .into_iter()
+            .chain(action.body.iter().flat_map(|b| b.exprs()));
+        for path in exprs.flat_map(|expr| expr.references()) {
+            let [root, step, fields @ ..] = path.as_slice() else {
+                continue;
+            };
+            if root != "steps" || fields.is_empty() {
+                continue;
+            }
+            let known = read.entry(step.clone()).or_default();
+            if !known.iter().any(|f| f.as_slice() == fields) {
+                known.push(fields.to_vec());
+            }
+        }
+    }
+    read
 }
 
 /// A call rendered for one attempt.

@@ -165,6 +165,10 @@ pub fn compile(doc: Document, checks: &Checks) -> Compiled {
             }
         }
     }
+    let mut read = super::fields_read(&steps);
+    for step in &mut steps {
+        step.forward.needs = read.remove(&*step.forward.step).unwrap_or_default();
+    }
     for (field, source) in doc.messages.iter().flat_map(MessagesDoc::templates) {
         let (code, message) = match template::check_message(source) {
             Ok(()) => continue,
@@ -512,6 +516,7 @@ impl Ctx<'_> {
             timeout,
             max_attempts: None,
             business_failure: None,
+            needs: Vec::new(),
         })
     }
 
