@@ -11,7 +11,7 @@ use common::telemetry::LogFormat;
 struct Args {
     /// PostgreSQL URL. When unset, a private PostgreSQL is started from this
     /// machine's PostgreSQL binaries, and its data is deleted at exit.
-    #[arg(long, env = "DATABASE_URL")]
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     database_url: Option<String>,
 
     /// Host to listen on.
@@ -47,7 +47,7 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
+    let args: Args = common::config::parse();
     common::telemetry::init(args.log_format, "cluster");
     let listeners = Listeners::bind(&args.host, args.port).await?;
     let (database_url, private) = match args.database_url.filter(|url| !url.is_empty()) {
@@ -75,16 +75,18 @@ async fn main() -> anyhow::Result<()> {
     .await?;
 
     let o = &cluster.orchestrator_url;
+    // A password is not printed.
+    let shown = common::config::redacted(&database_url);
     println!(
         "\ntravel saga cluster is up\n\
          \x20 orchestrator  {o}\n\
          \x20 flights-svc   {}\n\
          \x20 cars-svc      {}\n\
          \x20 payments-svc  {}\n\
-         \x20 database      {database_url}{}\n\n\
+         \x20 database      {shown}{}\n\n\
          try:\n\
          \x20 curl -s '{o}/trip?runType=failPayment&tripID=trip-1'\n\
-         \x20 psql '{database_url}' -c \"SELECT seq, step, status, attempt, at FROM orchestrator.saga_log WHERE saga_id = 'trip-1' ORDER BY seq\"\n\n\
+         \x20 psql '{shown}' -c \"SELECT seq, step, status, attempt, at FROM orchestrator.saga_log WHERE saga_id = 'trip-1' ORDER BY seq\"\n\n\
          Ctrl-C stops everything.\n",
         cluster.flights_url,
         cluster.cars_url,

@@ -7,8 +7,9 @@ use crate::telemetry::LogFormat;
 /// Database and logging settings shared by all four services.
 #[derive(Debug, Clone, Args)]
 pub struct CommonConfig {
-    /// PostgreSQL URL, e.g. postgres://postgres@127.0.0.1:5432/travel.
-    #[arg(long, env = "DATABASE_URL")]
+    /// PostgreSQL URL, e.g. postgres://postgres@127.0.0.1:5432/travel
+    /// (or the file DATABASE_URL_FILE names holds it). Never printed.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: String,
 
     /// Largest number of pooled database connections.
@@ -46,5 +47,70 @@ impl CommonConfig {
             max_connections: self.db_max_connections,
             ..Default::default()
         }
+    }
+}
+
+/// The secret settings a file may give instead of the environment, as
+/// container secrets are handed over: `<NAME>_FILE` names the file when
+/// `<NAME>` is not set; and their flags.
+pub const SECRETS_FROM_FILES: [(&str, &str); 1] = [("DATABASE_URL", "--database-url")];
+
+/// `C` parsed from the command line and the environment, each secret of
+/// [`SECRETS_FROM_FILES`] read from the file its `_FILE` variable names
+/// when the variable itself is not set (its trailing line break dropped).
+/// A file that cannot be read stops the start, naming the variable.
+pub fn parse<C: clap::Parser>() -> C {
+    let mut args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    for (name, flag) in SECRETS_FROM_FILES {
+        if std::env::var_os(name).is_some() {
+            continue;
+        }
+        let Some(path) = std::env::var_os(format!("{name}_FILE")) else {
+            continue;
+        };
+        match std::fs::read_to_string(&path) {
+            Ok(text) => {
+                args.push(flag.into());
+                args.push(text.trim_end_matches(['\n', '\r']).into());
+            }
+            Err(err) => {
+                eprintln!(
+                    "error: {name}_FILE={}: {err}; give a readable file holding the value",
+                    std::path::Path::new(&path).display()
+                );
+                std::process::exit(2);
+            }
+        }
+    }
+    C::parse_from(args)
+}
+
+/// `url` with its password, if any, replaced by `***`, to be printed.
+pub fn redacted(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut parsed) if parsed.password().is_some() => {
+            let _ = parsed.set_password(Some("***"));
+            parsed.to_string()
+        }
+        Ok(_) => url.to_owned(),
+        Err(_) => "(a URL that does not parse)".to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_password_is_not_shown() {
+        assert_eq!(
+            redacted("postgres://flights:hunter2@db:5432/travel"),
+            "postgres://flights:***@db:5432/travel"
+        );
+        assert_eq!(
+            redacted("postgres://postgres@127.0.0.1:5432/x"),
+            "postgres://postgres@127.0.0.1:5432/x"
+        );
+        assert!(!redacted("not a url:hunter2@").contains("hunter2"));
     }
 }

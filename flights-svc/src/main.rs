@@ -1,11 +1,10 @@
 use anyhow::Context;
-use clap::Parser;
 
 use flights_svc::Config;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let config = Config::parse();
+    let config: Config = common::config::parse();
     common::telemetry::init(config.common.log_format, "flights-svc");
     let listener = tokio::net::TcpListener::bind(&config.listen_addr)
         .await

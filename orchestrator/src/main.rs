@@ -13,7 +13,7 @@ fn main() -> anyhow::Result<ExitCode> {
     if cli::is_tool(std::env::args().nth(1).as_deref()) {
         return cli::main(Tool::parse());
     }
-    let mut config = Config::parse();
+    let mut config: Config = common::config::parse();
     // The environment's participants first: the flags override them.
     config
         .participants

@@ -1,11 +1,10 @@
 use anyhow::Context;
-use clap::Parser;
 
 use payments_svc::Config;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let config = Config::parse();
+    let config: Config = common::config::parse();
     common::telemetry::init(config.common.log_format, "payments-svc");
     let listener = tokio::net::TcpListener::bind(&config.listen_addr)
         .await

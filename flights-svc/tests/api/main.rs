@@ -160,3 +160,62 @@ async fn a_database_that_never_answers_is_a_503_and_the_retry_books_once() {
             .unwrap();
     assert_eq!(rows, 1);
 }
+
+/// The binary, as its users start it: `--help` shows no database URL,
+/// whatever the environment holds, and `DATABASE_URL_FILE` gives the URL
+/// from a file (as a Docker or Kubernetes secret does).
+#[tokio::test]
+async fn the_database_url_comes_from_a_file_and_is_never_printed() {
+    let binary = env!("CARGO_BIN_EXE_flights-svc");
+    let help = std::process::Command::new(binary)
+        .arg("--help")
+        .env(
+            "DATABASE_URL",
+            "postgres://flights:hunter2@db.invalid/travel",
+        )
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    assert!(help.contains("DATABASE_URL"), "{help}");
+    assert!(!help.contains("hunter2"), "{help}");
+
+    let db = TestDb::new().await;
+    let file = std::env::temp_dir().join(format!("database-url-{}", uuid::Uuid::new_v4()));
+    std::fs::write(&file, format!("{}\n", db.url())).unwrap();
+    let port = testkit::procs::free_port().unwrap();
+    let mut child = tokio::process::Command::new(binary)
+        .env_remove("DATABASE_URL")
+        .env("DATABASE_URL_FILE", &file)
+        .env("LISTEN_ADDR", format!("127.0.0.1:{port}"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    testkit::eventually(
+        "flights-svc ready",
+        std::time::Duration::from_secs(20),
+        || async {
+            let answer = reqwest::get(format!("http://127.0.0.1:{port}/readyz"))
+                .await
+                .ok()?;
+            answer.status().is_success().then_some(())
+        },
+    )
+    .await;
+    child.kill().await.unwrap();
+
+    // A file that cannot be read stops the start, naming the variable.
+    let refused = std::process::Command::new(binary)
+        .env_remove("DATABASE_URL")
+        .env("DATABASE_URL_FILE", "/nonexistent/database-url")
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    let error = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        error.contains("DATABASE_URL_FILE=/nonexistent/database-url"),
+        "{error}"
+    );
+    std::fs::remove_file(file).unwrap();
+}
