@@ -188,6 +188,8 @@ impl Cluster {
                 flights_svc::Config {
                     listen_addr: String::new(),
                     common,
+                    // The runner runs the sample: its run types fail on purpose.
+                    failure_injection: Default::default(),
                 },
                 listener,
                 stopped,
@@ -196,6 +198,8 @@ impl Cluster {
                 cars_svc::Config {
                     listen_addr: String::new(),
                     common,
+                    // The runner runs the sample: its run types fail on purpose.
+                    failure_injection: Default::default(),
                 },
                 listener,
                 stopped,
@@ -204,6 +208,8 @@ impl Cluster {
                 payments_svc::Config {
                     listen_addr: String::new(),
                     common,
+                    // The runner runs the sample: its run types fail on purpose.
+                    failure_injection: Default::default(),
                 },
                 listener,
                 stopped,

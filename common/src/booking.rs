@@ -141,12 +141,48 @@ pub trait Bookings: Send + Sync + 'static {
     ) -> impl Future<Output = sqlx::Result<Option<Found>>> + Send;
 }
 
+/// Whether a run type other than `success` may make this service fail on
+/// purpose (the sample's failure injection). The sample allows it; the
+/// production settings do not, and then such a run type is refused with a
+/// 400 by reserve and confirm (never by cancel, which undoes whatever is
+/// there).
+#[derive(Debug, Clone, Copy, clap::Args)]
+pub struct FailureInjection {
+    /// Whether a runType other than success makes this service fail on
+    /// purpose, as the sample asks; false refuses such a runType with 400.
+    #[arg(
+        long = "allow-failure-injection",
+        env = "ALLOW_FAILURE_INJECTION",
+        default_value_t = true,
+        action = clap::ArgAction::Set
+    )]
+    pub allowed: bool,
+}
+
+impl Default for FailureInjection {
+    fn default() -> Self {
+        Self { allowed: true }
+    }
+}
+
+impl FailureInjection {
+    /// Refuses `run_type` (400 `failure_injection_disabled`) unless it is
+    /// `success` or injection is allowed.
+    pub fn check(self, service: &'static str, run_type: RunType) -> Result<()> {
+        if self.allowed || run_type == RunType::Success {
+            return Ok(());
+        }
+        Err(Error::InjectionDisabled { service, run_type })
+    }
+}
+
 /// The routes of a booking service under `collection` (e.g. `/reservations`).
 pub fn router<B: Bookings, S>(collection: &str) -> Router<S>
 where
     S: Clone + Send + Sync + 'static,
     Db: FromRef<S>,
     ParticipantMetrics: FromRef<S>,
+    FailureInjection: FromRef<S>,
 {
     Router::new()
         .route(collection, post(reserve::<B>))
@@ -176,6 +212,16 @@ pub enum Error {
         service: &'static str,
         run_type: RunType,
         action: &'static str,
+    },
+
+    /// 400: the run type asks for a failure on purpose, and this service
+    /// runs with `ALLOW_FAILURE_INJECTION=false`.
+    #[error(
+        "runType {run_type} asks {service} to fail on purpose, and it runs with ALLOW_FAILURE_INJECTION=false"
+    )]
+    InjectionDisabled {
+        service: &'static str,
+        run_type: RunType,
     },
 
     /// 404: no booking for this trip.
@@ -218,6 +264,13 @@ impl BusinessError for Error {
                 ErrorBody::new(
                     "injected_failure",
                     format!("{message}, as asked (injected failure); send runType success to book"),
+                ),
+            ),
+            Error::InjectionDisabled { .. } => (
+                StatusCode::BAD_REQUEST,
+                ErrorBody::new(
+                    "failure_injection_disabled",
+                    format!("{message}; send runType success"),
                 ),
             ),
             Error::NotFound { .. } => (
@@ -280,10 +333,12 @@ fn cancelled<B: Bookings>(trip_id: &str) -> Error {
 async fn reserve<B: Bookings>(
     State(db): State<Db>,
     State(metrics): State<ParticipantMetrics>,
+    State(injection): State<FailureInjection>,
     key: Key,
     Json(req): Json<B::Request>,
 ) -> Result<Answer> {
     check_trip_id(B::trip_id(&req))?;
+    injection.check(B::SERVICE, B::run_type(&req))?;
     if B::run_type(&req) == B::FAIL_RESERVE {
         return Err(Error::Injected {
             service: B::SERVICE,
@@ -337,11 +392,13 @@ async fn show<B: Bookings>(
 async fn confirm<B: Bookings>(
     State(db): State<Db>,
     State(metrics): State<ParticipantMetrics>,
+    State(injection): State<FailureInjection>,
     Path(trip_id): Path<String>,
     key: Key,
     Json(req): Json<ActionRequest>,
 ) -> Result<Answer> {
     check_trip_id(&trip_id)?;
+    injection.check(B::SERVICE, req.run_type)?;
     if req.run_type == B::FAIL_CONFIRM {
         return Err(Error::Injected {
             service: B::SERVICE,

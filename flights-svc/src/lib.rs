@@ -9,6 +9,7 @@ use std::future::Future;
 
 use axum::Router;
 use axum::extract::FromRef;
+use common::booking::FailureInjection;
 use common::db::Db;
 use common::metrics::ParticipantMetrics;
 use sqlx::migrate::Migrator;
@@ -34,6 +35,9 @@ pub struct Config {
 
     #[command(flatten)]
     pub common: common::config::CommonConfig,
+
+    #[command(flatten)]
+    pub failure_injection: FailureInjection,
 }
 
 /// What every handler gets: cheap to clone.
@@ -41,6 +45,7 @@ pub struct Config {
 pub struct AppState {
     pub db: Db,
     pub metrics: ParticipantMetrics,
+    pub failure_injection: FailureInjection,
 }
 
 /// The service's routes, as the binary serves them (without middleware).
@@ -58,7 +63,13 @@ pub async fn run(
         &config.common,
         SCHEMA,
         migrator(),
-        |db, metrics| app(AppState { db, metrics }),
+        |db, metrics| {
+            app(AppState {
+                db,
+                metrics,
+                failure_injection: config.failure_injection,
+            })
+        },
         listener,
         shutdown,
     )

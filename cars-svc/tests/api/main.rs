@@ -22,6 +22,7 @@ async fn keeps_the_booking_contract() {
     let server = TestServer::start(app(AppState {
         db: Db::new(db.new_pool().await),
         metrics: Default::default(),
+        failure_injection: Default::default(),
     }))
     .await;
     Booking {
@@ -42,6 +43,7 @@ async fn stores_the_sample_fields() {
     let server = TestServer::start(app(AppState {
         db: Db::new(db.new_pool().await),
         metrics: Default::default(),
+        failure_injection: Default::default(),
     }))
     .await;
     let (status, body) = testkit::contract::post(
@@ -69,6 +71,7 @@ async fn answers_as_the_wire_type_writes_them() {
     let server = TestServer::start(app(AppState {
         db: Db::new(db.new_pool().await),
         metrics: Default::default(),
+        failure_injection: Default::default(),
     }))
     .await;
     let mut body = reserve_body("t", "success");

@@ -23,6 +23,7 @@ async fn keeps_the_booking_contract() {
     let server = TestServer::start(app(AppState {
         db: Db::new(db.new_pool().await),
         metrics: Default::default(),
+        failure_injection: Default::default(),
     }))
     .await;
     Booking {
@@ -43,6 +44,7 @@ async fn stores_the_sample_fields() {
     let server = TestServer::start(app(AppState {
         db: Db::new(db.new_pool().await),
         metrics: Default::default(),
+        failure_injection: Default::default(),
     }))
     .await;
     let (status, body) = testkit::contract::post(
@@ -74,6 +76,7 @@ async fn answers_as_the_wire_type_writes_them() {
     let server = TestServer::start(app(AppState {
         db: Db::new(db.new_pool().await),
         metrics: Default::default(),
+        failure_injection: Default::default(),
     }))
     .await;
     let mut body = reserve_body("t", "success");
@@ -111,6 +114,7 @@ async fn a_database_that_never_answers_is_a_503_and_the_retry_books_once() {
     let server = TestServer::start(app(AppState {
         db: Db::new(pool).with_query_timeout(limit),
         metrics: Default::default(),
+        failure_injection: Default::default(),
     }))
     .await;
     let url = format!("{}/reservations", server.url);
@@ -218,4 +222,68 @@ async fn the_database_url_comes_from_a_file_and_is_never_printed() {
         "{error}"
     );
     std::fs::remove_file(file).unwrap();
+}
+
+/// With `ALLOW_FAILURE_INJECTION=false`, reserve and confirm refuse every
+/// run type but success with a 400 and change nothing; cancel still
+/// undoes whatever is there.
+#[tokio::test]
+async fn with_failure_injection_off_other_run_types_are_refused_but_cancel_still_works() {
+    let db = TestDb::new().await;
+    let server = TestServer::start(app(AppState {
+        db: Db::new(db.new_pool().await),
+        metrics: Default::default(),
+        failure_injection: common::booking::FailureInjection { allowed: false },
+    }))
+    .await;
+    let reservations = format!("{}/reservations", server.url);
+    for run_type in ["failFlightsReservation", "failPayment"] {
+        let (status, body) =
+            testkit::contract::post(&reservations, &reserve_body("off-1", run_type)).await;
+        assert_eq!(status, 400, "{run_type}: {body}");
+        assert_eq!(body["error"], "failure_injection_disabled", "{body}");
+        assert!(
+            body["message"]
+                .as_str()
+                .unwrap()
+                .contains("ALLOW_FAILURE_INJECTION=false"),
+            "{body}"
+        );
+    }
+    let count = || async {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM flights.reservations")
+            .fetch_one(db.pool())
+            .await
+            .unwrap()
+    };
+    assert_eq!(count().await, 0, "nothing reserved");
+
+    let (status, body) =
+        testkit::contract::post(&reservations, &reserve_body("off-1", "success")).await;
+    assert_eq!(status, 200, "{body}");
+    let confirm = format!("{reservations}/off-1/confirm");
+    let (status, body) = testkit::contract::post(
+        &confirm,
+        &json!({ "run_type": "failFlightsConfirmation", "booking_id": body["booking_id"] }),
+    )
+    .await;
+    assert_eq!(
+        (status, &body["error"]),
+        (
+            reqwest::StatusCode::BAD_REQUEST,
+            &json!("failure_injection_disabled")
+        )
+    );
+    let (status, body) = testkit::contract::post(
+        &format!("{reservations}/off-1/cancel"),
+        &json!({ "run_type": "failPayment" }),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let state: String =
+        sqlx::query_scalar("SELECT status::text FROM flights.reservations WHERE trip_id = 'off-1'")
+            .fetch_one(db.pool())
+            .await
+            .unwrap();
+    assert_eq!(state, "cancelled");
 }

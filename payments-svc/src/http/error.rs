@@ -21,6 +21,11 @@ pub enum Error {
         action: &'static str,
     },
 
+    /// 400: a run type other than success, with failure injection off
+    /// (`common::booking::FailureInjection`).
+    #[error(transparent)]
+    InjectionDisabled(common::booking::Error),
+
     /// 404: no reservation for this trip.
     #[error("no payment for trip {0}")]
     NotFound(String),
@@ -55,6 +60,7 @@ impl BusinessError for Error {
                     format!("{message}, as asked (injected failure); send runType success to pay"),
                 ),
             ),
+            Error::InjectionDisabled(refused) => return refused.answer(),
             Error::NotFound(_) => (
                 StatusCode::NOT_FOUND,
                 ErrorBody::new("not_found", format!("{message}; charge it first")),

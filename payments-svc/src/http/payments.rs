@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use axum::Router;
 use axum::extract::State;
 use axum::routing::{get, post};
-use common::booking::{Cancelled, cancel_call};
+use common::booking::{Cancelled, FailureInjection, cancel_call};
 use common::db::Db;
 use common::extract::{Json, Path};
 use common::idempotency::{self, Answer, Key, to_answer};
@@ -117,10 +117,14 @@ fn check_trip_id(trip_id: &str) -> Result<()> {
 async fn charge(
     State(db): State<Db>,
     State(metrics): State<ParticipantMetrics>,
+    State(injection): State<FailureInjection>,
     key: Key,
     Json(req): Json<PaymentRequest>,
 ) -> Result<Answer> {
     check_trip_id(&req.trip_id)?;
+    injection
+        .check("payments-svc", req.run_type)
+        .map_err(Error::InjectionDisabled)?;
     common::wire::validate_payment(req.amount, &req.currency).map_err(Error::InvalidPayment)?;
     if req.run_type == RunType::FailPayment {
         return Err(Error::Injected {

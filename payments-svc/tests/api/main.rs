@@ -31,6 +31,7 @@ async fn server(db: &TestDb) -> TestServer {
     TestServer::start(app(AppState {
         db: Db::new(db.new_pool().await),
         metrics: Default::default(),
+        failure_injection: Default::default(),
     }))
     .await
 }
@@ -185,4 +186,29 @@ async fn answers_as_the_wire_type_writes_them() {
     )
     .await;
     assert_eq!(first["amount"], "750.50");
+}
+
+#[tokio::test]
+async fn with_failure_injection_off_fail_payment_is_refused_and_nothing_charged() {
+    let db = TestDb::new().await;
+    let s = TestServer::start(app(AppState {
+        db: Db::new(db.new_pool().await),
+        metrics: Default::default(),
+        failure_injection: common::booking::FailureInjection { allowed: false },
+    }))
+    .await;
+    let (status, body) = post(
+        &format!("{}/payments", s.url),
+        &charge_body("off-1", "failPayment"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["error"], "failure_injection_disabled", "{body}");
+    assert_eq!(rows(db.pool(), "off-1").await, []);
+    let (status, body) = post(
+        &format!("{}/payments", s.url),
+        &charge_body("off-1", "success"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
 }
