@@ -75,6 +75,11 @@ pub struct Cluster {
     held: Vec<(Participant, TcpListener)>,
     /// Per orchestrator started: its URL and the token that crashes it.
     orchestrators: Vec<(String, CancellationToken)>,
+    /// Each participant's key (`id:secret`, in the order of
+    /// [`Participant`]), made at start: the
+    /// participants check every call's signature, and each orchestrator
+    /// signs with them.
+    keys: [String; 3],
 }
 
 fn url_of(listener: &TcpListener) -> anyhow::Result<String> {
@@ -109,6 +114,11 @@ impl Cluster {
             tasks: Vec::new(),
             held: Vec::new(),
             orchestrators: Vec::new(),
+            keys: [
+                common::auth::Key::generate("flights-1"),
+                common::auth::Key::generate("cars-1"),
+                common::auth::Key::generate("payments-1"),
+            ],
         };
         let mut started = Vec::new();
         for (participant, listener) in [
@@ -148,6 +158,9 @@ impl Cluster {
             &self.cars_url,
             &self.payments_url,
         );
+        for (participant, key) in ["flights", "cars", "payments"].iter().zip(&self.keys) {
+            config.participant_keys.push(format!("{participant}={key}"));
+        }
         configure(&mut config);
         let stop = self.stop.clone();
         let crash = CancellationToken::new();
@@ -178,9 +191,18 @@ impl Cluster {
         }
     }
 
+    /// The key `participant` checks its calls with, to sign a call made
+    /// to it directly.
+    pub fn key(&self, participant: Participant) -> common::auth::Key {
+        common::auth::Key::parse(&self.keys[participant as usize]).expect("a key made at start")
+    }
+
     /// Spawns `participant`; returns the index of its task.
     fn spawn_participant(&mut self, participant: Participant, listener: TcpListener) -> usize {
         let common = common::config::CommonConfig::new(&self.database_url);
+        let auth = common::auth::ParticipantAuth {
+            auth_keys: Some(self.keys[participant as usize].clone()),
+        };
         let stop = self.stop.clone();
         let stopped = async move { stop.cancelled().await };
         let task = match participant {
@@ -190,6 +212,7 @@ impl Cluster {
                     common,
                     // The runner runs the sample: its run types fail on purpose.
                     failure_injection: Default::default(),
+                    auth,
                 },
                 listener,
                 stopped,
@@ -200,6 +223,7 @@ impl Cluster {
                     common,
                     // The runner runs the sample: its run types fail on purpose.
                     failure_injection: Default::default(),
+                    auth,
                 },
                 listener,
                 stopped,
@@ -210,6 +234,7 @@ impl Cluster {
                     common,
                     // The runner runs the sample: its run types fail on purpose.
                     failure_injection: Default::default(),
+                    auth,
                 },
                 listener,
                 stopped,

@@ -53,16 +53,24 @@ impl CommonConfig {
 /// The secret settings a file may give instead of the environment, as
 /// container secrets are handed over: `<NAME>_FILE` names the file when
 /// `<NAME>` is not set; and their flags.
-pub const SECRETS_FROM_FILES: [(&str, &str); 1] = [("DATABASE_URL", "--database-url")];
+pub const SECRETS_FROM_FILES: [(&str, &str); 2] = [
+    ("DATABASE_URL", "--database-url"),
+    ("AUTH_KEYS", "--auth-keys"),
+];
 
 /// `C` parsed from the command line and the environment, each secret of
-/// [`SECRETS_FROM_FILES`] read from the file its `_FILE` variable names
-/// when the variable itself is not set (its trailing line break dropped).
+/// [`SECRETS_FROM_FILES`] that `C` takes read from the file its `_FILE`
+/// variable names when the variable itself is not set (its trailing line
+/// break dropped).
 /// A file that cannot be read stops the start, naming the variable.
 pub fn parse<C: clap::Parser>() -> C {
     let mut args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let command = C::command();
     for (name, flag) in SECRETS_FROM_FILES {
-        if std::env::var_os(name).is_some() {
+        let takes = command
+            .get_arguments()
+            .any(|a| a.get_long() == flag.strip_prefix("--"));
+        if !takes || std::env::var_os(name).is_some() {
             continue;
         }
         let Some(path) = std::env::var_os(format!("{name}_FILE")) else {

@@ -9,7 +9,9 @@
 //! - [`metrics`]: a Prometheus registry per service, its request metrics,
 //!   `GET /metrics`.
 //! - [`text`]: the control characters no request may carry.
+//! - [`auth`]: the orchestrator's calls to a participant, signed and checked.
 
+pub mod auth;
 pub mod booking;
 pub mod config;
 pub mod db;

@@ -128,7 +128,13 @@ pub fn operation(
                 .build(),
         ));
     }
-    for (status, description) in responses {
+    // Every participant route checks the orchestrator's signature when it
+    // has keys (`crate::auth`).
+    let unsigned = (
+        401,
+        "The call is not signed by the orchestrator (the participant has AUTH_KEYS)",
+    );
+    for (status, description) in responses.iter().chain([&unsigned]) {
         let schema = if (200..300).contains(status) {
             answer
         } else {

@@ -168,9 +168,11 @@ fn panicked(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
 
 /// The whole life of a participant service: connect to its database inside
 /// `schema`, apply `migrator`, then serve `app(db)` with the standard
-/// middleware on `listener` until `shutdown` completes.
+/// middleware, each call's signature checked when `auth` gives keys, on
+/// `listener` until `shutdown` completes.
 pub async fn run_participant(
     config: &crate::config::CommonConfig,
+    auth: &crate::auth::ParticipantAuth,
     schema: &'static str,
     migrator: sqlx::migrate::Migrator,
     app: impl FnOnce(crate::db::Db, ParticipantMetrics) -> Router,
@@ -183,8 +185,19 @@ pub async fn run_participant(
     let db = crate::db::Db::new(pool).with_query_timeout(config.query_timeout());
     let mut registry = Registry::default();
     let counted = ParticipantMetrics::new(&mut registry);
+    let mut router = app(db, counted);
+    match &auth.auth_keys {
+        Some(keys) => {
+            let keys =
+                crate::auth::parse_keys(keys).map_err(|err| anyhow::anyhow!("AUTH_KEYS: {err}"))?;
+            router = crate::auth::Verifier::new(keys, &mut registry).layer(router);
+        }
+        None => tracing::warn!(
+            "AUTH_KEYS is not set: this participant takes calls from anyone, not only the orchestrator"
+        ),
+    }
     let metrics = Metrics::new(registry);
-    let router = with_middleware(app(db, counted), &metrics, Duration::from_secs(30));
+    let router = with_middleware(router, &metrics, Duration::from_secs(30));
     serve(listener, router, shutdown).await?;
     Ok(())
 }

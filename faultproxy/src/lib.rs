@@ -269,6 +269,11 @@ impl Inner {
             header::CONTENT_TYPE.as_str(),
             common::wire::IDEMPOTENCY_KEY,
             "x-request-id",
+            "traceparent",
+            common::auth::KEY_ID,
+            common::auth::TIMESTAMP,
+            common::auth::NONCE,
+            common::auth::SIGNATURE,
         ] {
             if let Some(value) = parts.headers.get(name) {
                 request = request.header(name, value);

@@ -118,6 +118,14 @@ pub struct Config {
     #[arg(long = "participant", value_name = "NAME=URL")]
     pub participants: Vec<String>,
 
+    /// The key a participant checks its calls' signatures with, as
+    /// NAME=ID:SECRET (repeatable). The environment's
+    /// `PARTICIPANT_<NAME>_KEY` (or `_KEY_FILE`) variables are read too
+    /// ([`participant_keys_from_env`]). A participant without one is
+    /// called unsigned.
+    #[arg(long = "participant-key", value_name = "NAME=ID:SECRET")]
+    pub participant_keys: Vec<String>,
+
     /// The folder of saga definitions (`*.yaml`, `*.yml`, `*.json`)
     /// registered at start-up.
     #[arg(long, env = "SAGAS_DIR", default_value = "sagas")]
@@ -183,6 +191,7 @@ impl Config {
             cars_url: cars_url.into(),
             payments_url: payments_url.into(),
             participants: Vec::new(),
+            participant_keys: Vec::new(),
             sagas_dir: PathBuf::from(REPOSITORY_SAGAS),
             trip_wait_secs: 10,
             saga_deadline_secs: None,
@@ -213,6 +222,7 @@ impl Config {
                 BaseUrl {
                     setting: setting.to_owned(),
                     url: url.clone(),
+                    key: None,
                 },
             );
         }
@@ -227,8 +237,21 @@ impl Config {
                 BaseUrl {
                     setting: definition::validate::url_setting(name),
                     url: url.to_owned(),
+                    key: None,
                 },
             );
+        }
+        for given in &self.participant_keys {
+            let (name, key) = given.split_once('=').with_context(
+                || "a participant key is NAME=ID:SECRET, such as flights=k1:<32 random characters>",
+            )?;
+            let setting = format!("PARTICIPANT_{}_KEY", name.to_ascii_uppercase());
+            let key =
+                common::auth::Key::parse(key).map_err(|err| anyhow::anyhow!("{setting}: {err}"))?;
+            let base = urls.get_mut(&name.to_ascii_lowercase()).with_context(|| {
+                format!("{setting} is given, but participant {name} has no URL")
+            })?;
+            base.key = Some(key);
         }
         Ok(urls)
     }
@@ -256,6 +279,29 @@ pub fn participant_urls_from_env() -> Vec<String> {
             (!name.is_empty()).then(|| format!("{}={url}", name.to_ascii_lowercase()))
         })
         .collect()
+}
+
+/// The `PARTICIPANT_<NAME>_KEY` variables of the environment (or the file
+/// `PARTICIPANT_<NAME>_KEY_FILE` names), as `--participant-key` values.
+pub fn participant_keys_from_env() -> anyhow::Result<Vec<String>> {
+    let mut keys = Vec::new();
+    for (variable, value) in std::env::vars() {
+        let Some(rest) = variable.strip_prefix("PARTICIPANT_") else {
+            continue;
+        };
+        if let Some(name) = rest.strip_suffix("_KEY_FILE") {
+            if std::env::var_os(format!("PARTICIPANT_{name}_KEY")).is_some() {
+                continue;
+            }
+            let key = std::fs::read_to_string(&value).with_context(|| {
+                format!("{variable}={value}: give a readable file holding ID:SECRET")
+            })?;
+            keys.push(format!("{}={}", name.to_ascii_lowercase(), key.trim_end()));
+        } else if let Some(name) = rest.strip_suffix("_KEY") {
+            keys.push(format!("{}={value}", name.to_ascii_lowercase()));
+        }
+    }
+    Ok(keys)
 }
 
 /// Reads every definition file in `dir`, sorted by name, as documents.

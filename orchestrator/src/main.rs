@@ -18,6 +18,9 @@ fn main() -> anyhow::Result<ExitCode> {
     config
         .participants
         .splice(0..0, orchestrator::participant_urls_from_env());
+    config
+        .participant_keys
+        .splice(0..0, orchestrator::participant_keys_from_env()?);
     serve(config)?;
     Ok(ExitCode::SUCCESS)
 }

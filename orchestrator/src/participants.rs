@@ -37,6 +37,7 @@ pub struct Turn {
 #[derive(Debug)]
 struct Participant {
     base: Base,
+    key: Option<common::auth::Key>,
     in_flight: Arc<Semaphore>,
     budget: RetryBudget,
 }
@@ -61,6 +62,9 @@ pub struct Participants {
 pub struct BaseUrl {
     pub setting: String,
     pub url: String,
+    /// The key its calls are signed with (`PARTICIPANT_<NAME>_KEY`), if
+    /// it checks them.
+    pub key: Option<common::auth::Key>,
 }
 
 impl Participants {
@@ -90,6 +94,7 @@ impl Participants {
                 name.clone(),
                 Participant {
                     base: Base::parse(&base.setting, &base.url)?,
+                    key: base.key.clone(),
                     in_flight: Arc::new(Semaphore::new(max_in_flight)),
                     budget: RetryBudget::new(retry),
                 },
@@ -179,6 +184,13 @@ impl Participants {
         };
         let url = participant.base.join(&rendered.path);
         let key = format!("{}:{}", scope.saga_id, action.step);
+        // What the participant's check reads: the path with its query.
+        let signed = participant.key.as_ref().map(|k| {
+            (
+                k,
+                url[url::Position::BeforePath..url::Position::AfterQuery].to_owned(),
+            )
+        });
         let mut request = self
             .client
             .request(action.method.clone(), url)
@@ -191,8 +203,23 @@ impl Participants {
         if let Some(timeout) = action.timeout {
             request = request.timeout(timeout);
         }
-        if let Some(body) = &rendered.body {
-            request = request.json(body);
+        let body = match &rendered.body {
+            Some(body) => serde_json::to_vec(body).map_err(|err| CallFailure {
+                transient: false,
+                detail: json!({ "error": "template", "message": err.to_string() }),
+            })?,
+            None => Vec::new(),
+        };
+        if let Some((key, path)) = signed {
+            let now = chrono::Utc::now().timestamp();
+            for (name, value) in key.sign(&action.method, &path, now, &body) {
+                request = request.header(name, value);
+            }
+        }
+        if rendered.body.is_some() {
+            request = request
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(body);
         }
         // Boxed: the request's future is large, and only the calls in flight
         // need one.
@@ -441,6 +468,7 @@ mod tests {
                 BaseUrl {
                     setting: "CARS_URL".into(),
                     url: cars.into(),
+                    key: None,
                 },
             )])
         };

@@ -38,6 +38,9 @@ pub struct Config {
 
     #[command(flatten)]
     pub failure_injection: FailureInjection,
+
+    #[command(flatten)]
+    pub auth: common::auth::ParticipantAuth,
 }
 
 /// What every handler gets: cheap to clone.
@@ -61,6 +64,7 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     common::server::run_participant(
         &config.common,
+        &config.auth,
         SCHEMA,
         migrator(),
         |db, metrics| {

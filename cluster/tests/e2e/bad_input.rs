@@ -187,10 +187,18 @@ async fn bad_requests_get_a_clear_4xx_and_start_nothing() {
     env.finish().await;
 }
 
-/// `POST` `body` (raw JSON text) to `url`.
-async fn post_json(url: &str, body: String) -> (StatusCode, serde_json::Value) {
+/// `POST` `body` (raw JSON text) to `url`, signed with `key` if given.
+async fn post_signed(
+    url: &str,
+    body: String,
+    key: Option<&common::auth::Key>,
+) -> (StatusCode, serde_json::Value) {
+    let headers = key.map_or_else(Default::default, |key| {
+        crate::support::signed(key, &reqwest::Method::POST, url, body.as_bytes())
+    });
     let answer = reqwest::Client::new()
         .post(url)
+        .headers(headers)
         .header("content-type", "application/json")
         .header(common::wire::IDEMPOTENCY_KEY, "ctl-1:ReserveFlight")
         .body(body)
@@ -236,6 +244,23 @@ async fn post_chunked(url: &str, body: &str) -> (u16, String) {
 async fn control_characters_and_oversized_bodies_get_a_4xx_naming_them_at_every_service() {
     let env = Env::start().await;
     let orchestrator = &env.cluster.orchestrator_url;
+    // The participants take only the orchestrator's calls: these are
+    // signed as its are.
+    let key = |url: &str| {
+        use cluster::Participant::*;
+        [
+            (Flights, &env.cluster.flights_url),
+            (Cars, &env.cluster.cars_url),
+            (Payments, &env.cluster.payments_url),
+        ]
+        .into_iter()
+        .find(|(_, base)| url.starts_with(base.as_str()))
+        .map(|(p, _)| env.cluster.key(p))
+    };
+    let post_json = |url: String, body: String| {
+        let key = key(&url);
+        async move { post_signed(&url, body, key.as_ref()).await }
+    };
     // In a JSON body (escaped, as JSON carries them), at any depth.
     for (url, body, mentions) in [
         (
@@ -274,7 +299,7 @@ async fn control_characters_and_oversized_bodies_get_a_4xx_naming_them_at_every_
             "field currency",
         ),
     ] {
-        let (status, answer) = post_json(&url, body.to_owned()).await;
+        let (status, answer) = post_json(url.clone(), body.to_owned()).await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{url}: {answer}");
         assert_eq!(answer["error"], "control_character", "{url}: {answer}");
         let message = answer["message"].as_str().unwrap_or_default();
@@ -350,7 +375,7 @@ async fn control_characters_and_oversized_bodies_get_a_4xx_naming_them_at_every_
     // Tab and line breaks are text, and a backslash before `u0000` is not
     // an escape.
     let (status, answer) = post_json(
-        &format!("{orchestrator}/trips"),
+        format!("{orchestrator}/trips"),
         r#"{"trip_id": "ctl-3", "depart_city": "Det\\u0000roit"}"#.to_owned(),
     )
     .await;
@@ -364,7 +389,7 @@ async fn control_characters_and_oversized_bodies_get_a_4xx_naming_them_at_every_
         format!("{orchestrator}/trips"),
         format!("{}/payments", env.cluster.payments_url),
     ] {
-        let (status, answer) = post_json(&url, big.clone()).await;
+        let (status, answer) = post_json(url.clone(), big.clone()).await;
         assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{url}: {answer}");
         assert_eq!(answer["error"], "body_too_large", "{url}: {answer}");
         let (status, answer) = post_chunked(&url, &big).await;

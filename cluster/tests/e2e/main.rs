@@ -1,6 +1,7 @@
 //! The four real services over HTTP on port 0, on a fresh database per test.
 
 mod actions;
+mod auth;
 mod bad_input;
 mod browser;
 mod console;

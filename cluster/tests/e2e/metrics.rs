@@ -146,11 +146,20 @@ async fn participants_count_their_replays_and_the_tombstones_they_write() {
     // The refund again under its key is a replay, with no second effect;
     // under a new key it finds the trip refunded: neither is a tombstone.
     let http = reqwest::Client::new();
+    let payments_key = env.cluster.key(cluster::Participant::Payments);
     for key in ["tomb:RefundPayment", "by-hand"] {
+        let url = format!("{}/payments/tomb/refund", env.cluster.payments_url);
         let answer = http
-            .post(format!("{}/payments/tomb/refund", env.cluster.payments_url))
+            .post(&url)
             .header("idempotency-key", key)
-            .json(&serde_json::json!({}))
+            .header("content-type", "application/json")
+            .headers(crate::support::signed(
+                &payments_key,
+                &reqwest::Method::POST,
+                &url,
+                b"{}",
+            ))
+            .body("{}")
             .send()
             .await
             .expect("POST refund");

@@ -17,6 +17,8 @@ struct Described {
     api: Value,
     called: BTreeSet<(String, String)>,
     http: reqwest::Client,
+    /// The key calls are signed with (a participant's), if any.
+    key: Option<common::auth::Key>,
 }
 
 /// A call: method, path (with query), and a body with its content type.
@@ -83,15 +85,19 @@ impl Described {
             api,
             called: BTreeSet::new(),
             http,
+            key: None,
         }
     }
 
     /// Sends `call`, checks the answer against the document, and returns
     /// its status and JSON body (`null` when it has none).
     async fn check(&mut self, call: Call) -> (StatusCode, Value) {
-        let mut request = self
-            .http
-            .request(call.method.clone(), format!("{}{}", self.base, call.path));
+        let url = format!("{}{}", self.base, call.path);
+        let mut request = self.http.request(call.method.clone(), &url);
+        if let Some(key) = &self.key {
+            let body = call.body.as_ref().map_or(&b""[..], |(_, b)| b.as_bytes());
+            request = request.headers(crate::support::signed(key, &call.method, &url, body));
+        }
         if let Some((content_type, body)) = call.body {
             request = request.header("content-type", content_type).body(body);
         }
@@ -438,6 +444,7 @@ async fn every_operation_of_the_participants_answers_as_its_document_says() {
                 "arrive_city": "Frankfurt", "arrive_time": "2021-07-09T08:00:00Z",
             }),
             "failFlightsReservation",
+            cluster::Participant::Flights,
         ),
         (
             "cars-svc",
@@ -448,12 +455,20 @@ async fn every_operation_of_the_participants_answers_as_its_document_says() {
                 "rental_to": "2021-07-17T00:00:00Z",
             }),
             "failCarRentalReservation",
+            cluster::Participant::Cars,
         ),
     ];
     let mut booking_ids = Vec::new();
-    for (service, base, collection, body, fail) in bookings {
+    for (service, base, collection, body, fail, participant) in bookings {
         let mut api = Described::load(service, &base).await;
         api.check_shared().await;
+        // Unsigned: refused, as documented; then signed as the
+        // orchestrator signs.
+        assert_eq!(
+            api.check(post(collection, &body)).await.0,
+            StatusCode::UNAUTHORIZED
+        );
+        api.key = Some(env.cluster.key(participant));
         let (status, booked) = api.check(post(collection, &body)).await;
         assert_eq!((status, &booked["status"]), (ok, &json!("pending")));
         booking_ids.push(booked["booking_id"].clone());
@@ -500,6 +515,7 @@ async fn every_operation_of_the_participants_answers_as_its_document_says() {
 
     let mut api = Described::load("payments-svc", &env.cluster.payments_url).await;
     api.check_shared().await;
+    api.key = Some(env.cluster.key(cluster::Participant::Payments));
     let charge = json!({
         "trip_id": trip, "amount": "750.00", "currency": "USD",
         "flight_booking_id": booking_ids[0], "car_booking_id": booking_ids[1],

@@ -351,3 +351,23 @@ pub fn value(text: &str, series: &str) -> f64 {
         .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
         .map_or(0.0, |v| v.trim().parse().expect("a number"))
 }
+
+/// The headers that sign a call of `method` to `url` carrying `body` with
+/// `key`, as the orchestrator signs its calls to a participant.
+pub fn signed(
+    key: &common::auth::Key,
+    method: &reqwest::Method,
+    url: &str,
+    body: &[u8],
+) -> reqwest::header::HeaderMap {
+    let url = reqwest::Url::parse(url).expect("a URL");
+    let path = match url.query() {
+        Some(query) => format!("{}?{query}", url.path()),
+        None => url.path().to_owned(),
+    };
+    let mut headers = reqwest::header::HeaderMap::new();
+    for (name, value) in key.sign(method, &path, chrono::Utc::now().timestamp(), body) {
+        headers.insert(name, value);
+    }
+    headers
+}

@@ -118,10 +118,13 @@ impl Action {
     }
 
     /// Whether an answer with `status` (not 2xx) ends a forward call at once.
+    /// A 401 never does: the participant refused the call's signature (a
+    /// key being rotated, a network duplicate refused as a replay), not the
+    /// request, and a new attempt is signed anew.
     pub fn is_business_failure(&self, status: u16) -> bool {
         match &self.business_failure {
             Some(statuses) => statuses.contains(&status),
-            None => (400..500).contains(&status) && status != 408 && status != 429,
+            None => (400..500).contains(&status) && ![401, 408, 429].contains(&status),
         }
     }
 }

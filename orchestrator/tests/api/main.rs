@@ -716,6 +716,7 @@ async fn a_read_the_database_never_answers_is_a_503_and_the_next_goes_through() 
     let nobody = |name: &str| orchestrator::participants::BaseUrl {
         setting: name.into(),
         url: "http://127.0.0.1:9".into(),
+        key: None,
     };
     let urls = ["flights", "cars", "payments"]
         .map(|name| (name.to_owned(), nobody(name)))
