@@ -259,28 +259,20 @@ async fn the_list_and_its_counts_follow_the_sagas_live() {
         .execute("window.sameDocument = true; return null;", vec![])
         .await
         .unwrap();
+    // Waits until the counts read `running` and `succeeded`.
+    let counted = async |what: &str, running: &str, succeeded: &str| {
+        testkit::eventually(what, Duration::from_secs(15), || async {
+            (count(&browser, "running").await == running
+                && count(&browser, "succeeded").await == succeeded)
+                .then_some(())
+        })
+        .await;
+    };
     // The page brings itself again at once (the stream's first event): the
     // counts are read once it has settled.
-    testkit::eventually(
-        "the held trip counted running",
-        Duration::from_secs(10),
-        || async {
-            (count(&browser, "running").await == "1" && count(&browser, "succeeded").await == "0")
-                .then_some(())
-        },
-    )
-    .await;
-
+    counted("the held trip counted running", "1", "0").await;
     proxies.payments.release();
-    testkit::eventually(
-        "the trip counted succeeded",
-        Duration::from_secs(15),
-        || async {
-            (count(&browser, "succeeded").await == "1" && count(&browser, "running").await == "0")
-                .then_some(())
-        },
-    )
-    .await;
+    counted("the trip counted succeeded", "0", "1").await;
     let failed = env.get("/trip?tripID=list-2&runType=failPayment").await;
     assert_eq!(failed.body["status"], "failed", "{}", failed.body);
     let list = testkit::eventually("the new trip listed", Duration::from_secs(15), || async {
