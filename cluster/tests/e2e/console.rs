@@ -487,6 +487,9 @@ async fn a_definition_is_tried_and_registered_from_its_page() {
         answer.contains("error unknown_participant at steps[1].call.participant"),
         "{answer}"
     );
+    let shown =
+        "document.getElementById('try-result').scrollIntoView({block: 'center'}); return null;";
+    browser.client.execute(shown, vec![]).await.unwrap();
     browser.screenshot("console-definitions").await;
 
     // The valid document, dry-run with the payment refused.
