@@ -114,6 +114,19 @@ impl Browser {
         self.element(css).await.click().await.unwrap();
     }
 
+    /// Marks the page's document: a reload (a new document) loses the mark.
+    pub async fn mark_document(&self) {
+        let script = "window.sameDocument = true; return null;";
+        self.client.execute(script, vec![]).await.unwrap();
+    }
+
+    /// Whether the page is still the document [`Browser::mark_document`]
+    /// marked: it was updated in place, not reloaded.
+    pub async fn same_document(&self) -> bool {
+        let script = "return window.sameDocument === true;";
+        self.client.execute(script, vec![]).await.unwrap() == json!(true)
+    }
+
     pub async fn close(self) {
         let _ = self.client.close().await;
     }

@@ -188,12 +188,7 @@ async fn a_saga_page_follows_its_saga_live_in_a_browser() {
     let browser = Browser::start(1280).await;
     let page = format!("{}/ui/sagas/travel/live-1", env.cluster.orchestrator_url);
     browser.goto(&page).await;
-    // A reload would lose this.
-    browser
-        .client
-        .execute("window.sameDocument = true; return null;", vec![])
-        .await
-        .unwrap();
+    browser.mark_document().await;
     let before = states_in(&browser).await;
     assert_eq!(state_of(&before, "ProcessPayment"), "running", "{before:?}");
     assert_eq!(state_of(&before, "RefundPayment"), "not-reached");
@@ -217,12 +212,10 @@ async fn a_saga_page_follows_its_saga_live_in_a_browser() {
         assert_eq!(state_of(&after, step), state, "{step}: {after:?}");
     }
     assert_undone_in_order(&browser).await;
-    let same: Value = browser
-        .client
-        .execute("return window.sameDocument === true;", vec![])
-        .await
-        .unwrap();
-    assert_eq!(same, json!(true), "updated in place, not reloaded");
+    assert!(
+        browser.same_document().await,
+        "updated in place, not reloaded"
+    );
     let status: Value = browser
         .client
         .execute(
@@ -254,11 +247,7 @@ async fn the_list_and_its_counts_follow_the_sagas_live() {
     browser
         .goto(&format!("{}/ui", env.cluster.orchestrator_url))
         .await;
-    browser
-        .client
-        .execute("window.sameDocument = true; return null;", vec![])
-        .await
-        .unwrap();
+    browser.mark_document().await;
     // Waits until the counts read `running` and `succeeded`.
     let counted = async |what: &str, running: &str, succeeded: &str| {
         testkit::eventually(what, Duration::from_secs(15), || async {
@@ -284,12 +273,10 @@ async fn the_list_and_its_counts_follow_the_sagas_live() {
         list.find("list-2") < list.find("list-1"),
         "newest first: {list}"
     );
-    let same: Value = browser
-        .client
-        .execute("return window.sameDocument === true;", vec![])
-        .await
-        .unwrap();
-    assert_eq!(same, json!(true), "updated in place, not reloaded");
+    assert!(
+        browser.same_document().await,
+        "updated in place, not reloaded"
+    );
     browser.screenshot("console-sagas").await;
     browser.close().await;
     env.finish_clean().await;
