@@ -25,6 +25,16 @@ pub struct CommonConfig {
     /// Log line format: text or json (the filter is RUST_LOG).
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+
+    /// Largest number of client connections open at once; more wait to be
+    /// accepted until one closes.
+    #[arg(long, env = "MAX_CONNECTIONS", default_value_t = crate::server::Limits::default().max_connections)]
+    pub max_connections: usize,
+
+    /// How long a client may take to send a request's headers (and how
+    /// long an idle keep-alive connection stays open), in seconds.
+    #[arg(long, env = "HEADER_READ_TIMEOUT_SECS", default_value_t = crate::server::Limits::default().header_read_timeout.as_secs())]
+    pub header_read_timeout_secs: u64,
 }
 
 impl CommonConfig {
@@ -35,6 +45,17 @@ impl CommonConfig {
             db_max_connections: 10,
             db_query_timeout_ms: 10_000,
             log_format: LogFormat::Text,
+            max_connections: crate::server::Limits::default().max_connections,
+            header_read_timeout_secs: crate::server::Limits::default()
+                .header_read_timeout
+                .as_secs(),
+        }
+    }
+
+    pub fn limits(&self) -> crate::server::Limits {
+        crate::server::Limits {
+            max_connections: self.max_connections,
+            header_read_timeout: std::time::Duration::from_secs(self.header_read_timeout_secs),
         }
     }
 

@@ -3,16 +3,24 @@
 //! and graceful shutdown.
 
 use std::future::Future;
+use std::pin::pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
+use axum::extract::ConnectInfo;
 use axum::http::{Request, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::serve::ListenerExt;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
-use tower::ServiceBuilder;
+use tokio::sync::Semaphore;
+use tower::{ServiceBuilder, ServiceExt};
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
@@ -125,22 +133,102 @@ where
     body.into_response_with(status)
 }
 
-/// Serves `router` (already wrapped) on `listener` until `shutdown` completes,
-/// then lets the requests in flight finish. Answers go out at once
-/// (`TCP_NODELAY`), not held back for the client's acknowledgement.
+/// What one server lets its clients hold.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Connections open at once. The next client waits in the listen
+    /// backlog until one closes, so a flood of connections costs the
+    /// service neither memory nor file descriptors beyond this.
+    pub max_connections: usize,
+    /// How long a client may take to send a request's headers, counted
+    /// from when the connection is ready for them: a slow client (one
+    /// byte a minute) is cut off, and so is a keep-alive connection left
+    /// idle for longer.
+    pub header_read_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_connections: 4096,
+            header_read_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Serves `router` (already wrapped) on `listener` within `limits` until
+/// `shutdown` completes, then lets the requests in flight finish. Answers
+/// go out at once (`TCP_NODELAY`), not held back for the client's
+/// acknowledgement. Each request carries its client's address
+/// (`ConnectInfo<SocketAddr>`).
+///
+/// hyper's own connection loop rather than `axum::serve`, which sets no
+/// header read timeout and accepts every connection it is offered.
 pub async fn serve(
     listener: TcpListener,
     router: Router,
+    limits: Limits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let listener = listener.tap_io(|tcp| {
+    let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let mut http = http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout);
+    let connections = GracefulShutdown::new();
+    let mut shutdown = pin!(shutdown);
+    loop {
+        let slot = tokio::select! {
+            slot = Arc::clone(&slots).acquire_owned() => match slot {
+                Ok(slot) => slot,
+                Err(_) => break,
+            },
+            () = &mut shutdown => break,
+        };
+        let (tcp, client) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(err) => {
+                    accept_failed(err).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
         if let Err(err) = tcp.set_nodelay(true) {
             tracing::debug!(%err, "cannot set TCP_NODELAY on a connection");
         }
-    });
-    axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown)
-        .await
+        let service = router.clone().map_request(move |req: Request<Incoming>| {
+            let mut req = req.map(Body::new);
+            req.extensions_mut().insert(ConnectInfo(client));
+            req
+        });
+        let connection = connections
+            .watch(http.serve_connection(TokioIo::new(tcp), TowerToHyperService::new(service)));
+        tokio::spawn(async move {
+            if let Err(err) = connection.await {
+                tracing::debug!(%err, "connection closed on an error");
+            }
+            drop(slot);
+        });
+    }
+    drop(listener);
+    connections.shutdown().await;
+    Ok(())
+}
+
+/// A failed accept: one connection's trouble (reset before it was
+/// accepted) is skipped; anything else (out of file descriptors) is logged
+/// and waited out, as `axum::serve` does, rather than spun on.
+async fn accept_failed(err: std::io::Error) {
+    use std::io::ErrorKind::{ConnectionAborted, ConnectionRefused, ConnectionReset};
+    if matches!(
+        err.kind(),
+        ConnectionAborted | ConnectionRefused | ConnectionReset
+    ) {
+        return;
+    }
+    tracing::error!(%err, "cannot accept a connection; trying again in 1 s");
+    tokio::time::sleep(Duration::from_secs(1)).await;
 }
 
 async fn not_found() -> Response {
@@ -198,7 +286,7 @@ pub async fn run_participant(
     }
     let metrics = Metrics::new(registry);
     let router = with_middleware(router, &metrics, Duration::from_secs(30));
-    serve(listener, router, shutdown).await?;
+    serve(listener, router, config.limits(), shutdown).await?;
     Ok(())
 }
 
@@ -209,18 +297,91 @@ mod tests {
 
     use super::*;
 
-    /// Serves `router` with the standard middleware and a `timeout` on
-    /// port 0, sends `request` as it is, and answers the raw answer.
-    async fn exchange(router: Router, timeout: Duration, request: &str) -> String {
+    /// Serves `router` with the standard middleware, a `timeout` and
+    /// `limits` on port 0; answers its address.
+    async fn start(router: Router, timeout: Duration, limits: Limits) -> std::net::SocketAddr {
         let router = with_middleware(router, &Metrics::new(Registry::default()), timeout);
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
-        tokio::spawn(serve(listener, router, std::future::pending()));
+        tokio::spawn(serve(listener, router, limits, std::future::pending()));
+        address
+    }
+
+    /// Serves `router` with the standard middleware and a `timeout` on
+    /// port 0, sends `request` as it is, and answers the raw answer.
+    async fn exchange(router: Router, timeout: Duration, request: &str) -> String {
+        let address = start(router, timeout, Limits::default()).await;
         let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
         stream.write_all(request.as_bytes()).await.unwrap();
         let mut answer = Vec::new();
         stream.read_to_end(&mut answer).await.unwrap();
         String::from_utf8_lossy(&answer).into_owned()
+    }
+
+    /// Reads from `stream` until an HTTP answer's head has come.
+    async fn read_head(stream: &mut tokio::net::TcpStream) -> String {
+        let mut answer = Vec::new();
+        let mut buf = [0; 1024];
+        while !answer.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = stream.read(&mut buf).await.unwrap();
+            assert!(n > 0, "closed before an answer");
+            answer.extend_from_slice(&buf[..n]);
+        }
+        String::from_utf8_lossy(&answer).into_owned()
+    }
+
+    #[tokio::test]
+    async fn a_client_slow_to_send_its_headers_is_cut_off() {
+        let limits = Limits {
+            header_read_timeout: Duration::from_millis(200),
+            ..Limits::default()
+        };
+        let ok = Router::new().route("/", get(|| async { "ok" }));
+        let address = start(ok, Duration::from_secs(30), limits).await;
+        let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+        stream
+            .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n")
+            .await
+            .unwrap();
+        // The rest of the headers never comes: the server closes the
+        // connection (the bound only keeps a broken server from hanging
+        // the test).
+        let mut answer = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer))
+            .await
+            .expect("the server kept a client that never finished its headers")
+            .ok();
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(!answer.contains("200 OK"), "{answer}");
+    }
+
+    #[tokio::test]
+    async fn connections_beyond_the_limit_wait_until_one_closes() {
+        let limits = Limits {
+            max_connections: 1,
+            ..Limits::default()
+        };
+        let ok = Router::new().route("/", get(|| async { "ok" }));
+        let address = start(ok, Duration::from_secs(30), limits).await;
+        let request = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n";
+
+        let mut first = tokio::net::TcpStream::connect(address).await.unwrap();
+        first.write_all(request).await.unwrap();
+        assert!(read_head(&mut first).await.starts_with("HTTP/1.1 200"));
+
+        // The first connection is kept alive and holds the only slot: the
+        // second is not served while it is open...
+        let mut second = tokio::net::TcpStream::connect(address).await.unwrap();
+        second.write_all(request).await.unwrap();
+        let waited = tokio::time::timeout(Duration::from_millis(300), read_head(&mut second)).await;
+        assert!(waited.is_err(), "served beyond the limit: {waited:?}");
+
+        // ...and is, once it closes.
+        drop(first);
+        let answer = tokio::time::timeout(Duration::from_secs(10), read_head(&mut second))
+            .await
+            .expect("the second connection was never served");
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     }
 
     #[tokio::test]

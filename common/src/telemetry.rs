@@ -30,6 +30,55 @@ pub enum LogFormat {
     Json,
 }
 
+/// A log writer that keeps each event on one line, whatever its fields
+/// hold: the formatter writes an event at once, ending in a line break, and
+/// every other control character in it (a line break in a participant's
+/// error text, a carriage return, a NUL) is written escaped (`\n`,
+/// `\u{0}`), so that no value a request or a participant sent can forge a
+/// log line. Tab stays, and so does ESC: the formatter colours with it,
+/// and escapes it itself in the values it writes; it does not escape line
+/// breaks.
+struct OneLine<W>(W);
+
+impl<W: std::io::Write> std::io::Write for OneLine<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let (body, end) = match buf.split_last() {
+            Some((b'\n', body)) => (body, &b"\n"[..]),
+            _ => (buf, &b""[..]),
+        };
+        if !body.iter().copied().any(escaped) {
+            self.0.write_all(buf)?;
+            return Ok(buf.len());
+        }
+        self.0.write_all(&escape_controls(body))?;
+        self.0.write_all(end)?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush()
+    }
+}
+
+/// Whether [`OneLine`] writes `b` escaped.
+fn escaped(b: u8) -> bool {
+    b.is_ascii_control() && b != b'\t' && b != 0x1b
+}
+
+/// `bytes` with each byte [`escaped`] says written as an escape.
+fn escape_controls(bytes: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(bytes.len() + 16);
+    for &b in bytes {
+        match b {
+            b'\n' => out.extend_from_slice(b"\\n"),
+            b'\r' => out.extend_from_slice(b"\\r"),
+            b if escaped(b) => out.extend_from_slice(format!("\\u{{{b:x}}}").as_bytes()),
+            b => out.push(b),
+        }
+    }
+    out
+}
+
 /// The exporting provider, once traces are on.
 static PROVIDER: OnceLock<SdkTracerProvider> = OnceLock::new();
 
@@ -44,8 +93,13 @@ pub fn init(format: LogFormat, service: &'static str) {
     // `?`, which escapes newlines, so that it cannot forge a log line; JSON
     // lines escape every control character.
     let logs = match format {
-        LogFormat::Text => tracing_subscriber::fmt::layer().boxed(),
-        LogFormat::Json => tracing_subscriber::fmt::layer().json().boxed(),
+        LogFormat::Text => tracing_subscriber::fmt::layer()
+            .with_writer(|| OneLine(std::io::stdout()))
+            .boxed(),
+        LogFormat::Json => tracing_subscriber::fmt::layer()
+            .json()
+            .with_writer(|| OneLine(std::io::stdout()))
+            .boxed(),
     };
     let mut layers = vec![logs.with_filter(filter).boxed()];
     if let Some(tracer) = tracer(service) {
@@ -132,4 +186,30 @@ pub fn trace_id(span: &tracing::Span) -> Option<String> {
     let context = span.context();
     let id = context.span().span_context().trace_id();
     Some(id.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use super::*;
+
+    fn written(event: &[u8]) -> String {
+        let mut out = OneLine(Vec::new());
+        out.write_all(event).unwrap();
+        String::from_utf8(out.0).unwrap()
+    }
+
+    #[test]
+    fn a_field_holding_a_line_break_stays_on_its_event_line() {
+        assert_eq!(
+            written(b"WARN attempt failed error=\"no\nINFO forged\r\"\n"),
+            "WARN attempt failed error=\"no\\nINFO forged\\r\"\n"
+        );
+        assert_eq!(
+            written(b"a\x00b\x7f\x1b[2m\tc\n"),
+            "a\\u{0}b\\u{7f}\x1b[2m\tc\n"
+        );
+        assert_eq!(written(b"plain line\n"), "plain line\n");
+    }
 }

@@ -164,6 +164,11 @@ pub struct Config {
     #[arg(long, env = "PARTICIPANT_MAX_ANSWER_BYTES", default_value_t = 1024 * 1024)]
     pub participant_max_answer_bytes: usize,
 
+    /// A PEM file of root certificates (a private CA) that an https
+    /// participant URL's certificate may chain to, besides the system's.
+    #[arg(long, env = "PARTICIPANT_CA_FILE")]
+    pub participant_ca_file: Option<PathBuf>,
+
     /// How often to look for sagas whose lease ran out, in milliseconds.
     #[arg(long, env = "RECOVERY_INTERVAL_MS", default_value_t = 1_000)]
     pub recovery_interval_ms: u64,
@@ -200,11 +205,33 @@ impl Config {
             recovery_interval_ms: 1_000,
             participant_max_in_flight: 64,
             participant_max_answer_bytes: 1024 * 1024,
+            participant_ca_file: None,
             retry: retry::RetryConfig::default(),
             limits: saga::admission::Limits::default(),
             webhooks: webhooks::WebhookConfig::default(),
             common: common::config::CommonConfig::new(database_url),
         }
+    }
+
+    /// The certificates of `PARTICIPANT_CA_FILE`, if set.
+    pub fn participant_roots(&self) -> anyhow::Result<Vec<reqwest::Certificate>> {
+        let Some(path) = &self.participant_ca_file else {
+            return Ok(Vec::new());
+        };
+        let pem = std::fs::read(path)
+            .with_context(|| format!("cannot read PARTICIPANT_CA_FILE {}", path.display()))?;
+        let roots = reqwest::Certificate::from_pem_bundle(&pem).with_context(|| {
+            format!(
+                "PARTICIPANT_CA_FILE {} holds no PEM certificate",
+                path.display()
+            )
+        })?;
+        anyhow::ensure!(
+            !roots.is_empty(),
+            "PARTICIPANT_CA_FILE {} holds no PEM certificate",
+            path.display()
+        );
+        Ok(roots)
     }
 
     /// Every participant's base URL, by name, with the setting that gave it:
@@ -406,6 +433,7 @@ pub async fn run(
         &config.retry,
         config.participant_max_in_flight,
         config.participant_max_answer_bytes,
+        config.participant_roots()?,
     )?;
     let webhook = config.webhooks.configured()?;
     let documents = read_definitions(&config.sagas_dir)?;
@@ -460,7 +488,7 @@ pub async fn run(
     let router = common::server::with_middleware(app(state), &metrics, request_timeout);
     let (mode_tx, mode_rx) = tokio::sync::oneshot::channel();
     let stop_driving = token.clone();
-    common::server::serve(listener, router, async move {
+    common::server::serve(listener, router, config.common.limits(), async move {
         let mode = shutdown.await;
         let _ = mode_tx.send(mode);
         // Wake the waiting requests and stop the drivers at once.

@@ -70,23 +70,29 @@ pub struct BaseUrl {
 impl Participants {
     /// A client whose every attempt is bounded by `ATTEMPT_TIMEOUT_MS` (a
     /// step may set its own), for the participants in `urls` (by name), each
-    /// with a retry budget as `retry` sets it.
+    /// with a retry budget as `retry` sets it. An https URL's certificate
+    /// is checked against the system's roots and `roots`.
     pub fn new(
         urls: &BTreeMap<String, BaseUrl>,
         retry: &RetryConfig,
         max_in_flight: usize,
         max_answer_bytes: usize,
+        roots: Vec<reqwest::Certificate>,
     ) -> anyhow::Result<Self> {
         let attempt_timeout = retry.attempt_timeout();
         let max_in_flight = max_in_flight.max(1);
         let client = reqwest::Client::builder()
             .timeout(attempt_timeout)
             .connect_timeout(attempt_timeout.min(Duration::from_secs(2)))
-            .pool_idle_timeout(Duration::from_secs(60))
+            // Shorter than the participants' header read timeout (30 s by
+            // default), which also closes idle connections: the pool drops
+            // one first, instead of racing the participant's close.
+            .pool_idle_timeout(Duration::from_secs(20))
             .pool_max_idle_per_host(max_in_flight)
             .tcp_nodelay(true)
             .no_proxy()
             .redirect(reqwest::redirect::Policy::none())
+            .tls_certs_merge(roots)
             .build()?;
         let mut by_name = HashMap::new();
         for (name, base) in urls {
@@ -472,17 +478,29 @@ mod tests {
                 },
             )])
         };
-        let err = Participants::new(&urls("127.0.0.1:8082"), &RetryConfig::default(), 1, 1024)
-            .unwrap_err()
-            .to_string();
+        let err = Participants::new(
+            &urls("127.0.0.1:8082"),
+            &RetryConfig::default(),
+            1,
+            1024,
+            Vec::new(),
+        )
+        .unwrap_err()
+        .to_string();
         assert!(
             err.starts_with("CARS_URL=\"127.0.0.1:8082\" is not an http(s) URL"),
             "{err}"
         );
         // A host and port without a scheme parses as a URL of scheme `cars`.
-        let err = Participants::new(&urls("cars:8082"), &RetryConfig::default(), 1, 1024)
-            .unwrap_err()
-            .to_string();
+        let err = Participants::new(
+            &urls("cars:8082"),
+            &RetryConfig::default(),
+            1,
+            1024,
+            Vec::new(),
+        )
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("(scheme cars)"), "{err}");
     }
 }

@@ -146,7 +146,9 @@ impl TestServer {
         let metrics = common::metrics::Metrics::new(Default::default());
         let router = common::server::with_middleware(router, &metrics, Duration::from_secs(30));
         tokio::spawn(async move {
-            common::server::serve(listener, router, async move { stopped.cancelled().await }).await
+            let limits = common::server::Limits::default();
+            let stopped = async move { stopped.cancelled().await };
+            common::server::serve(listener, router, limits, stopped).await
         });
         Self {
             url,

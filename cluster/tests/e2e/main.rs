@@ -16,5 +16,6 @@ mod openapi;
 mod overload;
 mod poison;
 mod support;
+mod tls;
 mod traces;
 mod webhooks;

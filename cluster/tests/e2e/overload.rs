@@ -305,3 +305,58 @@ async fn retries_past_a_participants_budget_wait_and_every_saga_still_ends() {
     }
     env.finish_clean().await;
 }
+
+#[tokio::test]
+async fn a_client_past_its_start_rate_gets_429_with_retry_after_and_nothing_is_started() {
+    let env = Env::start_with(&[], |c| {
+        c.limits.start_rate_per_client = 1;
+        c.limits.start_burst_per_client = 2;
+    })
+    .await;
+    // Two starts of the burst, by either start route, are taken...
+    let first = env.get("/trip?runType=success&tripID=rate-1").await;
+    assert_eq!(first.status, StatusCode::OK, "{}", first.body);
+    let second = env
+        .post("/sagas/travel", &json!({ "id": "rate-2", "input": {} }))
+        .await;
+    assert_eq!(second.status, StatusCode::OK, "{}", second.body);
+    // ...the third, within the same second, is not.
+    for refused in [
+        env.get("/trip?runType=success&tripID=rate-3").await,
+        env.post("/trips", &json!({ "trip_id": "rate-4" })).await,
+    ] {
+        assert_eq!(
+            refused.status,
+            StatusCode::TOO_MANY_REQUESTS,
+            "{}",
+            refused.body
+        );
+        assert_eq!(refused.body["error"], "too_many_starts");
+        assert!(
+            refused.body["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("START_RATE_PER_CLIENT")),
+            "{}",
+            refused.body
+        );
+        let retry_after: u64 = refused.headers[RETRY_AFTER]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!((1..=2).contains(&retry_after), "{retry_after}");
+    }
+    assert_eq!(
+        env.count("SELECT count(*) FROM orchestrator.sagas").await,
+        2,
+        "the refused starts wrote nothing"
+    );
+    // Reads are not starts.
+    assert_eq!(env.get("/trips/rate-1").await.status, StatusCode::OK);
+    let metrics = crate::support::scrape(&env.cluster.orchestrator_url).await;
+    assert_eq!(
+        crate::support::value(&metrics, "saga_starts_rate_limited_total"),
+        2.0
+    );
+    env.finish_clean().await;
+}

@@ -70,6 +70,11 @@ pub enum Error {
     #[error(transparent)]
     Overloaded(#[from] crate::saga::admission::Overloaded),
 
+    /// 429 with `Retry-After`: the client sent more starts than
+    /// `START_RATE_PER_CLIENT`; nothing was written.
+    #[error(transparent)]
+    TooManyStarts(#[from] crate::saga::admission::TooManyStarts),
+
     /// 503 when the database is unreachable or does not answer (retry
     /// later), else 500; logged, answered opaquely.
     #[error(transparent)]
@@ -174,6 +179,15 @@ impl IntoResponse for Error {
                 response
                     .headers_mut()
                     .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                return response;
+            }
+            Error::TooManyStarts(too_many) => {
+                let retry_after = HeaderValue::from(too_many.retry_after_secs);
+                let mut response = ErrorBody::new("too_many_starts", message)
+                    .into_response_with(StatusCode::TOO_MANY_REQUESTS);
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, retry_after);
                 return response;
             }
             Error::Database(err) if common::db::is_outage(err) => {

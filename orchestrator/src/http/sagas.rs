@@ -22,7 +22,7 @@ use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::{Error, ErrorBody, Result};
+use super::{ClientAddr, Error, ErrorBody, Result};
 use crate::AppState;
 use crate::definition::Definition;
 use crate::saga::SagaStatus;
@@ -90,15 +90,18 @@ struct StartBody {
         (status = 409, description = "The id is taken by a saga with another input or definition", body = ErrorBody),
         (status = 415, description = "The body is not sent as application/json", body = ErrorBody),
         (status = 422, description = "The body does not fit the schema", body = ErrorBody),
+        (status = 429, description = "This client sent more starts than START_RATE_PER_CLIENT (Retry-After)", body = ErrorBody),
         (status = 503, description = "No slot for a new saga (Retry-After), or the database is unreachable", body = ErrorBody),
     ))]
 #[tracing::instrument(skip_all, fields(?definition, id = body.id))]
 async fn start(
     State(state): State<AppState>,
+    client: ClientAddr,
     Path(definition): Path<String>,
     Query(query): Query<StartQuery>,
     Json(body): Json<StartBody>,
 ) -> Result<Response> {
+    state.take_start(&client)?;
     let wait = state.wait(query.wait.as_deref())?;
     let version = query
         .version

@@ -12,7 +12,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::sagas::{self, ListQuery, Page};
-use super::{Error, ErrorBody, Result};
+use super::{ClientAddr, Error, ErrorBody, Result};
 use crate::AppState;
 use crate::saga::view::SagaView;
 use crate::travel::{self, TripInput};
@@ -79,13 +79,16 @@ struct WaitQuery {
         (status = 202, description = "The trip's saga runs; Location names it", body = TripView),
         (status = 400, description = "A parameter is not acceptable", body = ErrorBody),
         (status = 409, description = "The trip id is taken by another trip", body = ErrorBody),
+        (status = 429, description = "This client sent more starts than START_RATE_PER_CLIENT (Retry-After)", body = ErrorBody),
         (status = 503, description = "No slot for a new saga (Retry-After), or the database is unreachable", body = ErrorBody),
     ))]
 #[tracing::instrument(skip_all, fields(trip_id = query.trip_id, run_type = query.run_type))]
 async fn trip_get(
     State(state): State<AppState>,
+    client: ClientAddr,
     Query(query): Query<TripQuery>,
 ) -> Result<Response> {
+    state.take_start(&client)?;
     let wait = state.wait(query.wait.as_deref())?;
     let input = TripInput {
         trip_id: query.trip_id,
@@ -106,14 +109,17 @@ async fn trip_get(
         (status = 409, description = "The trip id is taken by another trip", body = ErrorBody),
         (status = 415, description = "The body is not sent as application/json", body = ErrorBody),
         (status = 422, description = "The body does not fit the schema", body = ErrorBody),
+        (status = 429, description = "This client sent more starts than START_RATE_PER_CLIENT (Retry-After)", body = ErrorBody),
         (status = 503, description = "No slot for a new saga (Retry-After), or the database is unreachable", body = ErrorBody),
     ))]
 #[tracing::instrument(skip_all, fields(trip_id = input.trip_id))]
 async fn trip_post(
     State(state): State<AppState>,
+    client: ClientAddr,
     Query(query): Query<WaitQuery>,
     Json(input): Json<TripInput>,
 ) -> Result<Response> {
+    state.take_start(&client)?;
     let wait = state.wait(query.wait.as_deref())?;
     start_or_join(&state, input, wait).await
 }

@@ -13,6 +13,8 @@
 //! slots too, ahead of waiting starts, so that a process resuming thousands
 //! of sagas sheds new starts instead of drowning.
 
+use std::net::IpAddr;
+use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
@@ -38,6 +40,17 @@ pub struct Limits {
     /// milliseconds.
     #[arg(long, env = "START_QUEUE_MS", default_value_t = 5)]
     pub start_queue_ms: u64,
+
+    /// Most starts one client address may send a second (`GET /trip`,
+    /// `POST /trips`, `POST /sagas/{definition}`); more are answered 429
+    /// with `Retry-After`. 0: no limit.
+    #[arg(long, env = "START_RATE_PER_CLIENT", default_value_t = 0)]
+    pub start_rate_per_client: u32,
+
+    /// How many starts a client may send at once above that rate (0: as
+    /// many as the rate, one second's worth).
+    #[arg(long, env = "START_BURST_PER_CLIENT", default_value_t = 0)]
+    pub start_burst_per_client: u32,
 }
 
 impl Default for Limits {
@@ -46,7 +59,70 @@ impl Default for Limits {
             max_active_sagas: 128,
             max_waiting_starts: 128,
             start_queue_ms: 5,
+            start_rate_per_client: 0,
+            start_burst_per_client: 0,
         }
+    }
+}
+
+/// The per-client bound on starts, when `START_RATE_PER_CLIENT` sets one.
+pub struct StartRate {
+    limiter: governor::DefaultKeyedRateLimiter<IpAddr>,
+    per_second: u32,
+    /// Checks since the last sweep of the clients whose buckets are full.
+    checks: AtomicU64,
+}
+
+impl std::fmt::Debug for StartRate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StartRate")
+            .field("per_second", &self.per_second)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A start refused because its client sent too many; nothing was written.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error(
+    "this client sent more than {per_second} starts a second (START_RATE_PER_CLIENT); nothing was started: retry after {retry_after_secs} s"
+)]
+pub struct TooManyStarts {
+    pub per_second: u32,
+    /// Whole seconds until a start would be taken (at least 1).
+    pub retry_after_secs: u64,
+}
+
+impl StartRate {
+    /// How many checks between two sweeps of idle clients, so that the
+    /// table holds the clients of the last moments, not every one ever.
+    const SWEEP_EVERY: u64 = 4096;
+
+    fn new(limits: &Limits) -> Option<Self> {
+        let per_second = NonZeroU32::new(limits.start_rate_per_client)?;
+        let burst = NonZeroU32::new(limits.start_burst_per_client).unwrap_or(per_second);
+        let quota = governor::Quota::per_second(per_second).allow_burst(burst);
+        Some(Self {
+            limiter: governor::RateLimiter::keyed(quota),
+            per_second: per_second.get(),
+            checks: AtomicU64::new(0),
+        })
+    }
+
+    /// Takes one start of `client`'s allowance, or says when it may send
+    /// the next.
+    pub fn check(&self, client: IpAddr) -> Result<(), TooManyStarts> {
+        if self.checks.fetch_add(1, Ordering::Relaxed) % Self::SWEEP_EVERY == Self::SWEEP_EVERY - 1
+        {
+            self.limiter.retain_recent();
+        }
+        self.limiter.check_key(&client).map_err(|not_until| {
+            use governor::clock::Clock;
+            let wait = not_until.wait_time_from(governor::clock::DefaultClock::default().now());
+            TooManyStarts {
+                per_second: self.per_second,
+                retry_after_secs: wait.as_secs_f64().ceil().max(1.0) as u64,
+            }
+        })
     }
 }
 
@@ -77,6 +153,7 @@ impl Overloaded {
             max_active_sagas,
             max_waiting_starts,
             start_queue_ms,
+            ..
         } = &self.limits;
         let why = match self.why {
             Shed::QueueFull => {
@@ -99,6 +176,9 @@ pub struct Admission {
     /// Starts refused since the last [`Admission::take_shed`], and ever.
     shed: AtomicU64,
     shed_total: AtomicU64,
+    start_rate: Option<StartRate>,
+    /// Starts refused for their client's rate, ever.
+    too_many_total: AtomicU64,
 }
 
 /// Counts a start waiting for a slot, for as long as it waits (its request
@@ -119,11 +199,24 @@ impl Admission {
         };
         Self {
             slots: Arc::new(Semaphore::new(limits.max_active_sagas)),
-            limits,
             waiting: AtomicUsize::new(0),
             shed: AtomicU64::new(0),
             shed_total: AtomicU64::new(0),
+            start_rate: StartRate::new(&limits),
+            too_many_total: AtomicU64::new(0),
+            limits,
         }
+    }
+
+    /// Takes one of `client`'s starts, when `START_RATE_PER_CLIENT` bounds
+    /// them; else always takes it.
+    pub fn check_rate(&self, client: IpAddr) -> Result<(), TooManyStarts> {
+        let Some(rate) = &self.start_rate else {
+            return Ok(());
+        };
+        rate.check(client).inspect_err(|_| {
+            self.too_many_total.fetch_add(1, Ordering::Relaxed);
+        })
     }
 
     /// A slot for a new saga: at once if one is free, else after a wait in
@@ -225,6 +318,13 @@ impl Collector for Admission {
             "Starts refused for want of a slot (503 overloaded)",
             None,
             shed.metric_type(),
+        )?)?;
+        let too_many = ConstCounter::new(self.too_many_total.load(Ordering::Relaxed));
+        too_many.encode(encoder.encode_descriptor(
+            "saga_starts_rate_limited",
+            "Starts refused for their client's rate (429 too_many_starts)",
+            None,
+            too_many.metric_type(),
         )?)
     }
 }
@@ -250,7 +350,32 @@ mod tests {
             max_active_sagas: active,
             max_waiting_starts: waiting,
             start_queue_ms: 50,
+            ..Limits::default()
         })
+    }
+
+    #[test]
+    fn a_client_past_its_start_rate_is_told_when_to_come_back_and_others_are_not() {
+        let a = Admission::new(Limits {
+            start_rate_per_client: 1,
+            start_burst_per_client: 2,
+            ..Limits::default()
+        });
+        let one: IpAddr = "10.0.0.1".parse().unwrap();
+        let two: IpAddr = "10.0.0.2".parse().unwrap();
+        assert!(a.check_rate(one).is_ok());
+        assert!(a.check_rate(one).is_ok());
+        let refused = a.check_rate(one).unwrap_err();
+        assert_eq!(refused.retry_after_secs, 1);
+        assert!(a.check_rate(two).is_ok());
+        assert_eq!(a.too_many_total.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn without_a_start_rate_every_start_is_taken() {
+        let a = admission(1, 1);
+        let client: IpAddr = "10.0.0.1".parse().unwrap();
+        assert!((0..10_000).all(|_| a.check_rate(client).is_ok()));
     }
 
     #[tokio::test]

@@ -236,6 +236,14 @@ impl Engine {
         self.admission.admit().await
     }
 
+    /// Takes one of `client`'s starts ([`Admission::check_rate`]).
+    pub fn check_start_rate(
+        &self,
+        client: std::net::IpAddr,
+    ) -> Result<(), crate::saga::admission::TooManyStarts> {
+        self.admission.check_rate(client)
+    }
+
     /// Whether the saga `saga_id` is driven by this process now.
     pub fn is_driving(&self, saga_id: &str) -> bool {
         self.running

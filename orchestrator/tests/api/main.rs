@@ -721,9 +721,14 @@ async fn a_read_the_database_never_answers_is_a_503_and_the_next_goes_through() 
     let urls = ["flights", "cars", "payments"]
         .map(|name| (name.to_owned(), nobody(name)))
         .into();
-    let participants =
-        orchestrator::participants::Participants::new(&urls, &config.retry, 1, 1024 * 1024)
-            .unwrap();
+    let participants = orchestrator::participants::Participants::new(
+        &urls,
+        &config.retry,
+        1,
+        1024 * 1024,
+        Vec::new(),
+    )
+    .unwrap();
     let token = tokio_util::sync::CancellationToken::new();
     let engine = Engine::new(pool.clone(), participants, &config, token);
     let travel = orchestrator::definition::Document::parse(
