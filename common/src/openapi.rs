@@ -44,12 +44,57 @@ fn openapi_json() {}
 /// name and this build's version.
 pub fn finish(service: &str, description: &str, mut api: openapi::OpenApi) -> openapi::OpenApi {
     api.merge(Shared::openapi());
+    for item in api.paths.paths.values_mut() {
+        let operations = [
+            &mut item.get,
+            &mut item.put,
+            &mut item.post,
+            &mut item.delete,
+            &mut item.patch,
+        ];
+        for operation in operations.into_iter().flatten() {
+            every_operations_answers(operation);
+        }
+    }
     api.info = InfoBuilder::new()
         .title(service)
         .version(env!("CARGO_PKG_VERSION"))
         .description(Some(description))
         .build();
     api
+}
+
+/// The answers the middleware may give to any request (`crate::server`),
+/// added to `operation`'s where it does not describe that status itself.
+fn every_operations_answers(operation: &mut openapi::path::Operation) {
+    let answers = [
+        (
+            "400",
+            "The URL holds a control character (control_character)",
+        ),
+        (
+            "408",
+            "The request took longer than this service allows (request_timeout)",
+        ),
+    ];
+    for (status, description) in answers {
+        if operation.responses.responses.contains_key(status) {
+            continue;
+        }
+        let response = openapi::ResponseBuilder::new()
+            .description(description)
+            .content(
+                "application/json",
+                openapi::ContentBuilder::new()
+                    .schema(Some(openapi::Ref::from_schema_name("ErrorBody")))
+                    .build(),
+            )
+            .build();
+        operation
+            .responses
+            .responses
+            .insert(status.to_owned(), response.into());
+    }
 }
 
 /// `GET /openapi.json` serving `api`, rendered once.

@@ -687,6 +687,17 @@ async fn definitions_are_registered_once_per_version_and_read_back() {
     );
     assert_eq!(fine.body["steps"].as_array().unwrap().len(), 5);
     assert_eq!(check.body["steps"], json!([]));
+    // An empty body is no document to check: refused, saying so.
+    let empty = env
+        .send(
+            Method::POST,
+            "/definitions/validate",
+            "application/yaml",
+            "\n".to_owned(),
+        )
+        .await;
+    assert_eq!(empty.status, StatusCode::BAD_REQUEST, "{}", empty.body);
+    assert_eq!(empty.body["error"], "malformed_definition");
     // Names the API's routes take are refused.
     for name in ["counts", "dry-run"] {
         let taken = env

@@ -277,9 +277,21 @@ struct StepNames {
 #[utoipa::path(post, path = "/definitions/validate", tag = "definitions",
     request_body(description = "The document (YAML or JSON, by Content-Type)",
         content((String = "application/yaml"), (Object = "application/json"))),
-    responses((status = 200, description = "Whether it is valid, and every finding", body = Validation)))]
+    responses(
+        (status = 200, description = "Whether it is valid, and every finding", body = Validation),
+        (status = 400, description = "The body is empty", body = ErrorBody),
+    ))]
 #[tracing::instrument(skip_all)]
-async fn check(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Json<Validation> {
+async fn check(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<Validation>> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Err(Error::MalformedDefinition(
+            "the body is empty; send the definition document (YAML or JSON) to check".into(),
+        ));
+    }
     let compiled = match parse(&headers, &body) {
         Ok(doc) => validate::compile(doc, &state.engine.checks()),
         Err(message) => validate::Compiled {
@@ -294,11 +306,11 @@ async fn check(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -
             compensation: s.compensation.as_ref().map(|c| c.step.to_string()),
         })
         .collect();
-    Json(Validation {
+    Ok(Json(Validation {
         valid: compiled.is_valid(),
         diagnostics: compiled.diagnostics,
         steps,
-    })
+    }))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -363,8 +375,15 @@ struct DryRunDocumentBody {
     /// The document: its text (YAML or JSON) or a JSON object.
     #[schema(value_type = Object)]
     document: Value,
-    #[serde(flatten)]
-    run: DryRunBody,
+    /// As [`DryRunBody`]'s (spelled out, not flattened: a flattened body
+    /// would be described as two closed objects no value fits).
+    #[serde(default)]
+    id: Option<String>,
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    input: Option<Value>,
+    #[serde(default)]
+    outcomes: BTreeMap<String, Outcome>,
 }
 
 /// The calls a saga of a document not registered would make, with mocked
@@ -394,7 +413,12 @@ async fn dry_run_document(
     let definition = compiled
         .definition
         .ok_or(Error::InvalidDefinition(compiled.diagnostics))?;
-    dry_run_of(&state, &definition, body.run).map(Json)
+    let run = DryRunBody {
+        id: body.id,
+        input: body.input,
+        outcomes: body.outcomes,
+    };
+    dry_run_of(&state, &definition, run).map(Json)
 }
 
 /// Runs `definition` as `body` asks, calling nothing.

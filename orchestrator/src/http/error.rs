@@ -114,7 +114,9 @@ impl From<RegisterError> for Error {
 pub(crate) struct DiagnosticsBody<'a> {
     error: &'static str,
     message: String,
-    #[schema(value_type = Vec<Diagnostic>)]
+    /// Each finding, when the document has errors (`invalid_definition`);
+    /// absent when the body itself does not fit (`invalid_body`).
+    #[schema(value_type = Vec<Diagnostic>, required = false)]
     diagnostics: &'a [Diagnostic],
 }
 
