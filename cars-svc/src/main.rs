@@ -4,6 +4,9 @@ use cars_svc::Config;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    if common::roles::asked() {
+        return common::roles::provision_main("cars-svc", cars_svc::SCHEMA).await;
+    }
     let config: Config = common::config::parse();
     common::telemetry::init(config.common.log_format, "cars-svc");
     let listener = tokio::net::TcpListener::bind(&config.listen_addr)

@@ -69,7 +69,9 @@ pub struct Cluster {
     pub flights_url: String,
     pub cars_url: String,
     pub payments_url: String,
-    database_url: String,
+    /// Each service's database URL (in the order of [`Participant`], then
+    /// the orchestrator's): a role of its own.
+    database_urls: [String; 4],
     stop: CancellationToken,
     tasks: Vec<(&'static str, JoinHandle<anyhow::Result<()>>)>,
     held: Vec<(Participant, TcpListener)>,
@@ -80,6 +82,30 @@ pub struct Cluster {
     /// participants check every call's signature, and each orchestrator
     /// signs with them.
     keys: [String; 3],
+}
+
+/// The schemas (and roles) of the services, in the order of
+/// [`Cluster::database_urls`].
+const SCHEMAS: [&str; 4] = ["flights", "cars", "payments", "orchestrator"];
+
+/// Makes each service's role on `admin_url`'s database, and answers each
+/// one's URL. A role belongs to the whole server, so every cluster of one
+/// process (the tests') shares one password per role.
+async fn provision(admin_url: &str) -> anyhow::Result<[String; 4]> {
+    static PASSWORD: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let password = PASSWORD.get_or_init(|| uuid::Uuid::new_v4().simple().to_string());
+    let mut urls: [String; 4] = Default::default();
+    for (url, schema) in urls.iter_mut().zip(SCHEMAS) {
+        let mut own = url::Url::parse(admin_url).context("DATABASE_URL is not a URL")?;
+        own.set_username(schema)
+            .and_then(|()| own.set_password(Some(password)))
+            .map_err(|()| anyhow::anyhow!("DATABASE_URL cannot take a user name"))?;
+        common::roles::provision(admin_url, own.as_str(), schema)
+            .await
+            .with_context(|| format!("cannot make the database role {schema}"))?;
+        *url = own.into();
+    }
+    Ok(urls)
 }
 
 fn url_of(listener: &TcpListener) -> anyhow::Result<String> {
@@ -93,8 +119,10 @@ fn url_of(listener: &TcpListener) -> anyhow::Result<String> {
 }
 
 impl Cluster {
-    /// Starts the participants, waits until they are ready (migrated), then
-    /// starts the orchestrator and waits for it too. `configure` adjusts the
+    /// Makes each service's database role as the administrator
+    /// `database_url` names ([`common::roles::provision`]), starts the
+    /// participants, each connected as its role, waits until they are ready
+    /// (migrated), then starts the orchestrator and waits for it too. `configure` adjusts the
     /// orchestrator's settings. A participant named in `hold` is not served
     /// yet: its listener accepts no requests until [`Cluster::serve_held`],
     /// as if the service were down.
@@ -109,7 +137,7 @@ impl Cluster {
             flights_url: url_of(&listeners.flights)?,
             cars_url: url_of(&listeners.cars)?,
             payments_url: url_of(&listeners.payments)?,
-            database_url: database_url.to_owned(),
+            database_urls: provision(database_url).await?,
             stop: CancellationToken::new(),
             tasks: Vec::new(),
             held: Vec::new(),
@@ -153,7 +181,7 @@ impl Cluster {
     ) -> anyhow::Result<String> {
         let url = url_of(&listener)?;
         let mut config = orchestrator::Config::new(
-            &self.database_url,
+            &self.database_urls[3],
             &self.flights_url,
             &self.cars_url,
             &self.payments_url,
@@ -191,6 +219,13 @@ impl Cluster {
         }
     }
 
+    /// The database URL the service of `schema` (`flights`, ...,
+    /// `orchestrator`) connects with: its own role.
+    pub fn database_url_of(&self, schema: &str) -> Option<&str> {
+        let i = SCHEMAS.iter().position(|s| *s == schema)?;
+        Some(&self.database_urls[i])
+    }
+
     /// The key `participant` checks its calls with, to sign a call made
     /// to it directly.
     pub fn key(&self, participant: Participant) -> common::auth::Key {
@@ -199,7 +234,7 @@ impl Cluster {
 
     /// Spawns `participant`; returns the index of its task.
     fn spawn_participant(&mut self, participant: Participant, listener: TcpListener) -> usize {
-        let common = common::config::CommonConfig::new(&self.database_url);
+        let common = common::config::CommonConfig::new(&self.database_urls[participant as usize]);
         let auth = common::auth::ParticipantAuth {
             auth_keys: Some(self.keys[participant as usize].clone()),
         };

@@ -74,8 +74,9 @@ impl CommonConfig {
 /// The secret settings a file may give instead of the environment, as
 /// container secrets are handed over: `<NAME>_FILE` names the file when
 /// `<NAME>` is not set; and their flags.
-pub const SECRETS_FROM_FILES: [(&str, &str); 2] = [
+pub const SECRETS_FROM_FILES: [(&str, &str); 3] = [
     ("DATABASE_URL", "--database-url"),
+    ("DATABASE_ADMIN_URL", "--database-admin-url"),
     ("AUTH_KEYS", "--auth-keys"),
 ];
 
@@ -85,7 +86,11 @@ pub const SECRETS_FROM_FILES: [(&str, &str); 2] = [
 /// break dropped).
 /// A file that cannot be read stops the start, naming the variable.
 pub fn parse<C: clap::Parser>() -> C {
-    let mut args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    parse_from(std::env::args_os().collect())
+}
+
+/// [`parse`] of the command line `args` (the program's name first).
+pub fn parse_from<C: clap::Parser>(mut args: Vec<std::ffi::OsString>) -> C {
     let command = C::command();
     for (name, flag) in SECRETS_FROM_FILES {
         let takes = command

@@ -51,8 +51,23 @@ pub async fn connect_and_migrate(
     pool: PoolConfig,
 ) -> anyhow::Result<PgPool> {
     let pool = connect(url, schema, pool).await?;
+    if crate::roles::is_superuser(&pool).await? {
+        tracing::warn!(
+            "connected to the database as a superuser: give this service a role of its own (`provision`, docs/security.md)"
+        );
+    }
     let mut migrator = migrator;
-    migrator.create_schema(schema);
+    // A role of its own owns its schema, made for it by `provision`, and
+    // may not create schemas: PostgreSQL checks that right before it looks
+    // whether the schema exists.
+    let exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT FROM pg_namespace WHERE nspname = $1)")
+            .bind(schema)
+            .fetch_one(&pool)
+            .await?;
+    if !exists {
+        migrator.create_schema(schema);
+    }
     migrator.dangerous_set_table_name(format!("{schema}._sqlx_migrations"));
     migrator
         .run(&pool)
@@ -64,8 +79,7 @@ pub async fn connect_and_migrate(
 /// Connects to `url` with `search_path` set to `schema`, waiting up to about
 /// 30 s for PostgreSQL to come up.
 pub async fn connect(url: &str, schema: &'static str, pool: PoolConfig) -> anyhow::Result<PgPool> {
-    let options = PgConnectOptions::from_str(url)
-        .context("DATABASE_URL is not a valid PostgreSQL URL")?
+    let options = options(url)?
         .options([("search_path", schema)])
         .options(pool.settings.iter().copied());
     let pool_options = PgPoolOptions::new()
@@ -97,6 +111,33 @@ pub async fn connect(url: &str, schema: &'static str, pool: PoolConfig) -> anyho
         })
         .await
         .context("cannot connect to DATABASE_URL")
+}
+
+/// The connection settings of `url`. Its `sslmode` (or `PGSSLMODE`) is
+/// honoured; when neither says, a server on this machine (a loopback
+/// address, a Unix socket) is spoken to without TLS, and any other as
+/// libpq does (`prefer`: TLS if the server offers it). TLS to a server on
+/// the same machine protects nothing and costs every query: measured,
+/// about half the throughput on the benchmark (docs/benchmarks.md).
+pub fn options(url: &str) -> anyhow::Result<PgConnectOptions> {
+    let options =
+        PgConnectOptions::from_str(url).context("DATABASE_URL is not a valid PostgreSQL URL")?;
+    let said = url::Url::parse(url)
+        .map(|u| u.query_pairs().any(|(k, _)| k == "sslmode"))
+        .unwrap_or(true)
+        || std::env::var_os("PGSSLMODE").is_some();
+    let host = options.get_host();
+    let local = options.get_socket().is_some()
+        || host.starts_with('/')
+        || host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    Ok(if !said && local {
+        options.ssl_mode(sqlx::postgres::PgSslMode::Disable)
+    } else {
+        options
+    })
 }
 
 /// Runs `query` on a connection from `pool` and gives up after `limit`, as
@@ -352,5 +393,35 @@ pub fn is_outage(err: &sqlx::Error) -> bool {
                 || code == "40P01"
         }),
         _ => false,
+    }
+}
+
+#[cfg(test)]
+mod options_tests {
+    use sqlx::postgres::PgSslMode;
+
+    #[test]
+    fn a_server_on_this_machine_is_spoken_to_without_tls_unless_the_url_says() {
+        let mode = |url: &str| super::options(url).unwrap().get_ssl_mode();
+        assert!(matches!(
+            mode("postgres://u@127.0.0.1/db"),
+            PgSslMode::Disable
+        ));
+        assert!(matches!(
+            mode("postgres://u@localhost:5432/db"),
+            PgSslMode::Disable
+        ));
+        assert!(matches!(
+            mode("postgres://u@127.0.0.1/db?sslmode=require"),
+            PgSslMode::Require
+        ));
+        assert!(matches!(
+            mode("postgres://u@db.example/db"),
+            PgSslMode::Prefer
+        ));
+        assert!(matches!(
+            mode("postgres://u@db.example/db?sslmode=verify-full"),
+            PgSslMode::VerifyFull
+        ));
     }
 }

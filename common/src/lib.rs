@@ -10,6 +10,7 @@
 //!   `GET /metrics`.
 //! - [`text`]: the control characters no request may carry.
 //! - [`auth`]: the orchestrator's calls to a participant, signed and checked.
+//! - [`roles`]: each service's own database role, owning only its schema.
 
 pub mod auth;
 pub mod booking;
@@ -21,6 +22,7 @@ pub mod health;
 pub mod idempotency;
 pub mod metrics;
 pub mod openapi;
+pub mod roles;
 pub mod server;
 pub mod shutdown;
 pub mod telemetry;

@@ -13,6 +13,13 @@ fn main() -> anyhow::Result<ExitCode> {
     if cli::is_tool(std::env::args().nth(1).as_deref()) {
         return cli::main(Tool::parse());
     }
+    if common::roles::asked() {
+        tokio::runtime::Runtime::new()?.block_on(common::roles::provision_main(
+            "orchestrator",
+            orchestrator::SCHEMA,
+        ))?;
+        return Ok(ExitCode::SUCCESS);
+    }
     let mut config: Config = common::config::parse();
     // The environment's participants first: the flags override them.
     config

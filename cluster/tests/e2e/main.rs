@@ -15,6 +15,7 @@ mod metrics;
 mod openapi;
 mod overload;
 mod poison;
+mod roles;
 mod support;
 mod tls;
 mod traces;

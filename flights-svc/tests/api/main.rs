@@ -224,6 +224,77 @@ async fn the_database_url_comes_from_a_file_and_is_never_printed() {
     std::fs::remove_file(file).unwrap();
 }
 
+/// `flights-svc provision` makes the role its `DATABASE_URL` names the
+/// owner of the `flights` schema, as the administrator
+/// `DATABASE_ADMIN_URL_FILE` names; the service then starts as that role.
+/// A superuser's URL is refused: it is no role of the service's own.
+#[tokio::test]
+async fn provision_makes_the_services_role_and_the_service_starts_as_it() {
+    let binary = env!("CARGO_BIN_EXE_flights-svc");
+    let db = TestDb::new().await;
+    let admin = std::env::temp_dir().join(format!("admin-url-{}", uuid::Uuid::new_v4()));
+    std::fs::write(&admin, db.url()).unwrap();
+    let mut own = url::Url::parse(db.url()).unwrap();
+    own.set_username("flights").unwrap();
+    own.set_password(Some("provisioned-1")).unwrap();
+
+    let provisioned = std::process::Command::new(binary)
+        .arg("provision")
+        .env("DATABASE_URL", own.as_str())
+        .env_remove("DATABASE_ADMIN_URL")
+        .env("DATABASE_ADMIN_URL_FILE", &admin)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&provisioned.stdout);
+    assert!(
+        provisioned.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&provisioned.stderr)
+    );
+    assert!(said.contains("role flights owns schema flights"), "{said}");
+    assert!(!said.contains("provisioned-1"), "{said}");
+    let owner: String = sqlx::query_scalar(
+        "SELECT nspowner::regrole::text FROM pg_namespace WHERE nspname = 'flights'",
+    )
+    .fetch_one(db.pool())
+    .await
+    .unwrap();
+    assert_eq!(owner, "flights");
+
+    let port = testkit::procs::free_port().unwrap();
+    let mut child = tokio::process::Command::new(binary)
+        .env("DATABASE_URL", own.as_str())
+        .env("LISTEN_ADDR", format!("127.0.0.1:{port}"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    testkit::eventually(
+        "flights-svc ready as its role",
+        std::time::Duration::from_secs(20),
+        || async {
+            let answer = reqwest::get(format!("http://127.0.0.1:{port}/readyz"))
+                .await
+                .ok()?;
+            answer.status().is_success().then_some(())
+        },
+    )
+    .await;
+    child.kill().await.unwrap();
+
+    let refused = std::process::Command::new(binary)
+        .arg("provision")
+        .env("DATABASE_URL", db.url())
+        .env("DATABASE_ADMIN_URL", db.url())
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    let error = String::from_utf8_lossy(&refused.stderr);
+    assert!(error.contains("is a superuser"), "{error}");
+    std::fs::remove_file(admin).unwrap();
+}
+
 /// With `ALLOW_FAILURE_INJECTION=false`, reserve and confirm refuse every
 /// run type but success with a 400 and change nothing; cancel still
 /// undoes whatever is there.
