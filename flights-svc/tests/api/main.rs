@@ -186,10 +186,32 @@ async fn the_database_url_comes_from_a_file_and_is_never_printed() {
     let db = TestDb::new().await;
     let file = std::env::temp_dir().join(format!("database-url-{}", uuid::Uuid::new_v4()));
     std::fs::write(&file, format!("{}\n", db.url())).unwrap();
-    let port = testkit::procs::free_port().unwrap();
-    let mut child = tokio::process::Command::new(binary)
+    let mut started = tokio::process::Command::new(binary);
+    started
         .env_remove("DATABASE_URL")
-        .env("DATABASE_URL_FILE", &file)
+        .env("DATABASE_URL_FILE", &file);
+    start_until_ready(started).await;
+
+    // A file that cannot be read stops the start, naming the variable.
+    let refused = std::process::Command::new(binary)
+        .env_remove("DATABASE_URL")
+        .env("DATABASE_URL_FILE", "/nonexistent/database-url")
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    let error = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        error.contains("DATABASE_URL_FILE=/nonexistent/database-url"),
+        "{error}"
+    );
+    std::fs::remove_file(file).unwrap();
+}
+
+/// Starts the binary as `command` says, on a free port, waits until it is
+/// ready, and stops it.
+async fn start_until_ready(mut command: tokio::process::Command) {
+    let port = testkit::procs::free_port().unwrap();
+    let mut child = command
         .env("LISTEN_ADDR", format!("127.0.0.1:{port}"))
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
@@ -208,20 +230,6 @@ async fn the_database_url_comes_from_a_file_and_is_never_printed() {
     )
     .await;
     child.kill().await.unwrap();
-
-    // A file that cannot be read stops the start, naming the variable.
-    let refused = std::process::Command::new(binary)
-        .env_remove("DATABASE_URL")
-        .env("DATABASE_URL_FILE", "/nonexistent/database-url")
-        .output()
-        .unwrap();
-    assert!(!refused.status.success());
-    let error = String::from_utf8_lossy(&refused.stderr);
-    assert!(
-        error.contains("DATABASE_URL_FILE=/nonexistent/database-url"),
-        "{error}"
-    );
-    std::fs::remove_file(file).unwrap();
 }
 
 /// `flights-svc provision` makes the role its `DATABASE_URL` names the
@@ -261,27 +269,9 @@ async fn provision_makes_the_services_role_and_the_service_starts_as_it() {
     .unwrap();
     assert_eq!(owner, "flights");
 
-    let port = testkit::procs::free_port().unwrap();
-    let mut child = tokio::process::Command::new(binary)
-        .env("DATABASE_URL", own.as_str())
-        .env("LISTEN_ADDR", format!("127.0.0.1:{port}"))
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    testkit::eventually(
-        "flights-svc ready as its role",
-        std::time::Duration::from_secs(20),
-        || async {
-            let answer = reqwest::get(format!("http://127.0.0.1:{port}/readyz"))
-                .await
-                .ok()?;
-            answer.status().is_success().then_some(())
-        },
-    )
-    .await;
-    child.kill().await.unwrap();
+    let mut started = tokio::process::Command::new(binary);
+    started.env("DATABASE_URL", own.as_str());
+    start_until_ready(started).await;
 
     let refused = std::process::Command::new(binary)
         .arg("provision")
