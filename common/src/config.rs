@@ -74,10 +74,11 @@ impl CommonConfig {
 /// The secret settings a file may give instead of the environment, as
 /// container secrets are handed over: `<NAME>_FILE` names the file when
 /// `<NAME>` is not set; and their flags.
-pub const SECRETS_FROM_FILES: [(&str, &str); 3] = [
+pub const SECRETS_FROM_FILES: [(&str, &str); 4] = [
     ("DATABASE_URL", "--database-url"),
     ("DATABASE_ADMIN_URL", "--database-admin-url"),
     ("AUTH_KEYS", "--auth-keys"),
+    ("API_KEYS", "--api-keys"),
 ];
 
 /// `C` parsed from the command line and the environment, each secret of

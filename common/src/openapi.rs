@@ -44,18 +44,7 @@ fn openapi_json() {}
 /// name and this build's version.
 pub fn finish(service: &str, description: &str, mut api: openapi::OpenApi) -> openapi::OpenApi {
     api.merge(Shared::openapi());
-    for item in api.paths.paths.values_mut() {
-        let operations = [
-            &mut item.get,
-            &mut item.put,
-            &mut item.post,
-            &mut item.delete,
-            &mut item.patch,
-        ];
-        for operation in operations.into_iter().flatten() {
-            every_operations_answers(operation);
-        }
-    }
+    add_answers(&mut api, |_| true, MIDDLEWARE_ANSWERS);
     api.info = InfoBuilder::new()
         .title(service)
         .version(env!("CARGO_PKG_VERSION"))
@@ -64,20 +53,45 @@ pub fn finish(service: &str, description: &str, mut api: openapi::OpenApi) -> op
     api
 }
 
-/// The answers the middleware may give to any request (`crate::server`),
-/// added to `operation`'s where it does not describe that status itself.
-fn every_operations_answers(operation: &mut openapi::path::Operation) {
-    let answers = [
-        (
-            "400",
-            "The URL holds a control character (control_character)",
-        ),
-        (
-            "408",
-            "The request took longer than this service allows (request_timeout)",
-        ),
-    ];
-    for (status, description) in answers {
+/// Adds `answers` (status, description; an [`ErrorBody`] each) to every
+/// operation of `api` on a path `keep` takes, where the operation does not
+/// describe that status itself.
+pub fn add_answers(
+    api: &mut openapi::OpenApi,
+    keep: impl Fn(&str) -> bool,
+    answers: &[(&str, &str)],
+) {
+    for (path, item) in api.paths.paths.iter_mut() {
+        if !keep(path) {
+            continue;
+        }
+        let operations = [
+            &mut item.get,
+            &mut item.put,
+            &mut item.post,
+            &mut item.delete,
+            &mut item.patch,
+        ];
+        for operation in operations.into_iter().flatten() {
+            add_to(operation, answers);
+        }
+    }
+}
+
+/// The answers the middleware may give to any request (`crate::server`).
+const MIDDLEWARE_ANSWERS: &[(&str, &str)] = &[
+    (
+        "400",
+        "The URL holds a control character (control_character)",
+    ),
+    (
+        "408",
+        "The request took longer than this service allows (request_timeout)",
+    ),
+];
+
+fn add_to(operation: &mut openapi::path::Operation, answers: &[(&str, &str)]) {
+    for &(status, description) in answers {
         if operation.responses.responses.contains_key(status) {
             continue;
         }

@@ -164,6 +164,13 @@ pub struct Config {
     #[arg(long, env = "PARTICIPANT_MAX_ANSWER_BYTES", default_value_t = 1024 * 1024)]
     pub participant_max_answer_bytes: usize,
 
+    /// The keys the API and the console take (`id:scope:secret`,
+    /// comma-separated; scope `read`, `start` or `operator`; or the file
+    /// API_KEYS_FILE names). Unset: the API is open to anyone who can
+    /// reach it. Never printed.
+    #[arg(long, env = "API_KEYS", hide_env_values = true)]
+    pub api_keys: Option<String>,
+
     /// A PEM file of root certificates (a private CA) that an https
     /// participant URL's certificate may chain to, besides the system's.
     #[arg(long, env = "PARTICIPANT_CA_FILE")]
@@ -206,6 +213,7 @@ impl Config {
             participant_max_in_flight: 64,
             participant_max_answer_bytes: 1024 * 1024,
             participant_ca_file: None,
+            api_keys: None,
             retry: retry::RetryConfig::default(),
             limits: saga::admission::Limits::default(),
             webhooks: webhooks::WebhookConfig::default(),
@@ -393,10 +401,25 @@ impl FromRef<AppState> for common::db::Db {
 /// The service's routes (without middleware).
 pub fn app(state: AppState) -> Router {
     let (router, api) = http::router().split_for_parts();
-    let api = common::openapi::finish(
+    let mut api = common::openapi::finish(
         "orchestrator",
         "Sagas as documents: start, read and act on sagas; register definitions; subscribe to webhooks",
         api,
+    );
+    // With API_KEYS (`http::access`), every path but the open ones.
+    common::openapi::add_answers(
+        &mut api,
+        http::access::needs_a_key,
+        &[
+            (
+                "401",
+                "API_KEYS is set and the call carries none of them (unauthenticated)",
+            ),
+            (
+                "403",
+                "The call's key has a scope too low for it (forbidden)",
+            ),
+        ],
     );
     router
         .merge(common::health::router())
@@ -485,7 +508,22 @@ pub async fn run(
     let mut registry = common::metrics::Registry::default();
     engine.register_metrics(&mut registry);
     let metrics = common::metrics::Metrics::new(registry);
-    let router = common::server::with_middleware(app(state), &metrics, request_timeout);
+    let mut router = app(state);
+    match config.api_keys.as_deref() {
+        Some(keys) => {
+            let access = http::access::Access::parse(keys).context("API_KEYS")?;
+            router = router
+                .merge(http::access::login_router(access.clone()))
+                .layer(axum::middleware::from_fn_with_state(
+                    access,
+                    http::access::check,
+                ));
+        }
+        None => tracing::warn!(
+            "API_KEYS is not set: the API and the console take calls from anyone who can reach them"
+        ),
+    }
+    let router = common::server::with_middleware(router, &metrics, request_timeout);
     let (mode_tx, mode_rx) = tokio::sync::oneshot::channel();
     let stop_driving = token.clone();
     common::server::serve(listener, router, config.common.limits(), async move {

@@ -1,5 +1,6 @@
 //! The four real services over HTTP on port 0, on a fresh database per test.
 
+mod access;
 mod actions;
 mod auth;
 mod bad_input;

@@ -8,6 +8,7 @@ use utoipa_axum::router::OpenApiRouter;
 
 use crate::AppState;
 
+pub mod access;
 pub mod definitions;
 mod error;
 pub mod events;
