@@ -128,7 +128,6 @@ pub fn options(url: &str) -> anyhow::Result<PgConnectOptions> {
         || std::env::var_os("PGSSLMODE").is_some();
     let host = options.get_host();
     let local = options.get_socket().is_some()
-        || host.starts_with('/')
         || host == "localhost"
         || host
             .parse::<std::net::IpAddr>()
@@ -402,26 +401,21 @@ mod options_tests {
 
     #[test]
     fn a_server_on_this_machine_is_spoken_to_without_tls_unless_the_url_says() {
-        let mode = |url: &str| super::options(url).unwrap().get_ssl_mode();
-        assert!(matches!(
-            mode("postgres://u@127.0.0.1/db"),
-            PgSslMode::Disable
-        ));
-        assert!(matches!(
-            mode("postgres://u@localhost:5432/db"),
-            PgSslMode::Disable
-        ));
-        assert!(matches!(
-            mode("postgres://u@127.0.0.1/db?sslmode=require"),
-            PgSslMode::Require
-        ));
-        assert!(matches!(
-            mode("postgres://u@db.example/db"),
-            PgSslMode::Prefer
-        ));
-        assert!(matches!(
-            mode("postgres://u@db.example/db?sslmode=verify-full"),
-            PgSslMode::VerifyFull
-        ));
+        for (url, want) in [
+            ("postgres://u@127.0.0.1/db", PgSslMode::Disable),
+            ("postgres://u@localhost:5432/db", PgSslMode::Disable),
+            (
+                "postgres://u@127.0.0.1/db?sslmode=require",
+                PgSslMode::Require,
+            ),
+            ("postgres://u@db.example/db", PgSslMode::Prefer),
+            (
+                "postgres://u@db.example/db?sslmode=verify-full",
+                PgSslMode::VerifyFull,
+            ),
+        ] {
+            let got = super::options(url).unwrap().get_ssl_mode();
+            assert_eq!(format!("{got:?}"), format!("{want:?}"), "{url}");
+        }
     }
 }

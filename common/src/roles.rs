@@ -108,8 +108,7 @@ impl ServiceRole {
 /// provision.
 pub async fn provision(admin_url: &str, service_url: &str, schema: &str) -> anyhow::Result<()> {
     let service = ServiceRole::of_url(service_url).context("DATABASE_URL")?;
-    let admin = PgConnectOptions::from_str(admin_url)
-        .context("DATABASE_ADMIN_URL is not a PostgreSQL URL")?;
+    let admin = crate::db::options(admin_url).context("DATABASE_ADMIN_URL")?;
     // Roles belong to the whole server, and the provisions of several
     // databases (the tests') may update one role at once: the loser of such
     // a race tries again.
@@ -155,11 +154,7 @@ pub async fn provision(admin_url: &str, service_url: &str, schema: &str) -> anyh
     .fetch_all(&mut db)
     .await?;
     let mut tx = db.begin().await?;
-    for statement in statements {
-        sqlx::query(sqlx::AssertSqlSafe(statement))
-            .execute(&mut *tx)
-            .await?;
-    }
+    execute_all(&mut tx, statements).await?;
     // What the schema holds already (made by the administrator, or by a
     // superuser before roles): the role's, and no one else's.
     let handed_over: Vec<String> = sqlx::query_scalar(
@@ -189,11 +184,7 @@ pub async fn provision(admin_url: &str, service_url: &str, schema: &str) -> anyh
     .bind(&service.role)
     .fetch_all(&mut *tx)
     .await?;
-    for statement in handed_over {
-        sqlx::query(sqlx::AssertSqlSafe(statement))
-            .execute(&mut *tx)
-            .await?;
-    }
+    execute_all(&mut tx, handed_over).await?;
     tx.commit().await?;
     db.close().await?;
     Ok(())
@@ -230,13 +221,22 @@ async fn make_role(admin: &PgConnectOptions, service: &ServiceRole) -> anyhow::R
     .fetch_one(&mut *tx)
     .await?;
     statements.push(attributes);
-    for statement in statements {
-        sqlx::query(sqlx::AssertSqlSafe(statement))
-            .execute(&mut *tx)
-            .await?;
-    }
+    execute_all(&mut tx, statements).await?;
     tx.commit().await?;
     server.close().await?;
+    Ok(())
+}
+
+/// Runs each of `statements`, made by this module, in `tx`.
+async fn execute_all(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    statements: Vec<String>,
+) -> sqlx::Result<()> {
+    for statement in statements {
+        sqlx::query(sqlx::AssertSqlSafe(statement))
+            .execute(&mut **tx)
+            .await?;
+    }
     Ok(())
 }
 
